@@ -1,0 +1,655 @@
+//! The lab: real remote Nix hosts on this machine, for edict's integration tests.
+//!
+//! A host is a real OpenSSH sshd listening on 127.0.0.1 (a free port) inside its own mount
+//! namespace, where `/nix`, `/etc/nix` and root's home are private bind mounts. So a host has
+//! its own Nix store and settings while sharing this machine's kernel. Two flavours:
+//!
+//! * [`Flavour::Bookworm`]: this machine's own root (Debian 12, Nix 2.8);
+//! * [`Flavour::Trixie`]: a Debian 13 root (Nix 2.26) built once by `trixie-root.sh`, cached
+//!   outside the work tree and shared by every host through its own overlayfs.
+//!
+//! The client side is an ssh config file with one lower-case alias per host, a client key and
+//! a known_hosts file holding each host's real key: commands reach a host exactly as a user
+//! reaches a remote machine, with `ssh -F CONFIG alias` (and `NIX_SSHOPTS="-F CONFIG"` for nix).
+//!
+//! Hosts are children of the process that starts them: dropping the [`Lab`] stops them by pid,
+//! and if the process dies first the kernel stops them (PR_SET_PDEATHSIG).
+#![allow(dead_code)] // each test crate uses a different part of the lab
+
+use std::fmt::Write as _;
+use std::io::Read as _;
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Which root a host runs in, and so which Nix it has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavour {
+    /// This machine's root: Debian 12, Nix 2.8.
+    Bookworm,
+    /// The cached Debian 13 root: Nix 2.26.
+    Trixie,
+}
+
+impl Flavour {
+    pub const ALL: [Flavour; 2] = [Flavour::Bookworm, Flavour::Trixie];
+
+    /// The `x.y` of the Nix this flavour ships.
+    pub fn nix_version(self) -> &'static str {
+        match self {
+            Flavour::Bookworm => "2.8",
+            Flavour::Trixie => "2.26",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Flavour::Bookworm => "Debian 12, Nix 2.8",
+            Flavour::Trixie => "Debian 13, Nix 2.26",
+        }
+    }
+}
+
+/// How one host is set up. Start from [`HostSpec::new`] and change what a test needs; every
+/// knob is a real difference in the host, never a fake answer.
+#[derive(Clone, Debug)]
+pub struct HostSpec {
+    pub name: String,
+    pub flavour: Flavour,
+    /// `experimental-features = nix-command flakes` in the host's nix.conf.
+    pub flakes: bool,
+    /// Whether `nix` is on the non-interactive PATH; when false it is only in
+    /// `/nix/var/nix/profiles/default/bin`, as on a multi-user install reached over ssh.
+    pub nix_on_path: bool,
+    /// Extra lines for the host's nix.conf.
+    pub extra_nix_conf: String,
+}
+
+impl HostSpec {
+    /// A healthy host: flakes on, nix on PATH. `name` becomes the ssh alias, so it must be
+    /// lower case (ssh lower-cases host names before matching).
+    pub fn new(name: &str, flavour: Flavour) -> Self {
+        assert_eq!(
+            name,
+            name.to_lowercase(),
+            "lab host aliases must be lower case"
+        );
+        HostSpec {
+            name: name.to_string(),
+            flavour,
+            flakes: true,
+            nix_on_path: true,
+            extra_nix_conf: String::new(),
+        }
+    }
+
+    pub fn flakes(mut self, on: bool) -> Self {
+        self.flakes = on;
+        self
+    }
+
+    pub fn nix_on_path(mut self, on: bool) -> Self {
+        self.nix_on_path = on;
+        self
+    }
+
+    pub fn nix_conf(mut self, lines: &str) -> Self {
+        self.extra_nix_conf.push_str(lines);
+        self.extra_nix_conf.push('\n');
+        self
+    }
+}
+
+/// A running host.
+pub struct Host {
+    pub spec: HostSpec,
+    pub port: u16,
+    /// The host's private state: `nix/`, `etc-nix/`, `home/`, `ssh/` (and `upper/` for trixie).
+    pub dir: PathBuf,
+    sshd: Child,
+}
+
+impl Host {
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// Where a path as the host sees it lives on this machine, for tests that look at the
+    /// remote's files directly: `/nix/...`, `/root/...` and `/etc/nix/...` are the host's
+    /// private dirs; anything else on a trixie host is in its overlay's upper dir (files it
+    /// wrote), on a bookworm host it is shared with this machine.
+    pub fn local_path(&self, remote: &str) -> PathBuf {
+        let map = [("/nix", "nix"), ("/root", "home"), ("/etc/nix", "etc-nix")];
+        for (prefix, sub) in map {
+            if let Some(rest) = remote.strip_prefix(prefix) {
+                if rest.is_empty() || rest.starts_with('/') {
+                    return self.dir.join(sub).join(rest.trim_start_matches('/'));
+                }
+            }
+        }
+        match self.spec.flavour {
+            Flavour::Trixie => self.dir.join("upper").join(remote.trim_start_matches('/')),
+            Flavour::Bookworm => PathBuf::from(remote),
+        }
+    }
+
+    /// The pid of the host's sshd.
+    pub fn pid(&self) -> u32 {
+        self.sshd.id()
+    }
+
+    fn stop(&mut self) {
+        // The sshd is our direct child (exec'd through unshare, sh and chroot), so its pid is
+        // the child's pid: kill exactly it, never by name.
+        let _ = self.sshd.kill();
+        let _ = self.sshd.wait();
+    }
+}
+
+/// A set of hosts plus the client-side ssh files that reach them.
+pub struct Lab {
+    dir: tempfile::TempDir,
+    hosts: Vec<Host>,
+}
+
+impl Lab {
+    pub fn new() -> Self {
+        // Short path: ssh control sockets under it must fit in sun_path (108 bytes).
+        let dir = tempfile::Builder::new()
+            .prefix("edict-lab-")
+            .tempdir_in("/tmp")
+            .expect("creating the lab directory in /tmp");
+        let lab = Lab {
+            dir,
+            hosts: Vec::new(),
+        };
+        run_ok(
+            Command::new("ssh-keygen")
+                .args([
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-C",
+                    "edict-lab-client",
+                    "-f",
+                ])
+                .arg(lab.client_key()),
+        );
+        std::fs::write(lab.ssh_config(), "").expect("writing ssh_config");
+        std::fs::write(lab.known_hosts(), "").expect("writing known_hosts");
+        lab
+    }
+
+    /// A lab with one healthy host of each flavour, named `nix28` and `nix226`.
+    pub fn both() -> Self {
+        let mut lab = Lab::new();
+        for flavour in Flavour::ALL {
+            lab.start(HostSpec::new(default_name(flavour), flavour));
+        }
+        lab
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn ssh_config(&self) -> PathBuf {
+        self.dir().join("ssh_config")
+    }
+
+    pub fn known_hosts(&self) -> PathBuf {
+        self.dir().join("known_hosts")
+    }
+
+    pub fn client_key(&self) -> PathBuf {
+        self.dir().join("client_key")
+    }
+
+    /// The value for `NIX_SSHOPTS` (read by nix and by edict) that makes ssh use the lab's
+    /// config; the lab's paths contain no spaces, so no quoting is needed.
+    pub fn ssh_opts(&self) -> String {
+        format!("-F {}", self.ssh_config().display())
+    }
+
+    pub fn host(&self, name: &str) -> &Host {
+        self.hosts
+            .iter()
+            .find(|h| h.spec.name == name)
+            .unwrap_or_else(|| panic!("no lab host named {name}"))
+    }
+
+    pub fn hosts(&self) -> &[Host] {
+        &self.hosts
+    }
+
+    /// Starts a host and adds it to the ssh config and known_hosts; returns once its sshd
+    /// accepts connections.
+    pub fn start(&mut self, spec: HostSpec) -> &Host {
+        assert!(
+            self.hosts.iter().all(|h| h.spec.name != spec.name),
+            "lab host {} started twice",
+            spec.name
+        );
+        let dir = self.dir().join("hosts").join(&spec.name);
+        let ssh_dir = dir.join("ssh");
+        for sub in ["nix", "etc-nix", "home", "ssh"] {
+            std::fs::create_dir_all(dir.join(sub)).expect("creating host dirs");
+        }
+        // sshd refuses a home or key dir writable by others only with StrictModes, which is
+        // off, but keep root's home as a real home would be.
+        std::fs::set_permissions(dir.join("home"), std::fs::Permissions::from_mode(0o700))
+            .expect("chmod home");
+
+        run_ok(
+            Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C"])
+                .arg(format!("edict-lab-{}", spec.name))
+                .arg("-f")
+                .arg(ssh_dir.join("host_key")),
+        );
+        let client_pub =
+            std::fs::read_to_string(self.dir().join("client_key.pub")).expect("reading client key");
+        std::fs::write(ssh_dir.join("authorized_keys"), client_pub)
+            .expect("writing authorized_keys");
+        std::fs::write(dir.join("etc-nix/nix.conf"), nix_conf(&spec)).expect("writing nix.conf");
+        std::fs::write(
+            dir.join("etc-nix/registry.json"),
+            r#"{"flakes":[],"version":2}"#,
+        )
+        .expect("writing registry");
+
+        let trixie_root = match spec.flavour {
+            Flavour::Trixie => Some(trixie_root()),
+            Flavour::Bookworm => None,
+        };
+        if !spec.nix_on_path {
+            hide_nix(&dir, trixie_root.as_deref());
+        }
+
+        let mut last_err = String::new();
+        for _attempt in 0..5 {
+            let port = free_port();
+            match start_sshd(&spec, &dir, port, trixie_root.as_deref()) {
+                Ok(sshd) => {
+                    self.register_client_side(&spec.name, port, &ssh_dir);
+                    self.hosts.push(Host {
+                        spec,
+                        port,
+                        dir,
+                        sshd,
+                    });
+                    return self.hosts.last().expect("just pushed");
+                }
+                // Another process may have taken the port between our probe and sshd's bind.
+                Err(e) => last_err = e,
+            }
+        }
+        panic!("lab host {} did not start: {last_err}", spec.name);
+    }
+
+    fn register_client_side(&self, name: &str, port: u16, ssh_dir: &Path) {
+        let mut cfg = std::fs::read_to_string(self.ssh_config()).expect("reading ssh_config");
+        write!(
+            cfg,
+            "Host {name}\n  HostName 127.0.0.1\n  Port {port}\n  User root\n  IdentityFile {key}\n  IdentitiesOnly yes\n  UserKnownHostsFile {kh}\n  GlobalKnownHostsFile /dev/null\n\n",
+            key = self.client_key().display(),
+            kh = self.known_hosts().display(),
+        )
+        .expect("formatting");
+        std::fs::write(self.ssh_config(), cfg).expect("writing ssh_config");
+        let pubkey =
+            std::fs::read_to_string(ssh_dir.join("host_key.pub")).expect("reading host key");
+        let mut fields = pubkey.split_whitespace();
+        let (kind, key) = (
+            fields.next().expect("key type"),
+            fields.next().expect("key"),
+        );
+        let mut kh = std::fs::read_to_string(self.known_hosts()).expect("reading known_hosts");
+        writeln!(kh, "[127.0.0.1]:{port} {kind} {key}").expect("formatting");
+        std::fs::write(self.known_hosts(), kh).expect("writing known_hosts");
+    }
+
+    /// A command with the lab's client environment: ssh and nix find the hosts through
+    /// `NIX_SSHOPTS`, and the local nix works offline.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env("NIX_SSHOPTS", self.ssh_opts());
+        cmd.env("NIX_CONFIG", CLIENT_NIX_CONFIG);
+        cmd
+    }
+
+    /// `ssh -F CONFIG HOST -- SCRIPT`: runs a shell script on a host.
+    pub fn ssh(&self, host: &str, script: &str) -> Output {
+        self.command("ssh")
+            .arg("-F")
+            .arg(self.ssh_config())
+            .arg(host)
+            .arg("--")
+            .arg(script)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running ssh")
+    }
+
+    /// Like [`Lab::ssh`] but fails the test unless the script succeeds; returns its stdout.
+    pub fn ssh_ok(&self, host: &str, script: &str) -> String {
+        let out = self.ssh(host, script);
+        assert!(
+            out.status.success(),
+            "on lab host {host}: `{script}` failed: {}",
+            describe(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Default for Lab {
+    fn default() -> Self {
+        Lab::new()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for host in &mut self.hosts {
+            host.stop();
+        }
+    }
+}
+
+pub fn default_name(flavour: Flavour) -> &'static str {
+    match flavour {
+        Flavour::Bookworm => "nix28",
+        Flavour::Trixie => "nix226",
+    }
+}
+
+/// Settings for the local (client) nix in tests: offline and with flakes, whatever the
+/// machine's own nix.conf says.
+pub const CLIENT_NIX_CONFIG: &str = "experimental-features = nix-command flakes\nsubstituters =\nsandbox = false\nbuild-users-group =\nflake-registry = /dev/null\n";
+
+fn nix_conf(spec: &HostSpec) -> String {
+    let mut conf = String::from(
+        "# written by edict's lab\n\
+         # no network but package registries: never wait on cache.nixos.org\n\
+         substituters =\n\
+         # Debian's nix has no working sandbox here, and root builds without nixbld users\n\
+         sandbox = false\n\
+         build-users-group =\n\
+         flake-registry = /etc/nix/registry.json\n",
+    );
+    if spec.flakes {
+        conf.push_str("experimental-features = nix-command flakes\n");
+    }
+    if !spec.nix_on_path {
+        // Debian's nix runs its build hook from /usr/libexec -> /usr/bin/nix, which a hidden
+        // nix removes; a profile install finds the hook beside its own binary, as here.
+        conf.push_str("build-hook = /nix/var/nix/profiles/default/libexec/nix/build-remote\n");
+    }
+    conf.push_str(&spec.extra_nix_conf);
+    conf
+}
+
+/// Moves `nix*` off the non-interactive PATH: the host gets its own copy of the nix binary in
+/// `/nix/var/nix/profiles/default/bin`, and `/usr/bin/nix*` are removed from its view of
+/// `/usr/bin` (see `start_sshd`).
+fn hide_nix(dir: &Path, trixie_root: Option<&Path>) {
+    let bin = dir.join("nix/var/nix/profiles/default/bin");
+    std::fs::create_dir_all(&bin).expect("creating profile bin");
+    let source = match trixie_root {
+        Some(root) => root.join("usr/bin/nix"),
+        None => PathBuf::from("/usr/bin/nix"),
+    };
+    std::fs::copy(&source, bin.join("nix")).expect("copying nix into the profile");
+    for tool in NIX_TOOLS {
+        std::os::unix::fs::symlink("nix", bin.join(tool)).expect("linking nix tools");
+    }
+    let libexec = dir.join("nix/var/nix/profiles/default/libexec/nix");
+    std::fs::create_dir_all(&libexec).expect("creating profile libexec");
+    std::os::unix::fs::symlink("../../bin/nix", libexec.join("build-remote"))
+        .expect("linking build hook");
+}
+
+const NIX_TOOLS: [&str; 11] = [
+    "nix-build",
+    "nix-channel",
+    "nix-collect-garbage",
+    "nix-copy-closure",
+    "nix-daemon",
+    "nix-env",
+    "nix-hash",
+    "nix-instantiate",
+    "nix-prefetch-url",
+    "nix-shell",
+    "nix-store",
+];
+
+fn sshd_config(port: u16, ssh_dir_seen_by_host: &str) -> String {
+    let d = ssh_dir_seen_by_host;
+    format!(
+        "Port {port}\n\
+         ListenAddress 127.0.0.1\n\
+         HostKey {d}/host_key\n\
+         AuthorizedKeysFile {d}/authorized_keys\n\
+         PidFile {d}/sshd.pid\n\
+         UsePAM no\n\
+         StrictModes no\n\
+         PermitRootLogin prohibit-password\n\
+         PasswordAuthentication no\n\
+         KbdInteractiveAuthentication no\n\
+         # edict multiplexes steps over one connection, and tests run many at once\n\
+         MaxSessions 64\n\
+         MaxStartups 64:30:128\n\
+         Subsystem sftp internal-sftp\n\
+         LogLevel VERBOSE\n"
+    )
+}
+
+/// Starts sshd in a private mount namespace and waits until it accepts connections.
+fn start_sshd(
+    spec: &HostSpec,
+    dir: &Path,
+    port: u16,
+    trixie_root: Option<&Path>,
+) -> Result<Child, String> {
+    let d = dir.display().to_string();
+    let hide = if spec.nix_on_path {
+        ""
+    } else {
+        "rm -f $B/nix $B/nix-*\n"
+    };
+    let (script, ssh_dir_seen_by_host) = match trixie_root {
+        None => {
+            // Bookworm: this machine's root with private /nix, /etc/nix and /root. Hiding nix
+            // puts an overlay over /usr/bin so the machine's own /usr/bin is untouched.
+            let hide = if hide.is_empty() {
+                String::new()
+            } else {
+                for sub in ["usrbin-upper", "usrbin-work"] {
+                    std::fs::create_dir_all(dir.join(sub)).map_err(|e| e.to_string())?;
+                }
+                format!(
+                    "mount -t overlay overlay -o lowerdir=/usr/bin,upperdir=$D/usrbin-upper,workdir=$D/usrbin-work /usr/bin\nB=/usr/bin\n{hide}"
+                )
+            };
+            let script = format!(
+                "set -e\nD={d}\n\
+                 mount --bind $D/nix /nix\n\
+                 mount --bind $D/etc-nix /etc/nix\n\
+                 mount --bind $D/home /root\n\
+                 mkdir -p /run/sshd\n\
+                 {hide}\
+                 exec /usr/sbin/sshd -D -E $D/ssh/sshd.log -f $D/ssh/sshd_config\n"
+            );
+            (script, format!("{d}/ssh"))
+        }
+        Some(root) => {
+            // Trixie: a chroot into an overlay of the shared cached root; /nix, /etc/nix,
+            // /root and the ssh files are private binds. /dev must be rbind-mounted (devpts):
+            // Nix 2.26 opens a pseudoterminal for every build.
+            for sub in [
+                "upper/nix",
+                "upper/etc/nix",
+                "upper/etc/edict-lab",
+                "upper/root",
+                "work",
+                "merged",
+            ] {
+                std::fs::create_dir_all(dir.join(sub)).map_err(|e| e.to_string())?;
+            }
+            let script = format!(
+                "set -e\nD={d}\nM=$D/merged\n\
+                 mount -t overlay overlay -o lowerdir={root},upperdir=$D/upper,workdir=$D/work $M\n\
+                 mount --bind $D/nix $M/nix\n\
+                 mount --bind $D/etc-nix $M/etc/nix\n\
+                 mount --bind $D/home $M/root\n\
+                 mount --bind $D/ssh $M/etc/edict-lab\n\
+                 mount -t proc proc $M/proc\n\
+                 mount --rbind /dev $M/dev\n\
+                 mkdir -p $M/run/sshd\n\
+                 B=$M/usr/bin\n{hide}\
+                 exec chroot $M /usr/sbin/sshd -D -E /etc/edict-lab/sshd.log -f /etc/edict-lab/sshd_config\n",
+                root = root.display()
+            );
+            (script, "/etc/edict-lab".to_string())
+        }
+    };
+    std::fs::write(
+        dir.join("ssh/sshd_config"),
+        sshd_config(port, &ssh_dir_seen_by_host),
+    )
+    .map_err(|e| e.to_string())?;
+
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        // Own process group: a Ctrl-C meant for the test runner reaches sshd only through
+        // the parent-death signal, after the runner is gone.
+        .process_group(0);
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| format!("spawning unshare: {e}"))?;
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+    loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            let mut err = String::new();
+            if let Some(mut stderr) = child.stderr.take() {
+                let _ = stderr.read_to_string(&mut err);
+            }
+            let log = std::fs::read_to_string(dir.join("ssh/sshd.log")).unwrap_or_default();
+            return Err(format!("sshd exited with {status}: {err}{log}"));
+        }
+        if TcpStream::connect_timeout(&addr.into(), Duration::from_millis(200)).is_ok() {
+            return Ok(child);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("sshd did not listen on port {port} within 10 s"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("binding a free port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// The cached trixie root, built by `trixie-root.sh` if it is not there yet. Fails loudly:
+/// a lab that cannot start must never look like a passing test.
+pub fn trixie_root() -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/lab/trixie-root.sh");
+    let out = Command::new(&script)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("running tests/lab/trixie-root.sh");
+    assert!(
+        out.status.success(),
+        "the lab's Debian 13 root could not be built: {} (run tests/lab/trixie-root.sh by hand to see why)",
+        describe(&out)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+fn run_ok(cmd: &mut Command) {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}", describe(&out));
+}
+
+/// Exit status plus both streams, for assertion messages.
+pub fn describe(out: &Output) -> String {
+    format!(
+        "{}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Writes a flake with no inputs (no nixpkgs can be fetched here) whose default package is
+/// a two-path closure: `edict-top-TAG` refers to `edict-dep-TAG`. A fresh `tag` makes paths
+/// that no store has yet.
+pub fn write_flake(dir: &Path, tag: &str) {
+    std::fs::create_dir_all(dir).expect("creating flake dir");
+    std::fs::write(dir.join("flake.nix"), flake_nix(tag)).expect("writing flake.nix");
+}
+
+pub fn flake_nix(tag: &str) -> String {
+    format!(
+        r#"{{
+  description = "edict lab flake {tag}";
+  outputs = {{ self }}:
+    let
+      system = "x86_64-linux";
+      dep = derivation {{
+        name = "edict-dep-{tag}";
+        inherit system;
+        builder = "/bin/sh";
+        args = [ "-c" "echo dep {tag} > $out" ];
+      }};
+      top = derivation {{
+        name = "edict-top-{tag}";
+        inherit system;
+        builder = "/bin/sh";
+        args = [ "-c" "/bin/mkdir $out; echo ${{dep}} > $out/dep; echo hello > $out/greeting" ];
+      }};
+    in {{
+      packages.${{system}} = {{
+        default = top;
+        inherit dep;
+      }};
+    }};
+}}
+"#
+    )
+}
+
+/// A tag no earlier run used, so built paths are new to every store.
+pub fn unique_tag() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos();
+    format!("{}-{nanos}", std::process::id())
+}

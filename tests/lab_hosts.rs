@@ -1,0 +1,178 @@
+//! The lab itself: on each flavour of host, the round trip edict automates, done by hand
+//! (ssh, rsync a flake, build with the host's nix, `nix copy` the closure back), plus the
+//! host variants later tests rely on.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod lab;
+
+use lab::{Flavour, HostSpec, Lab, describe};
+use std::path::Path;
+
+#[test]
+fn hosts_start_quickly_and_report_their_nix() {
+    lab::trixie_root(); // build the cached root, if needed, outside the timing
+    for flavour in Flavour::ALL {
+        let mut lab = Lab::new();
+        let t = std::time::Instant::now();
+        lab.start(HostSpec::new("h", flavour));
+        let took = t.elapsed();
+        let version = lab.ssh_ok("h", "nix --version");
+        assert!(
+            version.contains(&format!("nix (Nix) {}.", flavour.nix_version())),
+            "{flavour:?}: {version}"
+        );
+        // Not an assertion on speed (timings are the benchmark's business); shown for humans.
+        eprintln!("{flavour:?} host started in {took:?}: {}", version.trim());
+    }
+}
+
+fn local_path_valid(lab: &Lab, path: &str) -> bool {
+    lab.command("nix-store")
+        .args(["--check-validity", path])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+/// ssh in, rsync a flake, build it there, copy the closure back; check it was absent locally
+/// before and is valid after, and that the host's store is really separate.
+fn round_trip(flavour: Flavour, store_scheme: &str) {
+    let lab = Lab::both();
+    let host = lab::default_name(flavour);
+    let tag = lab::unique_tag();
+    let src = tempfile::tempdir().unwrap();
+    lab::write_flake(src.path(), &tag);
+
+    let rsync = lab
+        .command("rsync")
+        .args(["-a", "--delete", "-e"])
+        .arg(format!("ssh {}", lab.ssh_opts()))
+        .arg(format!("{}/", src.path().display()))
+        .arg(format!("{host}:/root/src/"))
+        .output()
+        .unwrap();
+    assert!(
+        rsync.status.success(),
+        "rsync to {host}: {}",
+        describe(&rsync)
+    );
+    assert!(lab.host(host).local_path("/root/src/flake.nix").exists());
+
+    let out = lab.ssh_ok(
+        host,
+        "nix build /root/src#default --no-link && nix path-info /root/src#default",
+    );
+    let out = out.trim().to_string();
+    assert!(
+        out.starts_with("/nix/store/") && out.ends_with(&format!("-edict-top-{tag}")),
+        "{out}"
+    );
+    // Built in the host's private store, not in this machine's.
+    assert!(lab.host(host).local_path(&out).join("greeting").exists());
+    assert!(
+        !local_path_valid(&lab, &out),
+        "{out} must not be in the local store yet"
+    );
+    assert!(!Path::new(&out).exists());
+
+    let copy = lab
+        .command("nix")
+        .args(["copy", "--no-check-sigs", "--from"])
+        .arg(format!("{store_scheme}://{host}"))
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        copy.status.success(),
+        "nix copy from {host}: {}",
+        describe(&copy)
+    );
+
+    let closure = lab
+        .command("nix")
+        .args(["path-info", "--recursive", &out])
+        .output()
+        .unwrap();
+    assert!(closure.status.success(), "{}", describe(&closure));
+    let closure = String::from_utf8(closure.stdout).unwrap();
+    let paths: Vec<&str> = closure.lines().collect();
+    assert_eq!(paths.len(), 2, "closure of {out}: {closure}");
+    for p in &paths {
+        assert!(local_path_valid(&lab, p), "{p} not valid locally");
+    }
+    let dep = std::fs::read_to_string(Path::new(&out).join("dep")).unwrap();
+    let dep = dep.trim();
+    assert!(
+        paths.contains(&dep),
+        "runtime reference {dep} missing from {paths:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dep).unwrap(),
+        format!("dep {tag}\n")
+    );
+}
+
+#[test]
+fn round_trip_on_nix_2_8_over_ssh() {
+    round_trip(Flavour::Bookworm, "ssh");
+}
+
+#[test]
+fn round_trip_on_nix_2_26_over_ssh_ng() {
+    round_trip(Flavour::Trixie, "ssh-ng");
+}
+
+#[test]
+fn host_with_hidden_nix_and_flakes_off() {
+    for flavour in Flavour::ALL {
+        let mut lab = Lab::new();
+        lab.start(
+            HostSpec::new("odd", flavour)
+                .nix_on_path(false)
+                .flakes(false),
+        );
+        let which = lab.ssh("odd", "command -v nix");
+        assert!(
+            !which.status.success(),
+            "{flavour:?}: nix must be off PATH: {}",
+            describe(&which)
+        );
+        let nix = "/nix/var/nix/profiles/default/bin/nix";
+        let v = lab.ssh_ok("odd", &format!("{nix} --version"));
+        assert!(v.contains(flavour.nix_version()), "{v}");
+
+        let src = lab.host("odd").local_path("/root/src");
+        lab::write_flake(&src, &lab::unique_tag());
+        let off = lab.ssh("odd", &format!("{nix} build /root/src --no-link"));
+        assert!(
+            !off.status.success(),
+            "flakes must be disabled: {}",
+            describe(&off)
+        );
+        let err = String::from_utf8_lossy(&off.stderr);
+        assert!(err.contains("experimental"), "{flavour:?}: {err}");
+        lab.ssh_ok(
+            "odd",
+            &format!(
+                "{nix} --extra-experimental-features 'nix-command flakes' build /root/src --no-link"
+            ),
+        );
+    }
+}
+
+#[test]
+fn dropping_the_lab_stops_every_sshd() {
+    let lab = Lab::both();
+    let pids: Vec<u32> = lab.hosts().iter().map(|h| h.pid()).collect();
+    for pid in &pids {
+        assert!(Path::new(&format!("/proc/{pid}")).exists());
+    }
+    drop(lab);
+    for pid in &pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "sshd {pid} left behind"
+        );
+    }
+}
