@@ -1,0 +1,676 @@
+//! Step 1: classify the words of a nix command line, so that only real flake references
+//! (installables, `--inputs-from REF`, `--override-input NAME REF`, …) and local file paths
+//! are synced and rewritten, and a flag's value or a program's argument never is.
+//!
+//! The grammar follows nix's own parser (libutil `Args::parseCmdline`): flags may appear
+//! anywhere before `--`; `-abc` is `-a -b -c`; every nix.conf setting is also a flag
+//! (`--cores N`, `--sandbox` / `--no-sandbox`, `--extra-substituters X`). The flag tables
+//! below were read off Nix 2.8 and 2.26 (`nix … --help`, `nix show-config --json`).
+
+/// What one word of the command line is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// A subcommand word: `build`, `flake`, `update`.
+    Command,
+    /// A flag name.
+    Flag,
+    /// A flag's value that names nothing on this machine (`--option NAME VALUE`).
+    Value,
+    /// A flake reference or installable (`.#pkg`, `nixpkgs#hello`, `/nix/store/…`).
+    FlakeRef,
+    /// The value of `-o/--out-link`: a local path where a result link should appear.
+    OutLink,
+    /// A local file nix reads: `-f/--file`, `--reference-lock-file`.
+    InputFile,
+    /// A local file nix writes: `--output-lock-file`.
+    OutputFile,
+    /// A word for the program nix runs (`nix run .#app ARGS`, `-c CMD ARGS`).
+    ProgramArg,
+    /// An input name (`nix flake update nixpkgs` on nix ≥ 2.19, `--update-input`).
+    InputName,
+    /// `--`.
+    Separator,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Arg {
+    pub text: String,
+    pub role: Role,
+    /// A positional word (an installable), not a flag's value.
+    pub positional: bool,
+}
+
+/// A classified nix command line (the words after `nix`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NixArgs {
+    pub args: Vec<Arg>,
+}
+
+impl NixArgs {
+    /// The subcommand path, e.g. `["flake", "update"]`.
+    pub fn subcommand(&self) -> Vec<&str> {
+        self.args
+            .iter()
+            .filter(|a| a.role == Role::Command)
+            .map(|a| a.text.as_str())
+            .collect()
+    }
+
+    pub fn has_flag(&self, names: &[&str]) -> bool {
+        self.args
+            .iter()
+            .any(|a| a.role == Role::Flag && names.contains(&a.text.as_str()))
+    }
+
+    /// Whether nix will use the flake in the current directory without being told: the
+    /// commands whose installable defaults to `.`, given none and no `--file`/`--expr`.
+    pub fn implicit_cwd_flake(&self) -> bool {
+        let sub = self.subcommand();
+        let defaults_to_dot = matches!(
+            sub.as_slice(),
+            ["build"] | ["run"] | ["develop"] | ["fmt"] | ["print-dev-env"] | ["eval"] | ["repl"]
+        ) || (sub.first() == Some(&"flake")
+            && !matches!(
+                sub.get(1),
+                Some(&"init") | Some(&"new") | Some(&"clone") | Some(&"prefetch")
+            ));
+        let positional_ref = self
+            .args
+            .iter()
+            .any(|a| a.role == Role::FlakeRef && a.positional);
+        defaults_to_dot && !positional_ref && !self.has_flag(&["-f", "--file", "--expr", "--flake"])
+    }
+}
+
+/// How a command treats its positional words.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Positionals {
+    /// Every positional is an installable (`nix build A B`).
+    Installables,
+    /// The first is an installable, the rest belong to the program (`nix run A ARGS`).
+    FirstThenProgram,
+    /// The first is a flake, the rest are plain values (`nix search REF REGEX`).
+    FirstThenValues,
+    /// Local-looking words are flakes (old nix), others input names (nix ≥ 2.19).
+    FlakeUpdate,
+    /// No flakes among them (`nix flake init`, `nix registry add …`).
+    Values,
+    /// All of them go to a program (`nix fmt FILES`).
+    Program,
+}
+
+fn positionals(sub: &[String]) -> Positionals {
+    let words: Vec<&str> = sub.iter().map(String::as_str).collect();
+    match words.as_slice() {
+        ["run", ..] => Positionals::FirstThenProgram,
+        ["search", ..] | ["develop", ..] => Positionals::FirstThenValues,
+        ["fmt", ..] => Positionals::Program,
+        ["flake", "update", ..] => Positionals::FlakeUpdate,
+        ["flake", "init" | "new", ..] => Positionals::Values,
+        ["flake", _, ..] => Positionals::FirstThenValues,
+        [
+            "registry" | "hash" | "key" | "nar" | "config" | "show-config" | "doctor"
+            | "upgrade-nix" | "daemon" | "help" | "help-stores",
+            ..,
+        ] => Positionals::Values,
+        ["profile", "install" | "add", ..] => Positionals::Installables,
+        ["profile", ..] => Positionals::Values,
+        [
+            "store",
+            "ls" | "cat" | "dump-path" | "ping" | "info" | "gc" | "optimise" | "prefetch-file",
+            ..,
+        ] => Positionals::Values,
+        _ => Positionals::Installables,
+    }
+}
+
+/// Commands with a second word (`nix flake update`).
+const GROUPS: &[&str] = &[
+    "flake",
+    "profile",
+    "registry",
+    "store",
+    "derivation",
+    "nar",
+    "hash",
+    "key",
+    "realisation",
+    "config",
+];
+
+/// Flags that take two words.
+const TWO: &[(&str, [Role; 2])] = &[
+    ("--option", [Role::Value, Role::Value]),
+    ("--arg", [Role::Value, Role::Value]),
+    ("--argstr", [Role::Value, Role::Value]),
+    ("--arg-from-file", [Role::Value, Role::InputFile]),
+    ("--override-input", [Role::InputName, Role::FlakeRef]),
+    ("--override-flake", [Role::Value, Role::FlakeRef]),
+    ("--redirect", [Role::FlakeRef, Role::Value]),
+    ("--set-env-var", [Role::Value, Role::Value]),
+    ("-s", [Role::Value, Role::Value]),
+];
+
+/// Flags that take one word, with the word's role.
+const ONE: &[(&str, Role)] = &[
+    ("--out-link", Role::OutLink),
+    ("-o", Role::OutLink),
+    ("--file", Role::InputFile),
+    ("-f", Role::InputFile),
+    ("--reference-lock-file", Role::InputFile),
+    ("--output-lock-file", Role::OutputFile),
+    ("--inputs-from", Role::FlakeRef),
+    ("--flake", Role::FlakeRef),
+    ("--template", Role::FlakeRef),
+    ("-t", Role::FlakeRef),
+    ("--update-input", Role::InputName),
+    ("--expr", Role::Value),
+    ("--include", Role::Value),
+    ("-I", Role::Value),
+    ("--eval-store", Role::Value),
+    ("--log-format", Role::Value),
+    ("--profile", Role::Value),
+    ("--keep-env-var", Role::Value),
+    ("--keep", Role::Value),
+    ("-k", Role::Value),
+    ("--unset-env-var", Role::Value),
+    ("--unset", Role::Value),
+    ("-u", Role::Value),
+    ("--arg-from-stdin", Role::Value),
+    ("--apply", Role::Value),
+    ("--write-to", Role::Value),
+    ("--phase", Role::Value),
+    ("--priority", Role::Value),
+    ("--to", Role::Value),
+    ("--from", Role::Value),
+    ("--dest", Role::Value),
+    ("--level", Role::Value),
+    ("--max-jobs", Role::Value),
+    ("-j", Role::Value),
+    ("--cores", Role::Value),
+    ("--builders", Role::Value),
+    ("--store", Role::Value),
+    ("--system", Role::Value),
+    ("--outputs", Role::Value),
+    ("--format", Role::Value),
+    ("--type", Role::Value),
+    ("--hash-algo", Role::Value),
+    ("--base", Role::Value),
+    ("--name", Role::Value),
+    ("--reference", Role::Value),
+];
+
+/// Settings that take a value, each also a flag (`--NAME V`, and `--extra-NAME V`).
+const VALUE_SETTINGS: &[&str] = &[
+    "access-tokens",
+    "allowed-impure-host-deps",
+    "allowed-uris",
+    "allowed-users",
+    "bash-prompt",
+    "bash-prompt-prefix",
+    "bash-prompt-suffix",
+    "binary-cache-public-keys",
+    "binary-caches",
+    "binary-caches-parallel-connections",
+    "build-chroot-dirs",
+    "build-cores",
+    "build-dir",
+    "build-hook",
+    "build-max-jobs",
+    "build-max-log-size",
+    "build-max-silent-time",
+    "build-poll-interval",
+    "build-repeat",
+    "build-sandbox-paths",
+    "build-timeout",
+    "build-users-group",
+    "builders",
+    "commit-lock-file-summary",
+    "commit-lockfile-summary",
+    "connect-timeout",
+    "cores",
+    "diff-hook",
+    "download-attempts",
+    "download-buffer-size",
+    "download-speed",
+    "eval-system",
+    "experimental-features",
+    "extra-platforms",
+    "flake-registry",
+    "gc-reserved-space",
+    "hashed-mirrors",
+    "http-connections",
+    "id-count",
+    "ignored-acls",
+    "impure-env",
+    "log-lines",
+    "max-build-log-size",
+    "max-call-depth",
+    "max-free",
+    "max-jobs",
+    "max-silent-time",
+    "max-substitution-jobs",
+    "min-free",
+    "min-free-check-interval",
+    "nar-buffer-size",
+    "narinfo-cache-negative-ttl",
+    "narinfo-cache-positive-ttl",
+    "netrc-file",
+    "nix-path",
+    "plugin-files",
+    "post-build-hook",
+    "pre-build-hook",
+    "repeat",
+    "sandbox-build-dir",
+    "sandbox-dev-shm-size",
+    "sandbox-paths",
+    "secret-key-files",
+    "ssl-cert-file",
+    "stalled-download-timeout",
+    "start-id",
+    "store",
+    "substituters",
+    "substitution-max-jobs",
+    "system",
+    "system-features",
+    "tarball-ttl",
+    "timeout",
+    "trusted-binary-caches",
+    "trusted-public-keys",
+    "trusted-substituters",
+    "trusted-users",
+    "upgrade-nix-store-path-url",
+    "user-agent-suffix",
+    "warn-large-path-threshold",
+];
+
+/// Flags that end flag parsing and hand every following word to a program.
+const REST: &[&str] = &["--command", "-c"];
+
+/// How many words follow `flag` and their roles; `None` for a flag taking the rest.
+/// Unknown flags take no value, as boolean settings and most nix flags do.
+fn arity(flag: &str, sub: &[String]) -> Option<(usize, [Role; 2])> {
+    if REST.contains(&flag) {
+        return None;
+    }
+    // `-t` is `--template` only for `nix flake init/new`; elsewhere nix has no `-t`.
+    if flag == "-t" && !matches!(sub.get(1).map(String::as_str), Some("init" | "new")) {
+        return Some((0, [Role::Value; 2]));
+    }
+    if let Some((_, roles)) = TWO.iter().find(|(f, _)| *f == flag) {
+        return Some((2, *roles));
+    }
+    if let Some((_, role)) = ONE.iter().find(|(f, _)| *f == flag) {
+        return Some((1, [*role, Role::Value]));
+    }
+    if let Some(name) = flag.strip_prefix("--") {
+        let name = name.strip_prefix("extra-").unwrap_or(name);
+        if VALUE_SETTINGS.contains(&name) {
+            return Some((1, [Role::Value; 2]));
+        }
+    }
+    Some((0, [Role::Value; 2]))
+}
+
+/// Classifies the words after `nix`.
+pub fn classify(words: &[String]) -> NixArgs {
+    let mut args: Vec<Arg> = Vec::with_capacity(words.len());
+    let mut sub: Vec<String> = Vec::new();
+    let mut sub_done = false;
+    let mut positional_count = 0usize;
+    let mut flags_done = false;
+    let mut rest_to_program = false;
+    let mut queue: std::collections::VecDeque<String> = words.iter().cloned().collect();
+
+    let push = |args: &mut Vec<Arg>, text: String, role: Role| {
+        args.push(Arg {
+            text,
+            role,
+            positional: false,
+        })
+    };
+
+    while let Some(word) = queue.pop_front() {
+        if rest_to_program {
+            push(&mut args, word, Role::ProgramArg);
+            continue;
+        }
+        if !flags_done && word == "--" {
+            flags_done = true;
+            push(&mut args, word, Role::Separator);
+            continue;
+        }
+        if !flags_done && word.starts_with('-') && word.len() > 1 {
+            // `-abc` is `-a -b -c` (nix expands clusters of single-letter flags).
+            let flags: Vec<String> = if !word.starts_with("--") && word.len() > 2 {
+                word.chars().skip(1).map(|c| format!("-{c}")).collect()
+            } else {
+                vec![word.clone()]
+            };
+            if flags.len() > 1 {
+                // Keep the cluster as one word on the command line; its values follow it.
+                let mut roles = Vec::new();
+                for f in &flags {
+                    match arity(f, &sub) {
+                        None => {
+                            rest_to_program = true;
+                            break;
+                        }
+                        Some((n, r)) => roles.extend(r.into_iter().take(n)),
+                    }
+                }
+                push(&mut args, word, Role::Flag);
+                for role in roles {
+                    if let Some(v) = queue.pop_front() {
+                        push(&mut args, v, role);
+                    }
+                }
+                continue;
+            }
+            match arity(&word, &sub) {
+                None => {
+                    push(&mut args, word, Role::Flag);
+                    rest_to_program = true;
+                }
+                Some((n, roles)) => {
+                    push(&mut args, word, Role::Flag);
+                    for role in roles.into_iter().take(n) {
+                        if let Some(v) = queue.pop_front() {
+                            push(&mut args, v, role);
+                        }
+                    }
+                }
+            }
+            continue;
+        }
+        // A positional word: first the subcommand path, then per-command meaning.
+        if !sub_done {
+            sub.push(word.clone());
+            push(&mut args, word, Role::Command);
+            let is_group = sub.len() == 1 && GROUPS.contains(&sub[0].as_str());
+            sub_done = !is_group;
+            continue;
+        }
+        let role = match positionals(&sub) {
+            Positionals::Installables => Role::FlakeRef,
+            Positionals::FirstThenProgram if positional_count == 0 => Role::FlakeRef,
+            // Nix still parses its flags after the installable (hence `nix run X -- --flag`).
+            Positionals::FirstThenProgram => Role::ProgramArg,
+            Positionals::FirstThenValues if positional_count == 0 => Role::FlakeRef,
+            Positionals::FirstThenValues | Positionals::Values => Role::Value,
+            Positionals::Program => Role::ProgramArg,
+            Positionals::FlakeUpdate => {
+                if matches!(
+                    crate::flakeref::parse(&word),
+                    crate::flakeref::FlakeRef::Local(_)
+                ) {
+                    Role::FlakeRef
+                } else {
+                    Role::InputName
+                }
+            }
+        };
+        positional_count += 1;
+        args.push(Arg {
+            text: word,
+            role,
+            positional: true,
+        });
+    }
+    NixArgs { args }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Role::*;
+
+    fn roles(line: &str) -> Vec<(String, Role)> {
+        let words = split(line);
+        classify(&words)
+            .args
+            .into_iter()
+            .map(|a| (a.text, a.role))
+            .collect()
+    }
+
+    /// Splits a test line on spaces; `'…'` groups words with spaces.
+    fn split(line: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut cur = String::new();
+        let mut quoted = false;
+        let mut any = false;
+        for c in line.chars() {
+            match c {
+                '\'' => {
+                    quoted = !quoted;
+                    any = true;
+                }
+                ' ' if !quoted => {
+                    if any {
+                        out.push(std::mem::take(&mut cur));
+                    }
+                    any = false;
+                }
+                c => {
+                    cur.push(c);
+                    any = true;
+                }
+            }
+        }
+        if any {
+            out.push(cur);
+        }
+        out
+    }
+
+    fn refs(line: &str) -> Vec<String> {
+        roles(line)
+            .into_iter()
+            .filter(|(_, r)| *r == FlakeRef)
+            .map(|(t, _)| t)
+            .collect()
+    }
+
+    /// 40+ real command lines: which words are flake references.
+    #[test]
+    fn finds_flake_refs_in_real_command_lines() {
+        let table: &[(&str, &[&str])] = &[
+            ("build", &[]),
+            ("build .", &["."]),
+            ("build .#hello", &[".#hello"]),
+            ("build .#a .#b nixpkgs#c", &[".#a", ".#b", "nixpkgs#c"]),
+            ("build -L .#x", &[".#x"]),
+            ("build -L -v .#x --show-trace", &[".#x"]),
+            ("build .#x -o out", &[".#x"]),
+            ("build -o ./my-result .#x", &[".#x"]),
+            ("build --out-link /tmp/r .#x", &[".#x"]),
+            ("build --no-link --print-out-paths .#x", &[".#x"]),
+            ("build --json .#x", &[".#x"]),
+            ("build --option substituters '' .#x", &[".#x"]),
+            ("build --option system-features 'kvm big' .#x", &[".#x"]),
+            (
+                "build --arg foo ./not-a-ref -f ./default.nix attr",
+                &["attr"],
+            ),
+            ("build --argstr name ./x .#y", &[".#y"]),
+            ("build --expr '(import ./x {})' --impure", &[]),
+            ("build -f . hello", &["hello"]),
+            (
+                "build --file ./release.nix build.x86_64-linux",
+                &["build.x86_64-linux"],
+            ),
+            ("build -I nixpkgs=./np .#x", &[".#x"]),
+            (
+                "build --override-input nixpkgs ../nixpkgs .#x",
+                &["../nixpkgs", ".#x"],
+            ),
+            (
+                "build --override-input dep/sub path:/src/sub .#x",
+                &["path:/src/sub", ".#x"],
+            ),
+            (
+                "build --inputs-from . nixpkgs#hello",
+                &[".", "nixpkgs#hello"],
+            ),
+            ("build --override-flake nixpkgs ./np .#x", &["./np", ".#x"]),
+            ("build --reference-lock-file ./old.lock .#x", &[".#x"]),
+            ("build --output-lock-file ./new.lock .#x", &[".#x"]),
+            ("build --eval-store auto --store ssh-ng://h .#x", &[".#x"]),
+            ("build --log-format bar-with-logs .#x", &[".#x"]),
+            ("build -j 4 --cores 2 .#x", &[".#x"]),
+            (
+                "build --max-jobs 0 --builders 'ssh://b x86_64-linux' .#x",
+                &[".#x"],
+            ),
+            ("build --extra-substituters https://c .#x", &[".#x"]),
+            ("build --system aarch64-linux .#x", &[".#x"]),
+            ("build --no-sandbox --keep-going --fallback .#x", &[".#x"]),
+            ("build --profile ./p .#x", &[".#x"]),
+            ("build --rebuild --dry-run .#x", &[".#x"]),
+            ("build -Lo out .#x", &[".#x"]),
+            ("build '.#pkg^out,dev'", &[".#pkg^out,dev"]),
+            (
+                "build /nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-x.drv^*",
+                &["/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-x.drv^*"],
+            ),
+            ("build -- .#x", &[".#x"]),
+            ("--option cores 2 build .#x", &[".#x"]),
+            (
+                "--extra-experimental-features 'nix-command flakes' build .#x",
+                &[".#x"],
+            ),
+            ("run .#app", &[".#app"]),
+            ("run .#app -- --flag ./file", &[".#app"]),
+            ("run .#app ./file 'a b'", &[".#app"]),
+            ("run nixpkgs#hello -- -g hi", &["nixpkgs#hello"]),
+            ("run -- .#app ./x", &[".#app"]),
+            ("run", &[]),
+            (
+                "shell .#a nixpkgs#b -c ./script.sh ./arg",
+                &[".#a", "nixpkgs#b"],
+            ),
+            ("shell .#a --command sh -c 'echo .#b'", &[".#a"]),
+            ("develop -c make -C ./sub", &[]),
+            ("develop .#dev --command bash -c ./build.sh", &[".#dev"]),
+            ("develop ./sub#shell -i -k HOME -c true", &["./sub#shell"]),
+            ("develop --unset PATH -s FOO ./bar .#x -c true", &[".#x"]),
+            ("flake update", &[]),
+            ("flake update nixpkgs", &[]),
+            ("flake update --flake ./sub nixpkgs", &["./sub"]),
+            ("flake update ./sub", &["./sub"]),
+            ("flake lock --update-input nixpkgs", &[]),
+            ("flake lock ./sub --update-input nixpkgs", &["./sub"]),
+            ("flake check", &[]),
+            ("flake check ./sub --no-build", &["./sub"]),
+            ("flake show --json .", &["."]),
+            (
+                "flake metadata git+file:///srv/r?dir=x",
+                &["git+file:///srv/r?dir=x"],
+            ),
+            ("flake init -t ./templates#rust", &["./templates#rust"]),
+            ("flake init", &[]),
+            ("search nixpkgs .", &["nixpkgs"]),
+            ("eval .#x --apply 'x: x' --json", &[".#x"]),
+            ("eval --expr '1 + 1'", &[]),
+            ("fmt ./a.nix ./b.nix", &[]),
+            ("path-info -r .#x", &[".#x"]),
+            ("why-depends .#a .#b", &[".#a", ".#b"]),
+            ("print-dev-env .#x", &[".#x"]),
+            ("registry add nixpkgs ./np", &[]),
+            ("profile install .#x", &[".#x"]),
+            ("copy --to ssh://h .#x", &[".#x"]),
+        ];
+        for (line, expected) in table {
+            let got = refs(line);
+            assert_eq!(&got, expected, "`nix {line}`");
+        }
+        assert!(table.len() >= 40);
+    }
+
+    #[test]
+    fn flag_values_and_program_words_keep_their_roles() {
+        assert_eq!(
+            roles("build -o out --option a b .#x"),
+            vec![
+                ("build".into(), Command),
+                ("-o".into(), Flag),
+                ("out".into(), OutLink),
+                ("--option".into(), Flag),
+                ("a".into(), Value),
+                ("b".into(), Value),
+                (".#x".into(), FlakeRef)
+            ]
+        );
+        assert_eq!(
+            roles("run .#app -L x -- --y ./z"),
+            vec![
+                ("run".into(), Command),
+                (".#app".into(), FlakeRef),
+                ("-L".into(), Flag),
+                ("x".into(), ProgramArg),
+                ("--".into(), Separator),
+                ("--y".into(), ProgramArg),
+                ("./z".into(), ProgramArg)
+            ]
+        );
+        let r = roles("build -Lo out .#x");
+        assert_eq!(r[1], ("-Lo".into(), Flag));
+        assert_eq!(r[2], ("out".into(), OutLink));
+        let r = roles("build -f ./d.nix --reference-lock-file a.lock --output-lock-file b.lock");
+        assert_eq!(r[2].1, InputFile);
+        assert_eq!(r[4].1, InputFile);
+        assert_eq!(r[6].1, OutputFile);
+        let r = roles("flake update nixpkgs");
+        assert_eq!(r[2], ("nixpkgs".into(), InputName));
+        let r = roles("build --override-input a/b ./c");
+        assert_eq!((r[2].1, r[3].1), (InputName, FlakeRef));
+    }
+
+    #[test]
+    fn subcommands() {
+        assert_eq!(
+            classify(&split("flake update --flake .")).subcommand(),
+            vec!["flake", "update"]
+        );
+        assert_eq!(classify(&split("-v build .")).subcommand(), vec!["build"]);
+        assert_eq!(
+            classify(&split("--option cores 2 develop")).subcommand(),
+            vec!["develop"]
+        );
+    }
+
+    #[test]
+    fn implicit_cwd_flake() {
+        let yes = [
+            "build",
+            "build -L",
+            "run",
+            "develop -c true",
+            "flake update",
+            "flake lock",
+            "flake check",
+            "flake show",
+            "eval --json",
+            "build -o out",
+        ];
+        let no = [
+            "build .#x",
+            "build nixpkgs#x",
+            "build -f . x",
+            "build --expr 1",
+            "shell nixpkgs#x",
+            "flake init -t x",
+            "flake update --flake ./sub",
+            "flake show ./sub",
+            "run .#a",
+            "build --inputs-from . nixpkgs#x",
+        ];
+        for l in yes {
+            assert!(classify(&split(l)).implicit_cwd_flake(), "{l}");
+        }
+        for l in no {
+            assert!(!classify(&split(l)).implicit_cwd_flake(), "{l}");
+        }
+    }
+}
