@@ -1,0 +1,252 @@
+//! The one place where edict starts programs (ssh, rsync, git, nix): builds the argv as data,
+//! prints it at `-v` as a line a user can paste into a shell, and runs it. Every word that
+//! crosses to a remote shell goes through [`quote`].
+
+use anyhow::{Context, Result};
+use std::ffi::OsStr;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+static VERBOSITY: AtomicU8 = AtomicU8::new(0);
+static QUIET: AtomicU8 = AtomicU8::new(0);
+
+pub fn set_verbosity(verbose: u8, quiet: bool) {
+    VERBOSITY.store(verbose, Ordering::Relaxed);
+    QUIET.store(u8::from(quiet), Ordering::Relaxed);
+}
+
+pub fn verbosity() -> u8 {
+    VERBOSITY.load(Ordering::Relaxed)
+}
+
+/// A progress or result line for the user, on stderr (stdout is the nix command's), unless -q.
+pub fn info(msg: impl std::fmt::Display) {
+    if QUIET.load(Ordering::Relaxed) == 0 {
+        eprintln!("edict: {msg}");
+    }
+}
+
+/// A line shown only at `-vv`.
+pub fn debug(msg: impl std::fmt::Display) {
+    if verbosity() >= 2 {
+        eprintln!("edict: {msg}");
+    }
+}
+
+/// Quotes one word for a POSIX shell: any string, including spaces, quotes, `$()`, `;`,
+/// newlines and the empty string, comes out as exactly one word with the same bytes.
+pub fn quote(word: &str) -> String {
+    shell_escape::unix::escape(word.into()).into_owned()
+}
+
+/// Quotes every word and joins them with spaces: a command line for a POSIX shell.
+pub fn quote_words<S: AsRef<str>>(words: &[S]) -> String {
+    words
+        .iter()
+        .map(|w| quote(w.as_ref()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A program to run, with its arguments and environment, kept as data until it runs.
+#[derive(Clone, Debug)]
+pub struct Cmd {
+    program: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl Cmd {
+    pub fn new(program: impl Into<String>) -> Self {
+        Cmd {
+            program: program.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// The argv, for tests and messages.
+    pub fn argv(&self) -> Vec<String> {
+        std::iter::once(self.program.clone())
+            .chain(self.args.iter().cloned())
+            .collect()
+    }
+
+    /// The command as one line a user can paste into a shell, environment first.
+    pub fn line(&self) -> String {
+        let env = self
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k}={} ", quote(v)))
+            .collect::<String>();
+        format!("{env}{}", quote_words(&self.argv()))
+    }
+
+    fn log(&self) {
+        if verbosity() >= 1 {
+            eprintln!("+ {}", self.line());
+        }
+    }
+
+    /// The std Command, with edict's environment changes applied.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(OsStr::new(&self.program));
+        cmd.args(&self.args);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Runs it with stdin closed, capturing stdout and stderr.
+    pub fn output(&self) -> Result<Output> {
+        self.log();
+        self.command()
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| {
+                format!(
+                    "could not start `{}`: is {} installed and on PATH?",
+                    self.line(),
+                    self.program
+                )
+            })
+    }
+
+    /// Starts it with the given stdio; the caller waits.
+    pub fn spawn(&self, configure: impl FnOnce(&mut Command)) -> Result<Child> {
+        self.log();
+        let mut cmd = self.command();
+        configure(&mut cmd);
+        cmd.spawn().with_context(|| {
+            format!(
+                "could not start `{}`: is {} installed and on PATH?",
+                self.line(),
+                self.program
+            )
+        })
+    }
+}
+
+/// The last lines of a program's stderr, for error messages.
+pub fn stderr_tail(out: &Output) -> String {
+    let text = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let start = lines.len().saturating_sub(12);
+    lines[start..].join("\n")
+}
+
+/// An exit status as a shell would report it: the code, or 128 + signal.
+pub fn exit_code(status: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub const HOSTILE: &[&str] = &[
+        "",
+        " ",
+        "plain",
+        "two words",
+        "it's",
+        "\"double\"",
+        "$(touch /tmp/pwned)",
+        "`id`",
+        "a;b",
+        "a&&b|c",
+        "line\nbreak",
+        "tab\there",
+        "back\\slash",
+        "*glob?[x]",
+        "~user",
+        "-n",
+        "--",
+        "$HOME",
+        "!bang",
+        "#hash",
+        "emoji ✓",
+        "'",
+        "''",
+        "\\'",
+    ];
+
+    /// Round trip through a real /bin/sh: every hostile word arrives as exactly itself.
+    #[test]
+    fn quote_round_trips_through_sh() {
+        let script = format!(
+            "for a in {}; do printf '%s\\0' \"$a\"; done",
+            quote_words(HOSTILE)
+        );
+        let out = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let got: Vec<String> = out
+            .stdout
+            .split(|b| *b == 0)
+            .filter(|_| true)
+            .map(|w| String::from_utf8(w.to_vec()).unwrap())
+            .collect();
+        let mut expected: Vec<String> = HOSTILE.iter().map(|s| s.to_string()).collect();
+        expected.push(String::new()); // after the last NUL
+        assert_eq!(got, expected);
+    }
+
+    /// Quoting twice (a script inside `sh -c` inside ssh's command line) also round-trips.
+    #[test]
+    fn nested_quoting_round_trips() {
+        let inner = format!("printf '%s\\0' {}", quote_words(HOSTILE));
+        let outer = quote_words(&["sh", "-c", &inner]);
+        let out = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(&outer)
+            .output()
+            .unwrap();
+        let got: Vec<&[u8]> = out.stdout.split(|b| *b == 0).collect();
+        assert_eq!(got.len(), HOSTILE.len() + 1);
+        for (g, e) in got.iter().zip(HOSTILE) {
+            assert_eq!(*g, e.as_bytes());
+        }
+    }
+
+    #[test]
+    fn line_is_pasteable() {
+        let c = Cmd::new("nix")
+            .args(["copy", "--from", "ssh://h", "/nix/store/x y"])
+            .env("NIX_SSHOPTS", "-F /a b");
+        assert_eq!(
+            c.line(),
+            "NIX_SSHOPTS='-F /a b' nix copy --from 'ssh://h' '/nix/store/x y'"
+        );
+        assert_eq!(
+            c.argv(),
+            vec!["nix", "copy", "--from", "ssh://h", "/nix/store/x y"]
+        );
+    }
+}

@@ -1,0 +1,448 @@
+//! The connection to HOST: the user's own ssh (config, agent, known_hosts all apply), with one
+//! ControlMaster connection opened first and reused by every step — the remote commands,
+//! rsync (`-e`), and `nix copy` (through `NIX_SSHOPTS`) — and closed when edict exits.
+
+use crate::exec::{self, Cmd};
+use anyhow::{Result, bail};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+/// An ssh destination as the user wrote it: `host`, `user@host`, an alias from their ssh
+/// config, or `ssh://[user@]host[:port]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Destination {
+    pub user: Option<String>,
+    pub host: String,
+    pub port: Option<u16>,
+}
+
+impl Destination {
+    pub fn parse(s: &str) -> Result<Self> {
+        let bad = |why: &str| -> Result<Self> {
+            bail!(
+                "`{s}` is not an ssh destination: {why}; use host, user@host, an alias from your ssh config, or ssh://user@host:port"
+            )
+        };
+        if s.is_empty() {
+            return bad("it is empty");
+        }
+        if s.starts_with('-') {
+            return bad("it starts with `-` (edict's own options go before HOST)");
+        }
+        if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return bad("it contains white space");
+        }
+        let (rest, url) = match s
+            .strip_prefix("ssh://")
+            .or_else(|| s.strip_prefix("ssh-ng://"))
+        {
+            Some(rest) => (rest.trim_end_matches('/'), true),
+            None => (s, false),
+        };
+        let (user, hostport) = match rest.rsplit_once('@') {
+            Some((u, h)) if !u.is_empty() => (Some(u.to_string()), h),
+            Some(_) => return bad("the user before `@` is empty"),
+            None => (None, rest),
+        };
+        let (host, port) = if url {
+            if let Some(v6) = hostport.strip_prefix('[') {
+                match v6.split_once(']') {
+                    Some((h, "")) => (h.to_string(), None),
+                    Some((h, p)) => match p.strip_prefix(':').and_then(|p| p.parse().ok()) {
+                        Some(port) => (h.to_string(), Some(port)),
+                        None => return bad("the port is not a number"),
+                    },
+                    None => return bad("an IPv6 address lacks its `]`"),
+                }
+            } else {
+                match hostport.split_once(':') {
+                    Some((h, p)) => match p.parse() {
+                        Ok(port) => (h.to_string(), Some(port)),
+                        Err(_) => return bad("the port is not a number"),
+                    },
+                    None => (hostport.to_string(), None),
+                }
+            }
+        } else {
+            if hostport.contains('/') {
+                return bad("it contains `/`");
+            }
+            if hostport.contains(':') && !hostport.contains("::") {
+                return bad("a port needs the ssh:// form (ssh://host:2222)");
+            }
+            (hostport.to_string(), None)
+        };
+        if host.is_empty() {
+            return bad("the host name is empty");
+        }
+        Ok(Destination { user, host, port })
+    }
+
+    /// `user@host` or `host`: what ssh and rsync take (the port goes in `-p`).
+    pub fn target(&self) -> String {
+        match &self.user {
+            Some(u) => format!("{u}@{}", self.host),
+            None => self.host.clone(),
+        }
+    }
+}
+
+/// How to reach the host: the destination plus the user's ssh options.
+#[derive(Clone, Debug)]
+pub struct Transport {
+    pub dest: Destination,
+    /// The host as the user wrote it, for messages.
+    pub label: String,
+    /// From `EDICT_SSH_OPTS` if set, else `NIX_SSHOPTS`, split on white space as nix does.
+    user_opts: Vec<String>,
+}
+
+impl Transport {
+    pub fn new(label: &str, dest: Destination, ssh_opts: &str) -> Self {
+        let mut user_opts: Vec<String> = ssh_opts.split_whitespace().map(str::to_string).collect();
+        if let Some(port) = dest.port {
+            user_opts.extend(["-p".to_string(), port.to_string()]);
+        }
+        Transport {
+            dest,
+            label: label.to_string(),
+            user_opts,
+        }
+    }
+
+    /// The ssh options edict and nix would use, from the environment.
+    pub fn ssh_opts_from_env() -> String {
+        std::env::var("EDICT_SSH_OPTS")
+            .or_else(|_| std::env::var("NIX_SSHOPTS"))
+            .unwrap_or_default()
+    }
+}
+
+/// An open ControlMaster connection; every step runs through it.
+pub struct Connection {
+    pub transport: Transport,
+    socket: PathBuf,
+    // Holds the socket's directory; removed after the master has exited (field order).
+    _dir: tempfile::TempDir,
+}
+
+/// Whether to give the remote command a terminal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tty {
+    Yes,
+    No,
+}
+
+impl Tty {
+    /// A terminal only when ours is one on both ends, as `ssh` itself decides for a shell.
+    pub fn detect() -> Self {
+        if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
+            Tty::Yes
+        } else {
+            Tty::No
+        }
+    }
+}
+
+impl Connection {
+    /// Opens the master connection (this is where a password or host-key prompt appears).
+    pub fn open(transport: Transport) -> Result<Self> {
+        let dir = socket_dir()?;
+        let socket = dir.path().join("ssh");
+        let log = dir.path().join("master.log");
+        let conn = Connection {
+            transport,
+            socket,
+            _dir: dir,
+        };
+        // -f: return once authenticated (prompts happen first, on the terminal);
+        // ControlPersist: if edict dies without closing it, it exits when idle.
+        let cmd = Cmd::new("ssh")
+            .args(conn.transport.user_opts.clone())
+            .args(["-o", "ControlMaster=yes", "-o"])
+            .arg(format!("ControlPath={}", conn.socket.display()))
+            .args(["-o", "ControlPersist=15", "-f", "-N", "--"])
+            .arg(conn.transport.dest.target());
+        let log_file = std::fs::File::create(&log)?;
+        let status = cmd
+            .spawn(|c| {
+                c.stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(log_file);
+            })?
+            .wait()?;
+        if !status.success() {
+            let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+            return Err(ssh_failure(&conn.transport.label, "connecting", &stderr));
+        }
+        Ok(conn)
+    }
+
+    /// ssh options for every client of the master.
+    fn client_opts(&self) -> Vec<String> {
+        let mut opts = self.transport.user_opts.clone();
+        opts.extend([
+            "-o".to_string(),
+            format!("ControlPath={}", self.socket.display()),
+            "-o".to_string(),
+            "ControlMaster=no".to_string(),
+        ]);
+        opts
+    }
+
+    /// `ssh … HOST -- sh -c SCRIPT`: the script runs in a POSIX shell whatever the login
+    /// shell is; every word in it must already be quoted with [`exec::quote`].
+    pub fn ssh(&self, tty: Tty, script: &str) -> Cmd {
+        Cmd::new("ssh")
+            .args(self.client_opts())
+            .arg(if tty == Tty::Yes { "-t" } else { "-T" })
+            .arg("--")
+            .arg(self.transport.dest.target())
+            .arg(exec::quote_words(&["sh", "-c", script]))
+    }
+
+    /// The remote shell for `rsync -e`: rsync splits it on spaces and honours quotes.
+    pub fn rsync_shell(&self) -> String {
+        std::iter::once("ssh".to_string())
+            .chain(self.client_opts())
+            .map(|w| {
+                if w.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_=,./:@%+-".contains(c))
+                {
+                    w
+                } else {
+                    format!("'{w}'")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// `NIX_SSHOPTS` for a local nix talking to HOST through the master. Nix splits it on
+    /// white space, so the socket path must have none (see `socket_dir`).
+    pub fn nix_sshopts(&self) -> String {
+        self.client_opts().join(" ")
+    }
+
+    /// Whether the master is still up (to tell a remote exit code 255 from a dead link).
+    pub fn alive(&self) -> bool {
+        Cmd::new("ssh")
+            .args(self.client_opts())
+            .args(["-O", "check", "--"])
+            .arg(self.transport.dest.target())
+            .command()
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let cmd = Cmd::new("ssh")
+            .args(self.client_opts())
+            .args(["-O", "exit", "--"])
+            .arg(self.transport.dest.target());
+        exec::debug(format_args!("closing the connection: {}", cmd.line()));
+        let _ = cmd
+            .command()
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// A private directory for the control socket: short (sun_path holds 108 bytes) and free of
+/// white space (NIX_SSHOPTS is split on it), so $TMPDIR only when it qualifies.
+fn socket_dir() -> Result<tempfile::TempDir> {
+    let tmp = std::env::var_os("TMPDIR").map(PathBuf::from);
+    let base = match tmp {
+        Some(t)
+            if t.is_absolute()
+                && t.as_os_str().len() <= 60
+                && !t.to_string_lossy().contains(char::is_whitespace) =>
+        {
+            t
+        }
+        _ => PathBuf::from("/tmp"),
+    };
+    let base: &Path = &base;
+    Ok(tempfile::Builder::new().prefix("edict-").tempdir_in(base)?)
+}
+
+/// A failure of ssh itself (not of the remote command): edict exits 255 for it, as ssh does.
+#[derive(Debug)]
+pub struct SshError(pub String);
+
+impl std::fmt::Display for SshError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SshError {}
+
+/// Turns ssh's stderr into an error that says what went wrong with which host, at which
+/// step, and what to do about it.
+pub fn ssh_failure(host: &str, step: &str, stderr: &str) -> anyhow::Error {
+    let said = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('@'))
+        .collect::<Vec<_>>()
+        .join("\n  ");
+    let has = |s: &str| stderr.contains(s);
+    let (what, fix) = if has("Could not resolve hostname") || has("Name or service not known") {
+        (
+            format!("ssh cannot resolve the host name `{host}`"),
+            format!(
+                "check the spelling, or add a `Host {host}` entry with a HostName to your ssh config (or to the file NIX_SSHOPTS passes with -F)"
+            ),
+        )
+    } else if has("REMOTE HOST IDENTIFICATION HAS CHANGED")
+        || has("Host key for") && has("has changed")
+    {
+        (
+            format!("{host}'s host key does not match the one in your known_hosts"),
+            format!(
+                "if {host} was reinstalled, check its new key's fingerprint and run `ssh-keygen -R {host}`, then `ssh {host}` once to accept it; otherwise someone may be intercepting the connection"
+            ),
+        )
+    } else if has("Host key verification failed")
+        || has("No ED25519 host key is known")
+        || has("host key is not known")
+    {
+        (
+            format!("{host}'s host key is not in your known_hosts"),
+            format!("run `ssh {host}` once, check the fingerprint and accept the key"),
+        )
+    } else if has("Permission denied") || has("Too many authentication failures") {
+        (
+            format!("{host} refused the login"),
+            format!(
+                "put your public key in ~/.ssh/authorized_keys of the remote user (`ssh-copy-id {host}`), or load the right key into your agent (`ssh-add`), or set IdentityFile for {host} in your ssh config"
+            ),
+        )
+    } else if has("Connection refused") {
+        (
+            format!("nothing accepts ssh connections on {host}"),
+            format!("start sshd on {host}, or check the port (`ssh -G {host} | grep ^port`)"),
+        )
+    } else if has("timed out") || has("No route to host") || has("Network is unreachable") {
+        (
+            format!("{host} is unreachable"),
+            format!(
+                "check that {host} is up and that your network (VPN, ProxyJump) reaches it: `ssh -v {host} true`"
+            ),
+        )
+    } else {
+        (
+            format!("ssh to {host} failed"),
+            format!("run `ssh -v {host} true` to see why"),
+        )
+    };
+    anyhow::Error::new(SshError(format!(
+        "{host}: {step}: {what}.\n  ssh said: {said}\n  fix: {fix}"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(user: Option<&str>, host: &str, port: Option<u16>) -> Destination {
+        Destination {
+            user: user.map(str::to_string),
+            host: host.to_string(),
+            port,
+        }
+    }
+
+    #[test]
+    fn destinations() {
+        let ok = [
+            ("builder", d(None, "builder", None)),
+            ("me@builder", d(Some("me"), "builder", None)),
+            (
+                "me@builder.example.org",
+                d(Some("me"), "builder.example.org", None),
+            ),
+            ("ssh://builder", d(None, "builder", None)),
+            (
+                "ssh://me@builder:2222",
+                d(Some("me"), "builder", Some(2222)),
+            ),
+            (
+                "ssh-ng://me@builder:2222/",
+                d(Some("me"), "builder", Some(2222)),
+            ),
+            ("ssh://[::1]:22", d(None, "::1", Some(22))),
+            ("ssh://root@[fe80::1]", d(Some("root"), "fe80::1", None)),
+            ("10.0.0.2", d(None, "10.0.0.2", None)),
+            ("::1", d(None, "::1", None)),
+            ("a@b@c", d(Some("a@b"), "c", None)),
+        ];
+        for (s, want) in ok {
+            assert_eq!(Destination::parse(s).unwrap(), want, "{s}");
+        }
+        for bad in [
+            "",
+            "-oProxyCommand=x",
+            "two words",
+            "host:22",
+            "ssh://h:port",
+            "@host",
+            "ssh://",
+            "a/b",
+            "h\nx",
+        ] {
+            assert!(
+                Destination::parse(bad).is_err(),
+                "{bad:?} should be rejected"
+            );
+        }
+        assert_eq!(d(Some("me"), "h", Some(1)).target(), "me@h");
+    }
+
+    #[test]
+    fn ssh_failures_name_host_step_and_fix() {
+        let cases = [
+            (
+                "ssh: Could not resolve hostname nope: Name or service not known",
+                "cannot resolve",
+            ),
+            (
+                "root@127.0.0.1: Permission denied (publickey).",
+                "refused the login",
+            ),
+            (
+                "@@@@\n@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\nHost key verification failed.",
+                "does not match",
+            ),
+            (
+                "No ED25519 host key is known for [127.0.0.1]:2 and you have requested strict checking.\nHost key verification failed.",
+                "not in your known_hosts",
+            ),
+            (
+                "ssh: connect to host 127.0.0.1 port 1: Connection refused",
+                "nothing accepts",
+            ),
+            (
+                "ssh: connect to host 10.1.1.1 port 22: Connection timed out",
+                "unreachable",
+            ),
+            (
+                "kex_exchange_identification: read: Connection reset by peer",
+                "ssh to h failed",
+            ),
+        ];
+        for (stderr, want) in cases {
+            let msg = format!("{}", ssh_failure("h", "connecting", stderr));
+            assert!(msg.starts_with("h: connecting: "), "{msg}");
+            assert!(msg.contains(want), "{stderr} -> {msg}");
+            assert!(msg.contains("fix: "), "{msg}");
+        }
+    }
+}
