@@ -1,0 +1,842 @@
+//! Step 2: map every local source the command names (flakes, `-f` files, `-o` links, local
+//! path inputs of flake.lock) to a stable place on HOST, and rewrite the command line to use
+//! it. The result is a [`Plan`]: plain data that the later steps follow.
+//!
+//! A mirror lives at `~/.cache/edict/mirrors/NAME` on HOST, where NAME is made of safe
+//! characters only and keyed by this machine and the absolute local path, so repeated runs
+//! reuse it (rsync then sends only the delta) and a path with spaces, quotes or `$` still
+//! becomes a clean path that nix on HOST accepts.
+
+use crate::flakeref::{self, FlakeRef, LocalKind, LocalRef};
+use crate::nixargs::{NixArgs, Role};
+use anyhow::{Context, Result, bail};
+use std::path::{Component, Path, PathBuf};
+
+/// What nix would read from a local source, which decides how it is synced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SourceKind {
+    /// A git work tree: the tracked files (with uncommitted changes) and `.git`.
+    Git,
+    /// A plain directory, whole.
+    Dir,
+    /// One file (`file:` refs): the mirror is a directory holding it.
+    File,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Source {
+    /// Canonical local path: the work tree's root, the directory, or the file.
+    pub root: PathBuf,
+    pub kind: SourceKind,
+    /// The mirror's directory name on HOST.
+    pub name: String,
+    /// Bring back what the command changed in the mirror (step 7).
+    pub sync_back: bool,
+}
+
+impl Source {
+    /// For `File` sources, the file's name inside its mirror directory.
+    pub fn file_name(&self) -> String {
+        safe_name(
+            &self
+                .root
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        )
+    }
+}
+
+/// One word of the remote nix command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Word {
+    Lit(String),
+    /// A local flake ref, pointed at its mirror (`rel` is the flake's path in the source).
+    Ref {
+        local: LocalRef,
+        src: usize,
+        rel: String,
+    },
+    /// A plain path inside a mirror.
+    Path {
+        src: usize,
+        rel: String,
+    },
+    /// A path inside this run's scratch directory on HOST.
+    Run(String),
+}
+
+/// Where the command runs on HOST.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RemoteCwd {
+    /// Inside a mirror: the local cwd is inside that source, so relative paths keep working.
+    Mirror { src: usize, rel: String },
+    /// The run's scratch directory: the local cwd is in no source (stateless use).
+    Run,
+}
+
+/// A result link the command may create: nix makes `links/<i>/result[-*]` on HOST, edict
+/// recreates each at `local_base[-*]` here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkSpec {
+    pub local_base: PathBuf,
+}
+
+/// The remote directories a plan is rendered against.
+#[derive(Clone, Debug)]
+pub struct RemoteDirs {
+    pub mirrors: String,
+    pub run: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub sources: Vec<Source>,
+    pub words: Vec<Word>,
+    pub cwd: RemoteCwd,
+    pub links: Vec<LinkSpec>,
+    /// Warnings for the user about what edict could not carry over.
+    pub notes: Vec<String>,
+}
+
+/// What the user asked for on edict's own command line that changes the plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncMode {
+    /// Sync back when the cwd is inside a source.
+    Auto,
+    /// `--sync`: sync back every source.
+    Force,
+    /// `--no-sync`.
+    Off,
+}
+
+/// Everything about this machine that mapping depends on, passed in so tests can vary it.
+pub struct Local<'a> {
+    pub cwd: &'a Path,
+    pub machine_id: &'a str,
+}
+
+pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
+    let mut p = Plan {
+        sources: Vec::new(),
+        words: Vec::new(),
+        cwd: RemoteCwd::Run,
+        links: Vec::new(),
+        notes: Vec::new(),
+    };
+    let sub_refs = args.subcommand();
+    // Just past the subcommand words: where edict inserts flags of its own.
+    let cmd_end = args
+        .args
+        .iter()
+        .rposition(|a| a.role == Role::Command)
+        .map_or(0, |i| i + 1);
+    let mut flake_dirs: Vec<(usize, String)> = Vec::new(); // (source, flake dir in it) for lock scanning
+    let mut output_file_sources = Vec::new();
+
+    for arg in &args.args {
+        let word = match arg.role {
+            Role::FlakeRef => match flakeref::parse(&arg.text) {
+                FlakeRef::Remote => Word::Lit(arg.text.clone()),
+                FlakeRef::Local(lref) => {
+                    let (src, rel) = add_ref_source(&mut p, &lref, local)?;
+                    let mut dir = rel.clone();
+                    if let Some(d) = lref.dir_param() {
+                        dir = join_rel(&dir, &d);
+                    }
+                    flake_dirs.push((src, dir));
+                    Word::Ref {
+                        local: lref,
+                        src,
+                        rel,
+                    }
+                }
+            },
+            Role::OutLink => {
+                let i = p.links.len();
+                p.links.push(LinkSpec {
+                    local_base: absolute(local.cwd, Path::new(&arg.text)),
+                });
+                Word::Run(format!("links/{i}/result"))
+            }
+            Role::InputFile | Role::OutputFile if is_local_file_arg(&arg.text) => {
+                let path = absolute(local.cwd, Path::new(&arg.text));
+                let (src, rel) =
+                    add_file_source(&mut p, &path, arg.role == Role::OutputFile, local)?;
+                if arg.role == Role::OutputFile {
+                    output_file_sources.push(src);
+                }
+                Word::Path { src, rel }
+            }
+            _ => Word::Lit(arg.text.clone()),
+        };
+        p.words.push(word);
+    }
+
+    if args.implicit_cwd_flake() {
+        let (src, rel) =
+            add_dir_source(&mut p, local.cwd, true, local, ".").with_context(|| {
+                format!(
+                    "the command uses the flake in the current directory {}",
+                    local.cwd.display()
+                )
+            })?;
+        flake_dirs.push((src, rel));
+    }
+
+    // `nix build` makes `./result` unless told otherwise; edict has it made in the run's
+    // scratch dir on HOST instead, so the mirror stays clean, and recreates it here.
+    if sub_refs == ["build"] && p.links.is_empty() && !args.has_flag(&["--no-link"]) {
+        p.words.insert(cmd_end, Word::Run("links/0/result".into()));
+        p.words.insert(cmd_end, Word::Lit("--out-link".into()));
+        p.links.push(LinkSpec {
+            local_base: local.cwd.join("result"),
+        });
+    }
+
+    // Local path inputs recorded in flake.lock would name paths HOST does not have.
+    let updating = matches!(sub_refs.as_slice(), ["flake", "update" | "lock", ..]);
+    let mut overrides = Vec::new();
+    for (src, dir) in flake_dirs.clone() {
+        let lock = p.sources[src].root.join(&dir).join("flake.lock");
+        for (input, path, kind) in local_inputs(&lock)? {
+            if p.sources
+                .iter()
+                .any(|s| s.kind != SourceKind::File && path.starts_with(&s.root))
+            {
+                continue; // inside a synced source: the relative layout holds on HOST
+            }
+            if updating {
+                p.notes.push(format!(
+                    "input `{input}` of {} is the local path {}, which HOST cannot see; `nix flake update/lock` there will fail for it",
+                    lock.display(),
+                    path.display()
+                ));
+                continue;
+            }
+            let lref = LocalRef {
+                kind: if kind == SourceKind::Git {
+                    LocalKind::GitFile
+                } else {
+                    LocalKind::Path
+                },
+                scheme: String::new(),
+                path: path.to_string_lossy().into_owned(),
+                query: String::new(),
+                fragment: String::new(),
+            };
+            let (s, rel) = add_ref_source(&mut p, &lref, local)?;
+            overrides.push((
+                input,
+                Word::Ref {
+                    local: lref,
+                    src: s,
+                    rel,
+                },
+            ));
+        }
+    }
+    if !overrides.is_empty() {
+        let at = cmd_end;
+        for (input, word) in overrides.into_iter().rev() {
+            p.words.insert(at, word);
+            p.words.insert(at, Word::Lit(input));
+            p.words.insert(at, Word::Lit("--override-input".into()));
+        }
+    }
+
+    // Where the command runs, and which sources come back.
+    if let Some((src, rel)) = p
+        .sources
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.kind != SourceKind::File && local.cwd.starts_with(&s.root))
+        .max_by_key(|(_, s)| s.root.as_os_str().len())
+        .map(|(i, s)| (i, rel_path(&s.root, local.cwd)))
+    {
+        p.cwd = RemoteCwd::Mirror { src, rel };
+        if sync == SyncMode::Auto {
+            p.sources[src].sync_back = true;
+        }
+    }
+    for src in output_file_sources {
+        p.sources[src].sync_back = true;
+    }
+    match sync {
+        SyncMode::Force => p
+            .sources
+            .iter_mut()
+            .filter(|s| s.kind != SourceKind::File)
+            .for_each(|s| s.sync_back = true),
+        SyncMode::Off => p.sources.iter_mut().for_each(|s| s.sync_back = false),
+        SyncMode::Auto => {}
+    }
+    Ok(p)
+}
+
+fn add_ref_source(p: &mut Plan, lref: &LocalRef, local: &Local) -> Result<(usize, String)> {
+    let path = absolute(local.cwd, Path::new(&lref.path));
+    match lref.kind {
+        LocalKind::PathLike => add_dir_source(p, &path, true, local, &lref.path),
+        LocalKind::Path => add_dir_source(p, &path, false, local, &lref.path),
+        LocalKind::GitFile => {
+            let (src, rel) = add_dir_source(p, &path, true, local, &lref.path)?;
+            if p.sources[src].kind != SourceKind::Git {
+                bail!(
+                    "the local flake `git+file:{}` is not inside a git work tree (no .git found above it); use path:{} for a plain directory",
+                    lref.path,
+                    lref.path
+                );
+            }
+            Ok((src, rel))
+        }
+        LocalKind::File => {
+            let canon = canonical(&path, &lref.path)?;
+            if !canon.is_file() {
+                bail!("the local flake `{}` is not a file", lref.path);
+            }
+            Ok((add_source(p, canon, SourceKind::File, local), String::new()))
+        }
+    }
+}
+
+/// A directory source for `dir`: the git work tree around it when `git_aware`, else `dir`.
+fn add_dir_source(
+    p: &mut Plan,
+    dir: &Path,
+    git_aware: bool,
+    local: &Local,
+    as_written: &str,
+) -> Result<(usize, String)> {
+    let canon = canonical(dir, as_written)?;
+    if !canon.is_dir() {
+        bail!(
+            "the local flake {} is not a directory (a flake is a directory with a flake.nix)",
+            canon.display()
+        );
+    }
+    let git_root = if git_aware {
+        git_work_tree(&canon)
+    } else {
+        None
+    };
+    let (root, kind) = match git_root {
+        Some(root) => (root, SourceKind::Git),
+        None => (canon.clone(), SourceKind::Dir),
+    };
+    let rel = rel_path(&root, &canon);
+    Ok((add_source(p, root, kind, local), rel))
+}
+
+/// A source for a local file argument (`-f`, lock files): its git work tree, else its dir.
+fn add_file_source(
+    p: &mut Plan,
+    path: &Path,
+    output: bool,
+    local: &Local,
+) -> Result<(usize, String)> {
+    // An output file need not exist yet; its directory must.
+    let (dir, file) = if output || path.is_file() {
+        let parent = path.parent().unwrap_or(Path::new("/"));
+        (parent.to_path_buf(), path.file_name().map(PathBuf::from))
+    } else {
+        (path.to_path_buf(), None)
+    };
+    let (src, rel) = add_dir_source(p, &dir, true, local, &path.to_string_lossy())?;
+    let rel = match file {
+        Some(f) => join_rel(&rel, &f.to_string_lossy()),
+        None => rel,
+    };
+    Ok((src, rel))
+}
+
+fn add_source(p: &mut Plan, root: PathBuf, kind: SourceKind, local: &Local) -> usize {
+    if let Some(i) = p
+        .sources
+        .iter()
+        .position(|s| s.root == root && s.kind == kind)
+    {
+        return i;
+    }
+    let name = mirror_name(&root, kind, local.machine_id);
+    p.sources.push(Source {
+        root,
+        kind,
+        name,
+        sync_back: false,
+    });
+    p.sources.len() - 1
+}
+
+/// `-f`/lock-file values that name local files (not `<nixpkgs>`, URLs or store paths).
+fn is_local_file_arg(s: &str) -> bool {
+    !(s.starts_with('<')
+        || s.starts_with("/nix/store/")
+        || s.contains("://")
+        || s.starts_with("channel:")
+        || s.starts_with("flake:"))
+}
+
+/// The stable mirror directory name: readable base name + hash of (machine, kind, path).
+pub fn mirror_name(root: &Path, kind: SourceKind, machine_id: &str) -> String {
+    let base = root
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "root".into());
+    let kind = match kind {
+        SourceKind::Git => "git",
+        SourceKind::Dir => "dir",
+        SourceKind::File => "file",
+    };
+    let mut key = Vec::new();
+    key.extend_from_slice(machine_id.as_bytes());
+    key.push(0);
+    key.extend_from_slice(kind.as_bytes());
+    key.push(0);
+    key.extend_from_slice(root.as_os_str().as_encoded_bytes());
+    let base: String = safe_name(&base).chars().take(40).collect();
+    format!("{base}-{:016x}", fnv1a64(&key))
+}
+
+/// Keeps `[A-Za-z0-9._-]`, replaces the rest with `_`, never starts with `.` or `-`.
+pub fn safe_name(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if out.is_empty() || out.starts_with('.') || out.starts_with('-') {
+        out.insert(0, '_');
+    }
+    out
+}
+
+/// FNV-1a: a stable 64-bit hash, enough to keep mirrors of different paths apart.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn absolute(cwd: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        cwd.join(p)
+    }
+}
+
+fn canonical(path: &Path, as_written: &str) -> Result<PathBuf> {
+    std::fs::canonicalize(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => anyhow::anyhow!(
+            "`{as_written}` does not exist here (no {})\n  fix: check the path; a flake from a registry is written without `./` (e.g. nixpkgs#hello)",
+            path.display()
+        ),
+        _ => anyhow::anyhow!("`{as_written}` can't be read here ({}: {e})", path.display()),
+    })
+}
+
+/// The root of the git work tree containing `dir` (a `.git` directory or file), if any.
+pub fn git_work_tree(dir: &Path) -> Option<PathBuf> {
+    dir.ancestors()
+        .find(|d| d.join(".git").exists())
+        .map(Path::to_path_buf)
+}
+
+/// `path` relative to `root` as a `/`-separated string ("" for the root itself).
+fn rel_path(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root)
+        .map(|r| {
+            r.components()
+                .filter_map(|c| match c {
+                    Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+                .join("/")
+        })
+        .unwrap_or_default()
+}
+
+fn join_rel(a: &str, b: &str) -> String {
+    match (a.is_empty(), b.is_empty()) {
+        (true, _) => b.to_string(),
+        (_, true) => a.to_string(),
+        _ => format!("{a}/{b}"),
+    }
+}
+
+/// Local inputs a flake.lock records: (input path like `a/b`, absolute path, kind).
+fn local_inputs(lock: &Path) -> Result<Vec<(String, PathBuf, SourceKind)>> {
+    let text = match std::fs::read_to_string(lock) {
+        Ok(t) => t,
+        Err(_) => return Ok(Vec::new()),
+    };
+    let json: serde_json::Value = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not valid JSON; fix or delete it (nix will re-lock)",
+            lock.display()
+        )
+    })?;
+    let flake_dir = lock.parent().unwrap_or(Path::new("/"));
+    let nodes = &json["nodes"];
+    let mut out = Vec::new();
+    let mut stack: Vec<(String, String)> = Vec::new(); // (input path, node key)
+    if let Some(root) = json["root"].as_str() {
+        push_inputs(&mut stack, "", &nodes[root]);
+    }
+    let mut seen = std::collections::HashSet::new();
+    while let Some((input, key)) = stack.pop() {
+        if !seen.insert(key.clone()) {
+            continue;
+        }
+        let node = &nodes[&key];
+        let locked = &node["locked"];
+        let local = match locked["type"].as_str() {
+            Some("path") => locked["path"]
+                .as_str()
+                .map(|p| (p.to_string(), SourceKind::Dir)),
+            Some("git") => locked["url"]
+                .as_str()
+                .and_then(|u| {
+                    u.strip_prefix("file://")
+                        .or_else(|| u.strip_prefix("file:"))
+                })
+                .map(|p| (p.to_string(), SourceKind::Git)),
+            _ => None,
+        };
+        match local {
+            Some((path, kind)) => {
+                let abs = absolute(flake_dir, Path::new(&path));
+                // A path input that no longer exists here can't be synced: let nix report it.
+                if let Ok(abs) = std::fs::canonicalize(&abs) {
+                    out.push((input, abs, kind));
+                }
+            }
+            None => push_inputs(&mut stack, &input, node),
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn push_inputs(stack: &mut Vec<(String, String)>, prefix: &str, node: &serde_json::Value) {
+    if let Some(inputs) = node["inputs"].as_object() {
+        for (name, target) in inputs {
+            // Arrays are `follows` of other inputs: not separate sources.
+            if let Some(key) = target.as_str() {
+                stack.push((join_rel(prefix, name), key.to_string()));
+            }
+        }
+    }
+}
+
+impl Plan {
+    /// The mirror directory of source `src` on HOST.
+    pub fn mirror(&self, src: usize, dirs: &RemoteDirs) -> String {
+        format!("{}/{}", dirs.mirrors, self.sources[src].name)
+    }
+
+    fn in_mirror(&self, src: usize, rel: &str, dirs: &RemoteDirs) -> String {
+        let m = self.mirror(src, dirs);
+        let m = if self.sources[src].kind == SourceKind::File {
+            format!("{m}/{}", self.sources[src].file_name())
+        } else {
+            m
+        };
+        if rel.is_empty() {
+            m
+        } else {
+            format!("{m}/{rel}")
+        }
+    }
+
+    /// The remote nix arguments with every mirror and scratch path filled in.
+    pub fn render_words(&self, dirs: &RemoteDirs) -> Vec<String> {
+        self.words
+            .iter()
+            .map(|w| match w {
+                Word::Lit(t) => t.clone(),
+                Word::Ref { local, src, rel } => local.with_path(&self.in_mirror(*src, rel, dirs)),
+                Word::Path { src, rel } => self.in_mirror(*src, rel, dirs),
+                Word::Run(rel) => format!("{}/{rel}", dirs.run),
+            })
+            .collect()
+    }
+
+    pub fn render_cwd(&self, dirs: &RemoteDirs) -> String {
+        match &self.cwd {
+            RemoteCwd::Mirror { src, rel } => self.in_mirror(*src, rel, dirs),
+            RemoteCwd::Run => dirs.run.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nixargs::classify;
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path();
+            std::fs::create_dir_all(root.join("repo/.git")).unwrap();
+            std::fs::create_dir_all(root.join("repo/sub")).unwrap();
+            std::fs::create_dir_all(root.join("plain dir $x")).unwrap();
+            std::fs::create_dir_all(root.join("elsewhere")).unwrap();
+            std::fs::write(root.join("repo/default.nix"), "{}").unwrap();
+            std::fs::write(root.join("src.tar.gz"), "").unwrap();
+            Fixture { dir }
+        }
+        fn root(&self) -> PathBuf {
+            std::fs::canonicalize(self.dir.path()).unwrap()
+        }
+        fn plan(&self, cwd: &str, line: &[&str], sync: SyncMode) -> Result<Plan> {
+            let cwd = self.root().join(cwd);
+            let words: Vec<String> = line.iter().map(|s| s.to_string()).collect();
+            plan(
+                &classify(&words),
+                &Local {
+                    cwd: &cwd,
+                    machine_id: "m1",
+                },
+                sync,
+            )
+        }
+    }
+
+    fn dirs() -> RemoteDirs {
+        RemoteDirs {
+            mirrors: "/h/.cache/edict/mirrors".into(),
+            run: "/h/.cache/edict/runs/r1".into(),
+        }
+    }
+
+    #[test]
+    fn build_in_a_git_subdirectory_maps_the_work_tree() {
+        let f = Fixture::new();
+        let p = f
+            .plan("repo/sub", &["build", ".#pkg"], SyncMode::Auto)
+            .unwrap();
+        assert_eq!(p.sources.len(), 1);
+        assert_eq!(p.sources[0].root, f.root().join("repo"));
+        assert_eq!(p.sources[0].kind, SourceKind::Git);
+        assert!(
+            p.sources[0].sync_back,
+            "cwd is inside the work tree: stateful"
+        );
+        let m = format!("/h/.cache/edict/mirrors/{}", p.sources[0].name);
+        assert_eq!(
+            p.render_words(&dirs()),
+            vec![
+                "build".to_string(),
+                "--out-link".into(),
+                "/h/.cache/edict/runs/r1/links/0/result".into(),
+                format!("{m}/sub#pkg")
+            ]
+        );
+        assert_eq!(p.render_cwd(&dirs()), format!("{m}/sub"));
+        assert_eq!(
+            p.links,
+            vec![LinkSpec {
+                local_base: f.root().join("repo/sub/result")
+            }]
+        );
+    }
+
+    #[test]
+    fn stateless_use_from_another_directory() {
+        let f = Fixture::new();
+        let p = f
+            .plan(
+                "elsewhere",
+                &["build", "../repo#x", "-o", "out"],
+                SyncMode::Auto,
+            )
+            .unwrap();
+        assert!(!p.sources[0].sync_back);
+        assert_eq!(p.cwd, RemoteCwd::Run);
+        assert_eq!(
+            p.links,
+            vec![LinkSpec {
+                local_base: f.root().join("elsewhere/out")
+            }]
+        );
+        let w = p.render_words(&dirs());
+        assert_eq!(w[2..], ["-o", "/h/.cache/edict/runs/r1/links/0/result"]);
+        // --sync forces it; --no-sync turns it off even inside.
+        assert!(
+            f.plan("elsewhere", &["build", "../repo#x"], SyncMode::Force)
+                .unwrap()
+                .sources[0]
+                .sync_back
+        );
+        assert!(
+            !f.plan("repo", &["build", ".#x"], SyncMode::Off)
+                .unwrap()
+                .sources[0]
+                .sync_back
+        );
+    }
+
+    #[test]
+    fn hostile_local_paths_become_safe_remote_names() {
+        let f = Fixture::new();
+        let p = f
+            .plan("", &["build", "./plain dir $x#a"], SyncMode::Auto)
+            .unwrap();
+        let name = &p.sources[0].name;
+        assert!(name.starts_with("plain_dir__x-"), "{name}");
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        );
+        assert_eq!(p.sources[0].kind, SourceKind::Dir);
+        assert!(p.render_words(&dirs())[3].ends_with(&format!("{name}#a")));
+    }
+
+    #[test]
+    fn mirror_names_are_stable_and_distinct() {
+        let a = mirror_name(Path::new("/p/proj"), SourceKind::Git, "m1");
+        assert_eq!(a, mirror_name(Path::new("/p/proj"), SourceKind::Git, "m1"));
+        assert_ne!(a, mirror_name(Path::new("/q/proj"), SourceKind::Git, "m1"));
+        assert_ne!(a, mirror_name(Path::new("/p/proj"), SourceKind::Git, "m2"));
+        assert_ne!(a, mirror_name(Path::new("/p/proj"), SourceKind::Dir, "m1"));
+        assert_eq!(
+            mirror_name(Path::new("/"), SourceKind::Dir, "m")
+                .split('-')
+                .next(),
+            Some("root")
+        );
+        assert_eq!(safe_name(".hidden"), "_.hidden");
+        assert_eq!(safe_name("-rf"), "_-rf");
+    }
+
+    #[test]
+    fn path_and_git_file_refs_and_subdirs() {
+        let f = Fixture::new();
+        // path: is the directory itself, even inside a work tree.
+        let p = f
+            .plan("", &["build", "path:./repo/sub#x"], SyncMode::Auto)
+            .unwrap();
+        assert_eq!(
+            (p.sources[0].kind, p.sources[0].root.clone()),
+            (SourceKind::Dir, f.root().join("repo/sub"))
+        );
+        assert!(p.render_words(&dirs())[3].starts_with("path:/h/.cache/edict/mirrors/sub-"));
+        let gf = format!("git+file://{}?dir=sub#x", f.root().join("repo").display());
+        let p = f.plan("", &["build", &gf], SyncMode::Auto).unwrap();
+        assert_eq!(p.sources[0].kind, SourceKind::Git);
+        let w = &p.render_words(&dirs())[3];
+        assert!(
+            w.starts_with("git+file:///h/.cache/edict/mirrors/repo-") && w.ends_with("?dir=sub#x"),
+            "{w}"
+        );
+        let err = f
+            .plan(
+                "",
+                &[
+                    "build",
+                    &format!("git+file://{}", f.root().join("elsewhere").display()),
+                ],
+                SyncMode::Auto,
+            )
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("not inside a git work tree"));
+        let p = f
+            .plan("", &["build", "file:./src.tar.gz"], SyncMode::Auto)
+            .unwrap();
+        assert_eq!(p.sources[0].kind, SourceKind::File);
+        assert!(p.render_words(&dirs())[3].ends_with("/src.tar.gz"));
+    }
+
+    #[test]
+    fn remote_refs_and_values_are_untouched() {
+        let f = Fixture::new();
+        let line = ["run", "nixpkgs#hello", "--", "./x", "$(y)"];
+        let p = f.plan("elsewhere", &line, SyncMode::Auto).unwrap();
+        assert!(p.sources.is_empty());
+        assert!(p.links.is_empty());
+        assert_eq!(p.render_words(&dirs()), line.to_vec());
+    }
+
+    #[test]
+    fn implicit_flake_override_input_and_files() {
+        let f = Fixture::new();
+        let p = f
+            .plan("repo", &["flake", "update"], SyncMode::Auto)
+            .unwrap();
+        assert_eq!(p.sources.len(), 1);
+        assert!(p.sources[0].sync_back);
+        assert_eq!(p.render_words(&dirs()), vec!["flake", "update"]);
+        let p = f
+            .plan(
+                "repo",
+                &["build", "--override-input", "dep", "../elsewhere", ".#x"],
+                SyncMode::Auto,
+            )
+            .unwrap();
+        assert_eq!(p.sources.len(), 2);
+        let w = p.render_words(&dirs());
+        assert_eq!(w[4], "dep");
+        assert!(w[5].starts_with("/h/.cache/edict/mirrors/elsewhere-"));
+        let p = f
+            .plan(
+                "repo",
+                &["build", "-f", "./default.nix", "hello", "--no-link"],
+                SyncMode::Auto,
+            )
+            .unwrap();
+        assert!(p.links.is_empty());
+        let w = p.render_words(&dirs());
+        assert!(
+            w[2].ends_with("/default.nix") && w[2].starts_with("/h/.cache/edict/mirrors/repo-"),
+            "{w:?}"
+        );
+        let err = f
+            .plan("repo", &["build", "./missing#x"], SyncMode::Auto)
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("does not exist"), "{err:#}");
+    }
+
+    #[test]
+    fn flake_lock_path_inputs_outside_are_overridden() {
+        let f = Fixture::new();
+        let lib = f.root().join("elsewhere");
+        let lock = serde_json::json!({
+            "nodes": {
+                "lib": {"locked": {"type": "path", "path": lib.to_string_lossy(), "lastModified": 1, "narHash": "sha256-x"}, "original": {"type": "path", "path": lib.to_string_lossy()}},
+                "inner": {"locked": {"type": "path", "path": "./sub"}, "original": {"type": "path", "path": "./sub"}},
+                "np": {"locked": {"type": "github", "owner": "o", "repo": "r", "rev": "x"}},
+                "root": {"inputs": {"lib": "lib", "inner": "inner", "np": "np", "alias": ["lib"]}}
+            },
+            "root": "root", "version": 7
+        });
+        std::fs::write(f.root().join("repo/flake.lock"), lock.to_string()).unwrap();
+        let p = f.plan("repo", &["build", ".#x"], SyncMode::Auto).unwrap();
+        assert_eq!(p.sources.len(), 2, "{:?}", p.sources);
+        let w = p.render_words(&dirs());
+        assert_eq!(&w[1..3], ["--override-input", "lib"]);
+        assert!(
+            w[3].starts_with("path:/h/.cache/edict/mirrors/elsewhere-"),
+            "{w:?}"
+        );
+        assert!(!p.sources[1].sync_back);
+        // Updating the lock file can't use overrides (they imply --no-write-lock-file).
+        let p = f
+            .plan("repo", &["flake", "update"], SyncMode::Auto)
+            .unwrap();
+        assert_eq!(p.sources.len(), 1);
+        assert_eq!(p.notes.len(), 1);
+    }
+}
