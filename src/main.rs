@@ -1,14 +1,160 @@
 //! edict: run any nix command on a remote host as if it ran here.
-use clap::Parser;
+//!
+//! `main` is the pipeline: classify the nix arguments (1), map local sources to mirrors on
+//! HOST (2), sync them up (3), run the command (4), find (5) and copy back (6) its results,
+//! and bring back what it changed (7). Each step is a module; they pass plain data.
 
-/// Run any nix command on a remote host as if it ran here.
-#[derive(Parser, Debug)]
-#[command(version, about)]
-struct Cli {
-    /// The remote host (any ssh destination).
-    host: Option<String>,
+mod cli;
+mod dryrun;
+mod exec;
+mod flakeref;
+mod mapping;
+mod nixargs;
+mod remote;
+mod results;
+mod signals;
+mod ssh;
+mod sync;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    exec::set_verbosity(cli.verbose, cli.quiet);
+    match run(&cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("edict: error: {e:#}");
+            // A failure of ssh itself exits 255, as ssh does; everything else 1.
+            if e.chain().any(|c| c.is::<ssh::SshError>()) {
+                ExitCode::from(255)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
 }
 
-fn main() {
-    let _cli = Cli::parse();
+fn run(cli: &cli::Cli) -> Result<u8> {
+    let signals = signals::Signals::install()?;
+    let dest = ssh::Destination::parse(&cli.host)?;
+
+    // 1. Classify: which words are flake refs, local files, result links.
+    let args = nixargs::classify(&cli.nix_words()?);
+
+    // 2. Map every local source to its mirror on HOST and rewrite the command.
+    let cwd = std::env::current_dir().context("the current directory is not accessible")?;
+    let local = mapping::Local {
+        cwd: &cwd,
+        machine_id: &machine_id(),
+    };
+    let plan = mapping::plan(&args, &local, cli.sync_mode())
+        .with_context(|| format!("{}: mapping local sources", cli.host))?;
+    if cli.dry_run {
+        print!("{}", dryrun::describe(&plan, &cli.host, cli.no_link));
+        return Ok(0);
+    }
+    for note in &plan.notes {
+        exec::info(note);
+    }
+    if !cli.no_link && !plan.links.is_empty() {
+        results::check_local_nix()?;
+    }
+
+    let conn = ssh::Connection::open(ssh::Transport::new(
+        &cli.host,
+        dest,
+        &ssh::Transport::ssh_opts_from_env(),
+    ))?;
+    let (env, session) = remote::prepare(&conn, &plan, &run_id())?;
+
+    // 3. Sync up.
+    let uploads = sync::upload(&conn, &env, &plan)?;
+    if signals.caught() {
+        return Ok(130);
+    }
+
+    // 4. Run, with our terminal, streams and exit code.
+    let code = match remote::run(&conn, &env, &plan, ssh::Tty::detect(), &signals)? {
+        remote::Outcome::Exited(code) => code,
+        remote::Outcome::Interrupted => return Ok(130),
+    };
+
+    // 5. Find what the command made there: result links, changed files.
+    let after = remote::inspect(&conn, &env, &plan, !cli.no_link)?;
+
+    // 6. Results back, as GC roots. Even after a failure: `--keep-going` builds some.
+    results::fetch(&conn, &env, &results::links(&plan, &after.links))?;
+
+    // 7. Bring back what the command changed, without overwriting local edits.
+    let changes = sync::back(&conn, &env, &plan, &uploads, &after)?;
+    let conflicts = report(&changes, &cli.host);
+
+    drop(session);
+    drop(conn);
+    Ok(match (code, conflicts) {
+        (0, true) => 1,
+        (code, _) => u8::try_from(code).unwrap_or(1),
+    })
+}
+
+/// Tells the user what step 7 did; returns whether there were conflicts.
+fn report(changes: &[sync::Change], host: &str) -> bool {
+    let mut conflicts = false;
+    for c in changes {
+        match c {
+            sync::Change::Taken(p) => {
+                exec::info(format_args!("brought back from {host}: {}", p.display()))
+            }
+            sync::Change::Deleted(p) => {
+                exec::info(format_args!("deleted, as on {host}: {}", p.display()))
+            }
+            sync::Change::Conflict { path, remote_copy } => {
+                conflicts = true;
+                match remote_copy {
+                    Some(copy) => eprintln!(
+                        "edict: conflict: {} changed here and on {host}; kept yours, {host}'s version is in {}",
+                        path.display(),
+                        copy.display()
+                    ),
+                    None => eprintln!(
+                        "edict: conflict: {} changed here but was deleted on {host}; kept yours",
+                        path.display()
+                    ),
+                }
+            }
+            sync::Change::GitState => exec::info(format_args!(
+                "the command changed git state on {host} (a commit or branch); edict does not bring back .git: the changed files came back uncommitted, commit them here"
+            )),
+        }
+    }
+    conflicts
+}
+
+/// Identifies this machine in mirror names, so two clients never share a mirror.
+fn machine_id() -> String {
+    [
+        "/etc/machine-id",
+        "/var/lib/dbus/machine-id",
+        "/proc/sys/kernel/hostname",
+    ]
+    .iter()
+    .find_map(|f| {
+        std::fs::read_to_string(f)
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    })
+    .unwrap_or_else(|| "unknown-machine".to_string())
+}
+
+/// A name for this run's scratch directory on HOST.
+fn run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{}-{nanos:x}", std::process::id())
 }

@@ -1,0 +1,197 @@
+//! edict's own command line: options, HOST, then the nix command (or the `.#app` shorthand).
+
+use crate::mapping::SyncMode;
+use anyhow::{Result, bail};
+use clap::Parser;
+
+const EXAMPLES: &str = "\
+Examples:
+  edict builder nix build .#default          build here-and-there: result link appears here
+  edict me@box nix run .#app -- --flag 'a b' run an app there, with arguments
+  edict builder .#app --flag                 shorthand for `nix run .#app -- --flag`
+  edict builder nix flake update             update flake.lock there; it comes back here
+  edict builder nix develop -c make          run a command in the dev shell there
+  edict ssh://me@box:2222 nix build ../lib#x another port, a flake elsewhere (stateless)
+  edict --dry-run builder nix build .#x      show the plan, touch nothing
+
+Environment:
+  NIX_SSHOPTS     extra ssh options for every step (split on spaces, as nix does)
+  EDICT_SSH_OPTS  used instead of NIX_SSHOPTS when set";
+
+/// Run any nix command on a remote host as if it ran here.
+///
+/// edict sends your local flakes to HOST (only what nix would see, only what changed), runs
+/// the nix command there over your own ssh, copies the results back into your store as real
+/// GC roots, and brings back what the command changed in your working directory.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about, after_help = EXAMPLES)]
+pub struct Cli {
+    /// Bring back what the command changed in every local flake, even outside the cwd.
+    #[arg(long, conflicts_with = "no_sync")]
+    pub sync: bool,
+    /// Never bring back changes (by default they come back when the cwd is inside a flake).
+    #[arg(long)]
+    pub no_sync: bool,
+    /// Don't copy results back or create result links.
+    #[arg(long)]
+    pub no_link: bool,
+    /// Print each command edict runs (-v), and more detail (-vv).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Print only errors (the nix command's own output is untouched).
+    #[arg(short, long, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Print what would be synced where, the remote command and what would come back.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The remote host: host, user@host, an alias from your ssh config, ssh://user@host:port.
+    #[arg(value_name = "HOST")]
+    pub host: String,
+    /// `nix SUBCOMMAND ARGS…`, or `INSTALLABLE ARGS…` for `nix run INSTALLABLE -- ARGS…`.
+    #[arg(
+        value_name = "COMMAND",
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub command: Vec<String>,
+}
+
+/// nix subcommands, to catch `edict HOST build …` (a forgotten `nix`).
+const NIX_COMMANDS: &[&str] = &[
+    "build",
+    "run",
+    "develop",
+    "shell",
+    "flake",
+    "eval",
+    "profile",
+    "store",
+    "copy",
+    "log",
+    "search",
+    "path-info",
+    "repl",
+    "fmt",
+    "bundle",
+    "print-dev-env",
+    "why-depends",
+];
+
+impl Cli {
+    pub fn sync_mode(&self) -> SyncMode {
+        match (self.sync, self.no_sync) {
+            (true, _) => SyncMode::Force,
+            (_, true) => SyncMode::Off,
+            _ => SyncMode::Auto,
+        }
+    }
+
+    /// The words to give nix (after `nix`).
+    pub fn nix_words(&self) -> Result<Vec<String>> {
+        let (first, rest) = match self.command.split_first() {
+            Some(x) => x,
+            None => bail!(
+                "no command given: try `edict {} nix build .#default`",
+                self.host
+            ),
+        };
+        if first == "nix" {
+            if rest.is_empty() {
+                bail!(
+                    "`nix` needs a subcommand: try `edict {} nix build .#default`",
+                    self.host
+                );
+            }
+            return Ok(rest.to_vec());
+        }
+        if NIX_COMMANDS.contains(&first.as_str()) {
+            bail!(
+                "`{first}` looks like a nix subcommand: did you mean `edict {} nix {}`?",
+                self.host,
+                self.command.join(" ")
+            );
+        }
+        if first.starts_with('-') {
+            bail!(
+                "`{first}` comes after HOST, so it is not an edict option: put edict's options before HOST, or write `edict {} nix …`",
+                self.host
+            );
+        }
+        // The shorthand: an installable and its program's arguments.
+        let mut words = vec!["run".to_string(), first.clone()];
+        if !rest.is_empty() {
+            words.push("--".into());
+            words.extend(rest.iter().cloned());
+        }
+        Ok(words)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("edict").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn everything_after_host_goes_to_nix() {
+        let cli = parse(&[
+            "-v",
+            "--no-link",
+            "h",
+            "nix",
+            "build",
+            "-v",
+            "--no-link",
+            ".#x",
+        ])
+        .unwrap();
+        assert_eq!(
+            (cli.verbose, cli.no_link, cli.host.as_str()),
+            (1, true, "h")
+        );
+        assert_eq!(
+            cli.nix_words().unwrap(),
+            vec!["build", "-v", "--no-link", ".#x"]
+        );
+        let cli = parse(&["-vv", "--sync", "h", "nix", "flake", "update"]).unwrap();
+        assert_eq!((cli.verbose, cli.sync_mode()), (2, SyncMode::Force));
+        assert_eq!(
+            parse(&["--no-sync", "h", "nix", "run"])
+                .unwrap()
+                .sync_mode(),
+            SyncMode::Off
+        );
+    }
+
+    #[test]
+    fn shorthand_is_nix_run() {
+        let cli = parse(&["h", ".#app", "--flag", "a b"]).unwrap();
+        assert_eq!(
+            cli.nix_words().unwrap(),
+            vec!["run", ".#app", "--", "--flag", "a b"]
+        );
+        assert_eq!(
+            parse(&["h", ".#app"]).unwrap().nix_words().unwrap(),
+            vec!["run", ".#app"]
+        );
+    }
+
+    #[test]
+    fn mistakes_get_clear_errors() {
+        assert!(parse(&["h"]).is_err());
+        assert!(parse(&["--sync", "--no-sync", "h", "nix", "run"]).is_err());
+        let e = parse(&["h", "build", ".#x"])
+            .unwrap()
+            .nix_words()
+            .unwrap_err();
+        assert!(
+            format!("{e}").contains("did you mean `edict h nix build .#x`"),
+            "{e}"
+        );
+        assert!(parse(&["h", "nix"]).unwrap().nix_words().is_err());
+    }
+}

@@ -1,0 +1,550 @@
+//! Steps on HOST around the sync: find nix and rsync there (even off the non-interactive
+//! PATH), make the cache and run directories, lock the mirrors for the whole run (step 3's
+//! precondition), and run the nix command itself (step 4) with its exit code kept.
+//!
+//! The lock is held by one ssh session that stays open for the run: when edict closes its
+//! end (or dies), the session ends, the locks are released and the run's scratch directory on
+//! HOST is removed, so nothing is left behind however edict stops.
+
+use crate::exec::{self, quote, quote_words};
+use crate::mapping::{Plan, RemoteDirs};
+use crate::signals::Signals;
+use crate::ssh::{Connection, Tty, ssh_failure};
+use anyhow::{Context, Result, bail};
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, ChildStdin, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where nix looks for itself in a non-interactive login, after PATH: a multi-user install's
+/// default profile, a single-user profile, NixOS, and home-manager/NixOS per-user profiles.
+pub const NIX_PLACES: &str = "/nix/var/nix/profiles/default/bin:$HOME/.nix-profile/bin:/run/current-system/sw/bin:/etc/profiles/per-user/$USER/bin";
+
+/// The flags that make any nix ≥ 2.4 accept flake commands, whatever its nix.conf says.
+pub const FLAKE_FLAGS: [&str; 2] = ["--extra-experimental-features", "nix-command flakes"];
+
+/// What the probe found on HOST.
+#[derive(Clone, Debug)]
+pub struct RemoteEnv {
+    pub nix: String,
+    pub nix_version: String,
+    pub rsync: Option<String>,
+    pub dirs: RemoteDirs,
+}
+
+impl RemoteEnv {
+    /// `nix-store` beside `nix`: what `nix copy --from ssh://` runs on HOST.
+    pub fn nix_store(&self) -> String {
+        match self.nix.rsplit_once('/') {
+            Some((dir, _)) => format!("{dir}/nix-store"),
+            None => "nix-store".to_string(),
+        }
+    }
+}
+
+/// The session holding the mirror locks; dropping it releases them and cleans up HOST.
+pub struct Session {
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        drop(self.stdin.take()); // EOF: the remote side removes the run dir and unlocks
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Probes HOST, prepares its directories and takes the locks of every mirror the plan uses.
+/// One round trip; waits (with a message) while another edict run holds a lock.
+pub fn prepare(conn: &Connection, plan: &Plan, run_id: &str) -> Result<(RemoteEnv, Session)> {
+    let host = &conn.transport.label;
+    let names: Vec<String> = plan.sources.iter().map(|s| s.name.clone()).collect();
+    let script = prepare_script(&names, run_id);
+    let mut child = conn.ssh(Tty::No, &script).spawn(|c| {
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+    })?;
+    let stdin = child.stdin.take();
+    let stdout = child.stdout.take().context("ssh stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+
+    let mut fields = std::collections::HashMap::new();
+    let mut locked = false;
+    let mut waited = false;
+    while let Some(Ok(line)) = lines.next() {
+        // Anything else is stray output of the login shell (rc files), which edict ignores.
+        let Some(rest) = line.strip_prefix("EDICT-") else {
+            continue;
+        };
+        let (key, value) = rest.split_once(' ').unwrap_or((rest, ""));
+        match key {
+            "waiting" => {
+                waited = true;
+                exec::info(format_args!(
+                    "{host}: another edict run is using the same source there; waiting for it to finish"
+                ));
+            }
+            "locked" | "nolock" => {
+                if key == "nolock" && !names.is_empty() {
+                    exec::debug(format_args!(
+                        "{host}: no flock(1) there, so concurrent runs on one source are not serialised"
+                    ));
+                }
+                locked = true;
+                break;
+            }
+            _ => {
+                fields.insert(key.to_string(), value.to_string());
+            }
+        }
+    }
+    if !locked {
+        let mut stderr = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut stderr);
+        }
+        let status = child.wait()?;
+        if status.code() == Some(255) {
+            return Err(ssh_failure(host, "preparing the run", &stderr));
+        }
+        if let Some(err) = fields.get("error") {
+            bail!(
+                "{host}: preparing {}: {err}\n  fix: check free space and permissions there (`df -h ~; ls -ld ~/.cache`)",
+                fields
+                    .get("cache")
+                    .map_or("the cache directory", |s| s.as_str())
+            );
+        }
+        bail!(
+            "{host}: preparing the run: the remote shell stopped early ({status}): {}",
+            stderr.trim()
+        );
+    }
+    if waited {
+        exec::info(format_args!("{host}: the other run finished; going on"));
+    }
+    // Keep draining stderr so a chatty rc file can't block the holder on a full pipe.
+    if let Some(mut e) = child.stderr.take() {
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut e, &mut std::io::sink());
+        });
+    }
+    let session = Session { child, stdin };
+
+    let get = |k: &str| fields.get(k).cloned().filter(|v| !v.is_empty());
+    let nix = get("nix").with_context(|| {
+        format!(
+            "{host}: finding nix: there is no `nix` there (looked on the PATH of a non-interactive login and in {})\n  fix: install Nix on {host}, or make it reachable from `ssh {host} nix --version`",
+            NIX_PLACES.replace(':', ", ")
+        )
+    })?;
+    let cache = get("cache").context("the remote probe did not report a cache directory")?;
+    let env = RemoteEnv {
+        nix_version: get("version").unwrap_or_default(),
+        nix,
+        rsync: get("rsync"),
+        dirs: RemoteDirs {
+            mirrors: format!("{cache}/mirrors"),
+            run: format!("{cache}/runs/{run_id}"),
+        },
+    };
+    exec::debug(format_args!(
+        "{host}: {} at {}, rsync at {}, cache {cache}",
+        env.nix_version,
+        env.nix,
+        env.rsync.as_deref().unwrap_or("(none)")
+    ));
+    if env.rsync.is_none() && !plan.sources.is_empty() {
+        bail!(
+            "{host}: syncing sources: rsync is not installed there\n  fix: install rsync on {host} (e.g. `apt-get install rsync`, or `nix profile install nixpkgs#rsync`)"
+        );
+    }
+    Ok((env, session))
+}
+
+/// The probe-and-lock script. POSIX sh; prints `EDICT-key value` lines, then blocks on stdin.
+fn prepare_script(mirror_names: &[String], run_id: &str) -> String {
+    let mut s = String::new();
+    s.push_str(&format!("PATH=\"$PATH:{NIX_PLACES}\"\n"));
+    s.push_str(
+        "nix=$(command -v nix)\n\
+         echo \"EDICT-nix $nix\"\n\
+         [ -n \"$nix\" ] && echo \"EDICT-version $(\"$nix\" --version 2>&1 | head -n 1)\"\n\
+         echo \"EDICT-rsync $(command -v rsync)\"\n\
+         c=\"${XDG_CACHE_HOME:-$HOME/.cache}/edict\"\n\
+         echo \"EDICT-cache $c\"\n",
+    );
+    s.push_str(&format!("run=\"$c/runs/\"{}\n", quote(run_id)));
+    let mirror_dirs: String = mirror_names
+        .iter()
+        .map(|n| format!(" \"$c/mirrors/\"{}", quote(n)))
+        .collect();
+    s.push_str(&format!(
+        "err=$(mkdir -p \"$run/links\"{mirror_dirs} 2>&1) || {{ echo \"EDICT-error $err\"; exit 1; }}\n"
+    ));
+    // Scratch dirs of runs that died without cleaning up (edict killed with -9, host reboot).
+    s.push_str(
+        "find \"$c/runs\" -mindepth 1 -maxdepth 1 -mtime +2 -exec rm -rf {} + 2>/dev/null\n",
+    );
+    let hold = format!("echo EDICT-locked; cat >/dev/null; rm -rf {}", "\"$1\"");
+    if mirror_names.is_empty() {
+        s.push_str(&format!("sh -c {} sh \"$run\"\n", quote(&hold)));
+        return s;
+    }
+    s.push_str("if command -v flock >/dev/null; then\n  busy=\n");
+    let mut nested = String::new();
+    for n in mirror_names {
+        let lock = format!("\"$c/mirrors/\"{}", quote(&format!("{n}.lock")));
+        s.push_str(&format!("  flock -n {lock} true || busy=1\n"));
+        nested.push_str(&format!("flock {lock} "));
+    }
+    s.push_str("  [ -n \"$busy\" ] && echo EDICT-waiting\n");
+    s.push_str(&format!(
+        "  exec {nested}sh -c {} sh \"$run\"\n",
+        quote(&hold)
+    ));
+    s.push_str("else\n  echo EDICT-nolock; cat >/dev/null; rm -rf \"$run\"\nfi\n");
+    s
+}
+
+/// The remote command: `cd` to the mapped cwd, record the pid (for Ctrl-C), exec nix.
+pub fn command_words(env: &RemoteEnv, plan: &Plan) -> Vec<String> {
+    std::iter::once(env.nix.clone())
+        .chain(FLAKE_FLAGS.iter().map(|s| s.to_string()))
+        .chain(plan.render_words(&env.dirs))
+        .collect()
+}
+
+fn run_script(env: &RemoteEnv, plan: &Plan) -> String {
+    let cwd = plan.render_cwd(&env.dirs);
+    // `start` marks the moment the command begins: what it changes afterwards has a newer
+    // ctime (see `inspect`).
+    // One line, so that `-v` prints it as one pasteable line (the pid and marker files are
+    // gone after the run; a pasted copy still works without them: `true`, not the special
+    // builtin `:`, whose failed redirection would end the shell).
+    format!(
+        "cd {cwd} || exit 127; {{ echo $$ > {pid}; true > {start}; }} 2>/dev/null; exec {cmd}",
+        cwd = quote(&cwd),
+        pid = quote(&format!("{}/pid", env.dirs.run)),
+        start = quote(&format!("{}/start", env.dirs.run)),
+        cmd = quote_words(&command_words(env, plan)),
+    )
+}
+
+/// What the command left on HOST, found in one round trip after it ran (step 5).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct After {
+    /// Links in the run's `links/` dir: (`<i>/result…`, store path).
+    pub links: Vec<(String, String)>,
+    /// Per source to bring back (by index): the mirror's files now, and which of them the
+    /// command created or changed.
+    pub trees: Vec<Tree>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tree {
+    pub src: usize,
+    /// Every file and symlink in the mirror (outside `.git`), relative.
+    pub files: std::collections::BTreeSet<String>,
+    /// Those with a ctime after the command started: written, created, renamed, chmodded.
+    pub changed: std::collections::BTreeSet<String>,
+    /// The command moved HEAD or a branch (committed) there.
+    pub git_changed: bool,
+}
+
+/// Step 5: lists the result links and, for each source coming back, what changed in its
+/// mirror. ctime, not rsync's size-and-mtime check: a same-size rewrite within the second
+/// of the upload is still seen.
+pub fn inspect(conn: &Connection, env: &RemoteEnv, plan: &Plan, want_links: bool) -> Result<After> {
+    let back: Vec<usize> = (0..plan.sources.len())
+        .filter(|&i| {
+            plan.sources[i].sync_back && plan.sources[i].kind != crate::mapping::SourceKind::File
+        })
+        .collect();
+    if back.is_empty() && (!want_links || plan.links.is_empty()) {
+        return Ok(After::default());
+    }
+    let mirrors: Vec<(usize, String)> = back
+        .iter()
+        .map(|&i| (i, plan.mirror(i, &env.dirs)))
+        .collect();
+    let script = inspect_script(&env.dirs.run, want_links, &mirrors);
+    let out = capture(conn, "finding what the command made", &script)?;
+    Ok(parse_after(&out))
+}
+
+/// The shell script behind [`inspect`]: NUL-separated records `L name target`, and per
+/// mirror `S index files… C changed… G git-changes… E`.
+fn inspect_script(run: &str, want_links: bool, mirrors: &[(usize, String)]) -> String {
+    let start = quote(&format!("{run}/start"));
+    let mut script = String::new();
+    if want_links {
+        script.push_str(&format!(
+            "if cd {} 2>/dev/null; then for l in */result*; do [ -L \"$l\" ] && printf 'L\\0%s\\0%s\\0' \"$l\" \"$(readlink \"$l\")\"; done; fi\n",
+            quote(&format!("{run}/links"))
+        ));
+    }
+    for (i, m) in mirrors {
+        let files = "find . -path ./.git -prune -o \\( -type f -o -type l \\)";
+        script.push_str(&format!(
+            "if cd {m} 2>/dev/null; then\n\
+             printf 'S\\0%s\\0' {i}; {files} -print0\n\
+             printf 'C\\0'; {files} -cnewer {start} -print0\n\
+             printf 'G\\0'; [ -d .git ] && find .git/HEAD .git/packed-refs .git/refs -cnewer {start} -print0 2>/dev/null\n\
+             printf 'E\\0'\nfi\n",
+            m = quote(m),
+        ));
+    }
+    script.push_str("exit 0\n");
+    script
+}
+
+fn parse_after(out: &[u8]) -> After {
+    let words: Vec<String> = out
+        .split(|b| *b == 0)
+        .map(|w| String::from_utf8_lossy(w).into_owned())
+        .collect();
+    let mut after = After::default();
+    let mut it = words.into_iter().peekable();
+    let rel = |p: &str| p.strip_prefix("./").unwrap_or(p).to_string();
+    while let Some(tag) = it.next() {
+        match tag.as_str() {
+            "L" => {
+                if let (Some(name), Some(target)) = (it.next(), it.next()) {
+                    after.links.push((name, target));
+                }
+            }
+            "S" => {
+                let mut tree = Tree {
+                    src: it.next().and_then(|i| i.parse().ok()).unwrap_or(usize::MAX),
+                    ..Tree::default()
+                };
+                for w in it.by_ref() {
+                    if w == "C" {
+                        break;
+                    }
+                    tree.files.insert(rel(&w));
+                }
+                for w in it.by_ref() {
+                    if w == "G" {
+                        break;
+                    }
+                    tree.changed.insert(rel(&w));
+                }
+                for w in it.by_ref() {
+                    if w == "E" {
+                        break;
+                    }
+                    tree.git_changed = true;
+                }
+                after.trees.push(tree);
+            }
+            _ => {}
+        }
+    }
+    after
+}
+
+/// How the remote command ended.
+pub enum Outcome {
+    Exited(i32),
+    Interrupted,
+}
+
+/// Step 4: runs the nix command on HOST with our stdin, stdout and stderr, and returns its
+/// exit code. On SIGINT/SIGTERM/SIGHUP here, the command there is interrupted too.
+pub fn run(
+    conn: &Connection,
+    env: &RemoteEnv,
+    plan: &Plan,
+    tty: Tty,
+    signals: &Signals,
+) -> Result<Outcome> {
+    let host = &conn.transport.label;
+    let mut child = conn.ssh(tty, &run_script(env, plan)).spawn(|_| {})?;
+    let mut interrupted = false;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if !interrupted && signals.caught() {
+            interrupted = true;
+            exec::info(format_args!("{host}: interrupting the command there"));
+            interrupt(conn, env);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if interrupted || signals.caught() {
+        return Ok(Outcome::Interrupted);
+    }
+    let code = exec::exit_code(status);
+    if code == 255 && !conn.alive() {
+        bail!(crate::ssh::SshError(format!(
+            "{host}: running the command: the ssh connection was lost (ssh's message is above)\n  fix: check the network to {host}; run `ssh -v {host} true` to see why"
+        )));
+    }
+    Ok(Outcome::Exited(code))
+}
+
+/// Stops the remote command: SIGINT to its process group (as a terminal's Ctrl-C would),
+/// then SIGKILL if it is still there after 5 s. (No `kill --`: dash rejects it.)
+fn interrupt(conn: &Connection, env: &RemoteEnv) {
+    let script = format!(
+        "pid=$(cat {pidfile} 2>/dev/null) || exit 0\n\
+         pg=$(ps -o pgid= -p \"$pid\" 2>/dev/null | tr -d ' ')\n\
+         [ -n \"$pg\" ] || pg=$(sed 's/.*) //' /proc/\"$pid\"/stat 2>/dev/null | cut -d' ' -f3)\n\
+         if [ -n \"$pg\" ] && [ \"$pg\" != 0 ]; then t=-$pg; else t=$pid; fi\n\
+         kill -INT \"$t\" 2>/dev/null\n\
+         i=0; while kill -0 \"$pid\" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done\n\
+         kill -KILL \"$t\" 2>/dev/null; true",
+        pidfile = quote(&format!("{}/pid", env.dirs.run))
+    );
+    let _ = conn.ssh(Tty::No, &script).output();
+}
+
+/// `ssh HOST -- sh -c SCRIPT` with stdout captured: for small helper scripts.
+pub fn capture(conn: &Connection, step: &str, script: &str) -> Result<Vec<u8>> {
+    let out = conn.ssh(Tty::No, script).output()?;
+    if out.status.code() == Some(255) {
+        return Err(ssh_failure(
+            &conn.transport.label,
+            step,
+            &String::from_utf8_lossy(&out.stderr),
+        ));
+    }
+    if !out.status.success() {
+        bail!(
+            "{}: {step}: {}",
+            conn.transport.label,
+            exec::stderr_tail(&out)
+        );
+    }
+    Ok(out.stdout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The real script under /bin/sh: sees links, every file, and exactly the files touched
+    /// after the start marker, including a same-size rewrite in the same second.
+    #[test]
+    fn inspect_script_finds_links_and_changes() {
+        let d = tempfile::tempdir().unwrap();
+        let (run, m0, m1) = (
+            d.path().join("run"),
+            d.path().join("m0"),
+            d.path().join("my mirror"),
+        );
+        for dir in [
+            run.join("links/0"),
+            m0.join("sub"),
+            m0.join(".git/refs/heads"),
+            m1.clone(),
+        ] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        std::fs::write(m0.join("same.txt"), "1").unwrap();
+        std::fs::write(m0.join("sub/old.txt"), "x").unwrap();
+        std::fs::write(m0.join(".git/HEAD"), "ref").unwrap();
+        std::fs::write(m1.join("f"), "y").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(run.join("start"), "").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(m0.join("same.txt"), "2").unwrap();
+        std::fs::write(m0.join("sub/new file"), "n").unwrap();
+        std::os::unix::fs::symlink("/nix/store/abc-x", run.join("links/0/result")).unwrap();
+        let mirrors = vec![
+            (0, m0.display().to_string()),
+            (10, m1.display().to_string()),
+        ];
+        let script = inspect_script(&run.display().to_string(), true, &mirrors);
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let after = parse_after(&out.stdout);
+        assert_eq!(
+            after.links,
+            vec![("0/result".to_string(), "/nix/store/abc-x".to_string())]
+        );
+        assert_eq!((after.trees[0].src, after.trees[1].src), (0, 10));
+        let files: Vec<&str> = after.trees[0].files.iter().map(String::as_str).collect();
+        assert_eq!(files, vec!["same.txt", "sub/new file", "sub/old.txt"]);
+        let changed: Vec<&str> = after.trees[0].changed.iter().map(String::as_str).collect();
+        assert_eq!(changed, vec!["same.txt", "sub/new file"]);
+        assert!(!after.trees[0].git_changed);
+        assert!(after.trees[1].changed.is_empty() && after.trees[1].files.len() == 1);
+    }
+
+    #[test]
+    fn after_parses_links_and_trees() {
+        let out = b"L\x000/result\x00/nix/store/a-x\x00S\x002\x00./a\x00./d/b c\x00C\x00./d/b c\x00G\x00.git/refs/heads/main\x00E\x00S\x003\x00C\x00G\x00E\x00";
+        let after = parse_after(out);
+        assert_eq!(
+            after.links,
+            vec![("0/result".to_string(), "/nix/store/a-x".to_string())]
+        );
+        assert_eq!(after.trees.len(), 2);
+        assert_eq!(after.trees[0].src, 2);
+        assert_eq!(
+            after.trees[0].files.iter().cloned().collect::<Vec<_>>(),
+            vec!["a", "d/b c"]
+        );
+        assert_eq!(
+            after.trees[0].changed.iter().cloned().collect::<Vec<_>>(),
+            vec!["d/b c"]
+        );
+        assert!(after.trees[0].git_changed);
+        assert!(after.trees[1].files.is_empty() && !after.trees[1].git_changed);
+    }
+
+    /// The probe script is valid sh and, with no flock, prints the fields and waits.
+    #[test]
+    fn prepare_script_runs_in_sh() {
+        let home = tempfile::tempdir().unwrap();
+        let script = prepare_script(&["a-1".into(), "b c".into()], "r1");
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(&script)
+            .env("HOME", home.path())
+            .env_remove("XDG_CACHE_HOME")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cache = home.path().join(".cache/edict");
+        assert!(
+            text.contains(&format!("EDICT-cache {}", cache.display())),
+            "{text}"
+        );
+        assert!(
+            text.contains("EDICT-locked") || text.contains("EDICT-nolock"),
+            "{text}"
+        );
+        assert!(cache.join("mirrors/a-1").is_dir());
+        assert!(cache.join("mirrors/b c").is_dir());
+        // stdin was /dev/null: the holder ended at once and removed the run dir.
+        assert!(!cache.join("runs/r1").exists());
+    }
+}

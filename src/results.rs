@@ -1,0 +1,181 @@
+//! Steps 5 and 6: find the result links the command made on HOST, `nix copy` their closures
+//! into the local store over the same connection, and recreate the links here as real
+//! indirect GC roots (what `nix build` itself makes), at the place the user asked for.
+
+use crate::exec::{self, Cmd};
+use crate::mapping::Plan;
+use crate::remote::RemoteEnv;
+use crate::ssh::{Connection, ssh_failure};
+use anyhow::{Context, Result, bail};
+use std::path::PathBuf;
+
+/// A result link to recreate here: `local` → `target` (a store path built on HOST).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub local: PathBuf,
+    pub target: String,
+}
+
+/// The links nix made in the run's `links/<i>/` directories on HOST (found by
+/// `remote::inspect`), each paired with where it goes here.
+pub fn links(plan: &Plan, found: &[(String, String)]) -> Vec<Link> {
+    let mut links = Vec::new();
+    for (name, target) in found {
+        let Some((index, base)) = name.split_once('/') else {
+            continue;
+        };
+        let Some(spec) = index.parse::<usize>().ok().and_then(|i| plan.links.get(i)) else {
+            continue;
+        };
+        let Some(suffix) = base.strip_prefix("result") else {
+            continue;
+        };
+        if !target.starts_with("/nix/store/") {
+            continue;
+        }
+        let mut local = spec.local_base.clone().into_os_string();
+        local.push(suffix);
+        links.push(Link {
+            local: PathBuf::from(local),
+            target: target.clone(),
+        });
+    }
+    links.sort_by(|a, b| a.local.cmp(&b.local));
+    links
+}
+
+/// Step 6: copies the closures of every link's target from HOST and makes the local links.
+pub fn fetch(conn: &Connection, env: &RemoteEnv, links: &[Link]) -> Result<()> {
+    if links.is_empty() {
+        return Ok(());
+    }
+    let host = &conn.transport.label;
+    // Refuse before copying anything: a real file or directory where a link should go is
+    // the user's data, never replaced.
+    for l in links {
+        if let Ok(m) = std::fs::symlink_metadata(&l.local) {
+            if !m.file_type().is_symlink() {
+                bail!(
+                    "{host}: creating result links: {} exists and is not a symlink, so edict will not replace it\n  fix: move it away, or pass -o/--out-link to choose another name",
+                    l.local.display()
+                );
+            }
+        }
+    }
+    let mut targets: Vec<&str> = links.iter().map(|l| l.target.as_str()).collect();
+    targets.sort_unstable();
+    targets.dedup();
+    let store = format!(
+        "ssh://{}?remote-program={}",
+        conn.transport.dest.target(),
+        env.nix_store()
+    );
+    let copy = Cmd::new("nix")
+        .args([
+            "--extra-experimental-features",
+            "nix-command",
+            "copy",
+            "--no-check-sigs",
+            "--from",
+            &store,
+        ])
+        .args(targets.iter().copied())
+        .env("NIX_SSHOPTS", conn.nix_sshopts());
+    let out = copy.output()?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if stderr.contains("lacks a valid signature") {
+            let user = std::env::var("USER").unwrap_or_else(|_| "YOUR-USER".into());
+            bail!(
+                "{host}: copying results: this machine's Nix store refused the paths built on {host}: they are not signed by a key it trusts, and your user may not import unsigned paths.\n  nix said: {}\n  fix: either let your user import them: add `trusted-users = root {user}` to /etc/nix/nix.conf here and restart the daemon (`sudo systemctl restart nix-daemon`),\n       or sign on {host}: `nix key generate-secret --key-name {host}-1 > /etc/nix/key.private` there, `secret-key-files = /etc/nix/key.private` in its nix.conf, and its public key (`nix key convert-secret-to-public < /etc/nix/key.private`) in `extra-trusted-public-keys = …` here",
+                exec::stderr_tail(&out)
+            );
+        }
+        if stderr.contains("daemon-socket") && stderr.contains("Permission denied") {
+            let user = std::env::var("USER").unwrap_or_else(|_| "YOUR-USER".into());
+            bail!(
+                "{host}: copying results: your user may not talk to this machine's nix-daemon.\n  nix said: {}\n  fix: add your user to the group that owns /nix/var/nix/daemon-socket (on Debian: `sudo usermod -aG nix-users {user}`), then log in again",
+                exec::stderr_tail(&out)
+            );
+        }
+        if out.status.code() == Some(255) || stderr.contains("ssh:") {
+            return Err(ssh_failure(host, "copying results", &stderr));
+        }
+        bail!(
+            "{host}: copying results: `{}` failed:\n  {}\n  fix: run it by hand with -v to see more",
+            copy.line(),
+            exec::stderr_tail(&out).replace('\n', "\n  ")
+        );
+    }
+    for l in links {
+        let root = Cmd::new("nix-store")
+            .args(["--realise", &l.target, "--add-root"])
+            .arg(l.local.display().to_string());
+        let out = root.output()?;
+        if !out.status.success() {
+            bail!(
+                "creating the result link {}: `{}` failed: {}",
+                l.local.display(),
+                root.line(),
+                exec::stderr_tail(&out)
+            );
+        }
+        exec::debug(format_args!("{} -> {}", l.local.display(), l.target));
+    }
+    Ok(())
+}
+
+/// The local nix must exist before anything is sent, or results could not come back.
+pub fn check_local_nix() -> Result<()> {
+    which::which("nix").map(|_| ()).context("nix is not installed on this machine (or not on PATH), so results built remotely can't be copied here\n  fix: install Nix here, or pass --no-link to run without retrieving results")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::{LinkSpec, RemoteCwd};
+
+    #[test]
+    fn links_map_to_their_local_bases() {
+        let plan = Plan {
+            sources: vec![],
+            words: vec![],
+            cwd: RemoteCwd::Run,
+            links: vec![
+                LinkSpec {
+                    local_base: "/w/result".into(),
+                },
+                LinkSpec {
+                    local_base: "/tmp/my out".into(),
+                },
+            ],
+            notes: vec![],
+        };
+        let found: Vec<(String, String)> = [
+            ("0/result", "/nix/store/a-x"),
+            ("0/result-dev", "/nix/store/b-x-dev"),
+            ("1/result", "/nix/store/c-y"),
+            ("1/result-1", "/nix/store/d-z"),
+            ("0/other", "/nix/store/e"),
+            ("0/result-bad", "/etc/passwd"),
+            ("7/result", "/nix/store/f"),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        let links = links(&plan, &found);
+        let got: Vec<(String, &str)> = links
+            .iter()
+            .map(|l| (l.local.display().to_string(), l.target.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("/tmp/my out".to_string(), "/nix/store/c-y"),
+                ("/tmp/my out-1".to_string(), "/nix/store/d-z"),
+                ("/w/result".to_string(), "/nix/store/a-x"),
+                ("/w/result-dev".to_string(), "/nix/store/b-x-dev"),
+            ]
+        );
+    }
+}

@@ -1,0 +1,531 @@
+//! Steps 3 and 7, with rsync: send each source to its mirror on HOST (exactly what nix would
+//! see here), and afterwards bring back what the command changed there, never overwriting a
+//! local edit made meanwhile.
+//!
+//! For a git work tree, "what nix sees" is the tracked files with their uncommitted changes,
+//! plus `.git` so that `self.rev` and dirtiness match: untracked and ignored files (build
+//! output, secrets) never leave this machine. rsync gets an exact include list (NUL-separated,
+//! wildcards escaped, so any file name works) and `--delete-excluded`, so the mirror holds
+//! that set and nothing else; files deleted here disappear there.
+
+use crate::exec::{self, Cmd};
+use crate::mapping::{Plan, SourceKind};
+use crate::remote::{After, RemoteEnv};
+use crate::ssh::{Connection, ssh_failure};
+use anyhow::{Context, Result, bail};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// A file's identity as far as "did it change?" goes: what git's index compares, to the
+/// nanosecond, so an edit in the same second is still seen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+    ctime: i64,
+    ctime_nsec: i64,
+    ino: u64,
+    mode: u32,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let m = std::fs::symlink_metadata(path).ok()?;
+    Some(Stamp {
+        size: m.len(),
+        mtime: m.mtime(),
+        mtime_nsec: m.mtime_nsec(),
+        ctime: m.ctime(),
+        ctime_nsec: m.ctime_nsec(),
+        ino: m.ino(),
+        mode: m.mode(),
+    })
+}
+
+/// What one source looked like when it was sent: relative path → stamp.
+#[derive(Clone, Debug, Default)]
+pub struct Upload {
+    files: BTreeMap<String, Stamp>,
+}
+
+/// rsync's options shared by every transfer: recursive, links, permissions, times, and
+/// times compared to the nanosecond (`--modify-window=-1`, rsync ≥ 3.1.3): by default rsync
+/// compares whole seconds, and a same-size edit within the same second would be skipped,
+/// leaving a mirror that is not what nix sees here.
+fn rsync(conn: &Connection, env: &RemoteEnv) -> Cmd {
+    Cmd::new("rsync")
+        .args(["-rlpt", "--modify-window=-1", "-e"])
+        .arg(conn.rsync_shell())
+        .arg(format!(
+            "--rsync-path={}",
+            env.rsync.as_deref().unwrap_or("rsync")
+        ))
+}
+
+fn run_rsync(conn: &Connection, cmd: &Cmd, step: &str) -> Result<std::process::Output> {
+    let host = &conn.transport.label;
+    let out = cmd.output()?;
+    let code = out.status.code();
+    // 24: a file vanished while rsync read the tree (an editor's temp file): not an error.
+    if out.status.success() || code == Some(24) {
+        return Ok(out);
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if code == Some(255)
+        || stderr.contains("connection unexpectedly closed") && stderr.contains("ssh")
+    {
+        return Err(ssh_failure(host, step, &stderr));
+    }
+    let fix = if stderr.contains("No space left on device")
+        || stderr.contains("Disk quota exceeded")
+    {
+        format!(
+            "free space on {host} (`nix-collect-garbage -d` there, or remove old mirrors in ~/.cache/edict/mirrors)"
+        )
+    } else if stderr.contains("command not found") || code == Some(127) {
+        format!("install rsync on {host}")
+    } else if stderr.contains("Permission denied") {
+        "check the permissions of the files named above".to_string()
+    } else {
+        format!("run the rsync command with -v to see more: {}", cmd.line())
+    };
+    bail!(
+        "{host}: {step}: rsync failed ({}):\n  {}\n  fix: {fix}",
+        out.status,
+        exec::stderr_tail(&out).replace('\n', "\n  ")
+    )
+}
+
+/// Step 3: sends every source to its mirror; returns what was sent, for step 7.
+pub fn upload(conn: &Connection, env: &RemoteEnv, plan: &Plan) -> Result<Vec<Upload>> {
+    let mut uploads = Vec::new();
+    for (i, src) in plan.sources.iter().enumerate() {
+        let dest = format!(
+            "{}:{}/",
+            conn.transport.dest.target(),
+            plan.mirror(i, &env.dirs)
+        );
+        let step = format!("syncing {}", src.root.display());
+        let mut upload = Upload::default();
+        let tmp = tempfile::NamedTempFile::new()?;
+        let cmd = match src.kind {
+            SourceKind::Git => {
+                let files = tracked_files(&src.root)?;
+                let dot_git = src.root.join(".git");
+                let with_git_dir = dot_git.is_dir();
+                if !with_git_dir {
+                    exec::info(format_args!(
+                        "{} is a linked git worktree or submodule: its .git is not sent, so nix on {} sees the tracked files as a plain directory (no self.rev)",
+                        src.root.display(),
+                        conn.transport.label
+                    ));
+                }
+                let mut list = tmp.as_file();
+                list.write_all(&include_rules(&files, with_git_dir))?;
+                for f in &files {
+                    if let Some(s) = stamp(&src.root.join(f)) {
+                        upload.files.insert(f.clone(), s);
+                    }
+                }
+                exec::debug(format_args!(
+                    "{}: {} tracked files",
+                    src.root.display(),
+                    files.len()
+                ));
+                rsync(conn, env)
+                    .args(["--delete", "--delete-excluded", "--from0"])
+                    .arg(format!("--include-from={}", tmp.path().display()))
+                    .args(["--exclude=*", "--stats"])
+                    .arg(format!("{}/", src.root.display()))
+                    .arg(dest)
+            }
+            SourceKind::Dir => {
+                walk(&src.root, "", &mut upload.files);
+                rsync(conn, env)
+                    .args(["--delete", "--exclude=/.edict-sync-*", "--stats"])
+                    .arg(format!("{}/", src.root.display()))
+                    .arg(dest)
+            }
+            SourceKind::File => rsync(conn, env)
+                .arg("--stats")
+                .arg(src.root.display().to_string())
+                .arg(format!("{dest}{}", src.file_name())),
+        };
+        let out = run_rsync(conn, &cmd, &step)?;
+        exec::debug(format_args!(
+            "{step}: {}",
+            stats_summary(&String::from_utf8_lossy(&out.stdout))
+        ));
+        uploads.push(upload);
+    }
+    Ok(uploads)
+}
+
+/// rsync's `--stats` as one line: files sent and bytes on the wire.
+pub fn stats_summary(stats: &str) -> String {
+    let field = |name: &str| {
+        stats.lines().find_map(|l| l.strip_prefix(name)).map(|v| {
+            v.split_whitespace()
+                .next()
+                .unwrap_or("0")
+                .chars()
+                .filter(char::is_ascii_digit)
+                .collect::<String>()
+        })
+    };
+    format!(
+        "{} files transferred, {} bytes sent, {} bytes received",
+        field("Number of regular files transferred: ").unwrap_or_default(),
+        field("Total bytes sent: ").unwrap_or_default(),
+        field("Total bytes received: ").unwrap_or_default()
+    )
+}
+
+/// The tracked files of a work tree that exist (a file deleted but not yet `git rm`ed is
+/// not sent), without submodule entries (nix leaves submodules out unless asked).
+pub fn tracked_files(root: &Path) -> Result<Vec<String>> {
+    let out = Cmd::new("git")
+        .args(["-C", &root.display().to_string(), "ls-files", "-z", "-s"])
+        .output()
+        .context("reading the tracked files needs git on this machine")?;
+    if !out.status.success() {
+        bail!(
+            "listing the tracked files of {}: git ls-files failed: {}",
+            root.display(),
+            exec::stderr_tail(&out)
+        );
+    }
+    let mut files = BTreeSet::new();
+    for entry in out.stdout.split(|b| *b == 0).filter(|e| !e.is_empty()) {
+        let entry = String::from_utf8_lossy(entry);
+        let Some((meta, path)) = entry.split_once('\t') else {
+            continue;
+        };
+        if meta.starts_with("160000") {
+            continue; // a submodule (gitlink)
+        }
+        if std::fs::symlink_metadata(root.join(path)).is_ok() {
+            files.insert(path.to_string());
+        }
+    }
+    Ok(files.into_iter().collect())
+}
+
+/// rsync include rules for exactly `files` (plus `.git`): every parent directory, each
+/// file, then everything else excluded by the caller's `--exclude=*`. NUL-separated.
+fn include_rules(files: &[String], with_git_dir: bool) -> Vec<u8> {
+    let mut dirs = BTreeSet::new();
+    for f in files {
+        let mut at = 0;
+        while let Some(i) = f[at..].find('/') {
+            dirs.insert(&f[..at + i]);
+            at += i + 1;
+        }
+    }
+    let mut out = Vec::new();
+    let mut rule = |r: String| {
+        out.extend_from_slice(r.as_bytes());
+        out.push(0);
+    };
+    for d in dirs {
+        rule(format!("/{}/", escape_pattern(d)));
+    }
+    for f in files {
+        rule(format!("/{}", escape_pattern(f)));
+    }
+    if with_git_dir {
+        rule("/.git/***".to_string());
+    }
+    out
+}
+
+/// rsync treats `*?[` as wildcards, and then `\` as their escape; a name without them is
+/// matched literally, backslashes included.
+fn escape_pattern(name: &str) -> String {
+    if !name.contains(['*', '?', '[']) {
+        return name.to_string();
+    }
+    name.chars().fold(String::new(), |mut s, c| {
+        if "*?[\\".contains(c) {
+            s.push('\\');
+        }
+        s.push(c);
+        s
+    })
+}
+
+/// Stamps every file and symlink under `dir` (not following links), keyed `prefix/rel`.
+fn walk(dir: &Path, prefix: &str, out: &mut BTreeMap<String, Stamp>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if prefix.is_empty() && name.starts_with(".edict-sync-") {
+            continue;
+        }
+        let rel = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
+        match e.file_type() {
+            Ok(t) if t.is_dir() => walk(&e.path(), &rel, out),
+            Ok(_) => {
+                if let Some(s) = stamp(&e.path()) {
+                    out.insert(rel, s);
+                }
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// What step 7 did for one file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Brought back from HOST (new or changed there, unchanged here).
+    Taken(PathBuf),
+    /// Deleted here because the command deleted it there.
+    Deleted(PathBuf),
+    /// Changed in both places: the local file stays, HOST's version is at `remote_copy`
+    /// (None when HOST deleted it).
+    Conflict {
+        path: PathBuf,
+        remote_copy: Option<PathBuf>,
+    },
+    /// The command changed `.git` on HOST (a commit): not brought back.
+    GitState,
+}
+
+/// What to do with one file, from three facts: its stamp when sent, its stamp here now,
+/// and whether the command changed it there (`None`: it deleted it).
+#[derive(Debug, PartialEq, Eq)]
+enum Decision {
+    Take,
+    Delete,
+    Conflict,
+    Skip,
+}
+
+fn decide(sent: Option<&Stamp>, now: Option<&Stamp>, there: Option<bool>) -> Decision {
+    let unchanged_here = sent == now; // both None: absent then and now
+    match there {
+        Some(false) => Decision::Skip, // HOST didn't touch it: whatever is here stands
+        Some(true) if unchanged_here => Decision::Take,
+        Some(true) => Decision::Conflict,
+        // Deleted there. Only files that were sent and are untouched here follow; a file
+        // HOST never had (untracked, ignored build output) is not HOST's business.
+        None => match (sent, unchanged_here) {
+            (Some(_), true) => Decision::Delete,
+            (Some(_), false) => Decision::Conflict,
+            (None, _) => Decision::Skip,
+        },
+    }
+}
+
+/// Step 7: for every source marked for sync-back, brings back what the command changed on
+/// HOST (`after` says what). Returns what it did, conflicts included; the caller reports
+/// them and exits non-zero.
+pub fn back(
+    conn: &Connection,
+    env: &RemoteEnv,
+    plan: &Plan,
+    uploads: &[Upload],
+    after: &After,
+) -> Result<Vec<Change>> {
+    let host = &conn.transport.label;
+    let mut changes = Vec::new();
+    for tree in &after.trees {
+        let Some(src) = plan.sources.get(tree.src) else {
+            continue;
+        };
+        let sent = &uploads[tree.src].files;
+        let step = format!("bringing back changes to {}", src.root.display());
+        let mut take = Vec::new();
+        let mut conflicts = Vec::new();
+        let mut deletes = Vec::new();
+        let deleted = sent
+            .keys()
+            .filter(|f| !f.starts_with(".git/") && !tree.files.contains(*f));
+        let touched = tree
+            .changed
+            .iter()
+            .map(|f| (f, Some(true)))
+            .chain(deleted.map(|f| (f, None)));
+        for (name, there) in touched {
+            match decide(sent.get(name), stamp(&src.root.join(name)).as_ref(), there) {
+                Decision::Take => take.push(name.clone()),
+                Decision::Conflict if there.is_some() => conflicts.push(name.clone()),
+                Decision::Conflict => changes.push(Change::Conflict {
+                    path: src.root.join(name),
+                    remote_copy: None,
+                }),
+                Decision::Delete => deletes.push(name.clone()),
+                Decision::Skip => {}
+            }
+        }
+        if tree.git_changed {
+            changes.push(Change::GitState);
+        }
+        if !take.is_empty() || !conflicts.is_empty() {
+            // Same file system as the tree, so each file lands with an atomic rename.
+            let staging = tempfile::Builder::new()
+                .prefix(".edict-sync-")
+                .tempdir_in(&src.root)
+                .with_context(|| {
+                    format!(
+                        "{step}: creating a staging directory in {}",
+                        src.root.display()
+                    )
+                })?;
+            let mut list = tempfile::NamedTempFile::new()?;
+            for name in take.iter().chain(&conflicts) {
+                list.write_all(name.as_bytes())?;
+                list.write_all(&[0])?;
+            }
+            list.flush()?;
+            let from = format!(
+                "{}:{}/",
+                conn.transport.dest.target(),
+                plan.mirror(tree.src, &env.dirs)
+            );
+            // --ignore-times: a same-size rewrite in the same second is still a change.
+            let pull = rsync(conn, env)
+                .args([
+                    "--ignore-times",
+                    "--from0",
+                    &format!("--files-from={}", list.path().display()),
+                ])
+                .arg(&from)
+                .arg(format!("{}/", staging.path().display()));
+            run_rsync(conn, &pull, &step)?;
+            for name in take {
+                let dest = src.root.join(&name);
+                // Re-check: the file may have been edited here while it was on its way.
+                if stamp(&dest).as_ref() == sent.get(&name) {
+                    place(&staging.path().join(&name), &dest)?;
+                    changes.push(Change::Taken(dest));
+                } else {
+                    conflicts.push(name);
+                }
+            }
+            for name in conflicts {
+                let dest = src.root.join(&name);
+                let copy = beside(&dest, host);
+                place(&staging.path().join(&name), &copy)?;
+                changes.push(Change::Conflict {
+                    path: dest,
+                    remote_copy: Some(copy),
+                });
+            }
+        }
+        for name in deletes {
+            let dest = src.root.join(&name);
+            if stamp(&dest).as_ref() == sent.get(&name) {
+                std::fs::remove_file(&dest)
+                    .with_context(|| format!("{step}: removing {}", dest.display()))?;
+                changes.push(Change::Deleted(dest));
+            }
+        }
+    }
+    Ok(changes)
+}
+
+/// Where HOST's version of a conflicting file goes: `NAME.edict-HOST` beside it.
+fn beside(path: &Path, host: &str) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!("{name}.edict-{}", crate::mapping::safe_name(host)))
+}
+
+fn place(from: &Path, to: &Path) -> Result<()> {
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::rename(from, to).with_context(|| format!("moving {} into place", to.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn include_rules_escape_wildcards_and_list_parents() {
+        let files = vec![
+            "a*b".to_string(),
+            "sub/deep/[x]".to_string(),
+            "back\\slash".to_string(),
+        ];
+        let rules = include_rules(&files, true);
+        let rules: Vec<&str> = rules
+            .split(|b| *b == 0)
+            .filter(|r| !r.is_empty())
+            .map(|r| std::str::from_utf8(r).unwrap())
+            .collect();
+        assert_eq!(
+            rules,
+            vec![
+                "/sub/",
+                "/sub/deep/",
+                "/a\\*b",
+                "/sub/deep/\\[x]",
+                "/back\\slash",
+                "/.git/***"
+            ]
+        );
+    }
+
+    fn st(size: u64, mtime: i64) -> Stamp {
+        Stamp {
+            size,
+            mtime,
+            mtime_nsec: 0,
+            ctime: mtime,
+            ctime_nsec: 0,
+            ino: 1,
+            mode: 0o100644,
+        }
+    }
+
+    #[test]
+    fn decisions_never_overwrite_local_edits() {
+        let sent = st(10, 1000);
+        let edited = st(11, 2000);
+        // Changed there, untouched here: take.
+        assert_eq!(decide(Some(&sent), Some(&sent), Some(true)), Decision::Take);
+        // New there, absent here: take.
+        assert_eq!(decide(None, None, Some(true)), Decision::Take);
+        // Edited here, untouched there: the local edit stands, no conflict.
+        assert_eq!(
+            decide(Some(&sent), Some(&edited), Some(false)),
+            Decision::Skip
+        );
+        // Edited in both places: conflict.
+        assert_eq!(
+            decide(Some(&sent), Some(&edited), Some(true)),
+            Decision::Conflict
+        );
+        // New there where an unsent local file (untracked) exists: conflict.
+        assert_eq!(decide(None, Some(&edited), Some(true)), Decision::Conflict);
+        // Deleted here, changed there: conflict (the deletion is kept, the copy put beside).
+        assert_eq!(decide(Some(&sent), None, Some(true)), Decision::Conflict);
+        // Deleted there: follow only for untouched sent files.
+        assert_eq!(decide(Some(&sent), Some(&sent), None), Decision::Delete);
+        assert_eq!(decide(Some(&sent), Some(&edited), None), Decision::Conflict);
+        assert_eq!(decide(None, Some(&edited), None), Decision::Skip);
+    }
+
+    #[test]
+    fn stats_summary_reads_rsync_numbers() {
+        let stats = "Number of files: 5\nNumber of regular files transferred: 1\nTotal bytes sent: 1,234\nTotal bytes received: 56\n";
+        assert_eq!(
+            stats_summary(stats),
+            "1 files transferred, 1234 bytes sent, 56 bytes received"
+        );
+    }
+}
