@@ -64,6 +64,12 @@ pub struct HostSpec {
     /// Whether `nix` is on the non-interactive PATH; when false it is only in
     /// `/nix/var/nix/profiles/default/bin`, as on a multi-user install reached over ssh.
     pub nix_on_path: bool,
+    /// Whether nix is installed at all (when false, edict must say so).
+    pub nix: bool,
+    /// Whether rsync is installed.
+    pub rsync: bool,
+    /// Give root's home a tmpfs of this many KiB (a disk that fills up).
+    pub home_kib: Option<u32>,
     /// Extra lines for the host's nix.conf.
     pub extra_nix_conf: String,
 }
@@ -82,6 +88,9 @@ impl HostSpec {
             flavour,
             flakes: true,
             nix_on_path: true,
+            nix: true,
+            rsync: true,
+            home_kib: None,
             extra_nix_conf: String::new(),
         }
     }
@@ -93,6 +102,23 @@ impl HostSpec {
 
     pub fn nix_on_path(mut self, on: bool) -> Self {
         self.nix_on_path = on;
+        self
+    }
+
+    /// No nix anywhere on the host.
+    pub fn without_nix(mut self) -> Self {
+        self.nix = false;
+        self.nix_on_path = false;
+        self
+    }
+
+    pub fn without_rsync(mut self) -> Self {
+        self.rsync = false;
+        self
+    }
+
+    pub fn home_kib(mut self, kib: u32) -> Self {
+        self.home_kib = Some(kib);
         self
     }
 
@@ -136,7 +162,7 @@ impl Host {
         }
     }
 
-    /// The pid of the host's sshd.
+    /// The pid of the host's sshd (while it runs).
     pub fn pid(&self) -> u32 {
         self.sshd.id()
     }
@@ -267,7 +293,7 @@ impl Lab {
             Flavour::Trixie => Some(trixie_root()),
             Flavour::Bookworm => None,
         };
-        if !spec.nix_on_path {
+        if !spec.nix_on_path && spec.nix {
             hide_nix(&dir, trixie_root.as_deref());
         }
 
@@ -458,10 +484,16 @@ fn start_sshd(
     trixie_root: Option<&Path>,
 ) -> Result<Child, String> {
     let d = dir.display().to_string();
-    let hide = if spec.nix_on_path {
-        ""
-    } else {
-        "rm -f $B/nix $B/nix-*\n"
+    let mut hide = String::new();
+    if !spec.nix_on_path {
+        hide.push_str("rm -f $B/nix $B/nix-*\n");
+    }
+    if !spec.rsync {
+        hide.push_str("rm -f $B/rsync\n");
+    }
+    let home_mount = match spec.home_kib {
+        Some(kib) => format!("mount -t tmpfs -o size={kib}k,mode=0700 tmpfs $D/home\n"),
+        None => String::new(),
     };
     let (script, ssh_dir_seen_by_host) = match trixie_root {
         None => {
@@ -478,7 +510,7 @@ fn start_sshd(
                 )
             };
             let script = format!(
-                "set -e\nD={d}\n\
+                "set -e\nD={d}\n{home_mount}\
                  mount --bind $D/nix /nix\n\
                  mount --bind $D/etc-nix /etc/nix\n\
                  mount --bind $D/home /root\n\
@@ -503,7 +535,7 @@ fn start_sshd(
                 std::fs::create_dir_all(dir.join(sub)).map_err(|e| e.to_string())?;
             }
             let script = format!(
-                "set -e\nD={d}\nM=$D/merged\n\
+                "set -e\nD={d}\nM=$D/merged\n{home_mount}\
                  mount -t overlay overlay -o lowerdir={root},upperdir=$D/upper,workdir=$D/work $M\n\
                  mount --bind $D/nix $M/nix\n\
                  mount --bind $D/etc-nix $M/etc/nix\n\
@@ -652,4 +684,357 @@ pub fn unique_tag() -> String {
         .expect("clock after 1970")
         .as_nanos();
     format!("{}-{nanos}", std::process::id())
+}
+
+impl Lab {
+    /// The real edict binary with the lab's client environment, run in `cwd`.
+    pub fn edict(&self, cwd: &Path) -> Command {
+        let mut cmd = self.command(
+            assert_cmd::cargo::cargo_bin("edict")
+                .to_str()
+                .expect("utf-8 path"),
+        );
+        cmd.current_dir(cwd).stdin(Stdio::null());
+        cmd
+    }
+
+    /// The mirror directories edict made on a host, as paths on this machine.
+    pub fn mirrors(&self, host: &str) -> Vec<PathBuf> {
+        let dir = self.host(host).local_path("/root/.cache/edict/mirrors");
+        let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir())
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
+    /// The one mirror of a local directory named `base`.
+    pub fn mirror_of(&self, host: &str, base: &str) -> PathBuf {
+        let found: Vec<PathBuf> = self
+            .mirrors(host)
+            .into_iter()
+            .filter(|m| {
+                m.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{base}-")))
+            })
+            .collect();
+        assert_eq!(found.len(), 1, "mirrors of {base} on {host}: {found:?}");
+        found.into_iter().next().expect("one")
+    }
+
+    /// Stops one host (its port then refuses connections); the others keep running.
+    pub fn stop(&mut self, name: &str) {
+        let host = self
+            .hosts
+            .iter_mut()
+            .find(|h| h.spec.name == name)
+            .expect("no such lab host");
+        host.stop();
+    }
+
+    /// How many ssh logins a host has accepted so far (from its sshd log).
+    pub fn logins(&self, host: &str) -> usize {
+        let log =
+            std::fs::read_to_string(self.host(host).dir.join("ssh/sshd.log")).unwrap_or_default();
+        log.lines()
+            .filter(|l| l.contains("Accepted publickey"))
+            .count()
+    }
+}
+
+/// A flake for the pipeline tests (no inputs, no nixpkgs): packages with closures and
+/// several outputs, apps that show their arguments, exit with a given code, change files in
+/// the cwd or wait, a tool with a `bin/`, and a dev shell.
+pub fn write_rich_flake(dir: &Path, tag: &str) {
+    std::fs::create_dir_all(dir).expect("creating flake dir");
+    std::fs::write(dir.join("flake.nix"), RICH_FLAKE.replace("TAG", tag))
+        .expect("writing flake.nix");
+}
+
+const RICH_FLAKE: &str = r#"{
+  description = "edict lab flake TAG";
+  outputs = { self }:
+    let
+      system = "x86_64-linux";
+      bin = name: text: derivation {
+        inherit name system;
+        builder = "/bin/sh";
+        args = [ "-c" "/bin/mkdir -p $out/bin && /bin/cp ${builtins.toFile name text} $out/bin/${name} && /bin/chmod +x $out/bin/${name}" ];
+      };
+      dep = derivation { name = "edict-dep-TAG"; inherit system; builder = "/bin/sh"; args = [ "-c" "echo dep TAG > $out" ]; };
+      top = derivation {
+        name = "edict-top-TAG"; inherit system; builder = "/bin/sh";
+        args = [ "-c" "/bin/mkdir $out; echo ${dep} > $out/dep; echo hello > $out/greeting; echo ${self.rev or "dirty"} > $out/rev" ];
+      };
+      multi = derivation {
+        name = "edict-multi-TAG"; inherit system; outputs = [ "out" "dev" ]; builder = "/bin/sh";
+        args = [ "-c" "echo out > $out; echo dev > $dev" ];
+      };
+      args = bin "args" ''
+        #!/bin/sh
+        for a in "$@"; do printf '<%s>\n' "$a"; done
+      '';
+      exit = bin "exit" ''
+        #!/bin/sh
+        echo "exiting with $1"
+        echo "to stderr" >&2
+        exit "$1"
+      '';
+      bump = bin "bump" ''
+        #!/bin/sh
+        n=$(cat version.txt 2>/dev/null || echo 0)
+        echo $((n + 1)) > version.txt
+        echo new > created.txt
+        rm -f obsolete.txt
+      '';
+      # Waits for the test: writes "started" beside $1, then waits until $1 exists.
+      gate = bin "gate" ''
+        #!/bin/sh
+        echo started > "$1.started"
+        i=0
+        while [ ! -e "$1" ] && [ $i -lt 600 ]; do /bin/sleep 0.05; i=$((i + 1)); done
+        n=$(cat version.txt 2>/dev/null || echo 0)
+        echo $((n + 10)) > version.txt
+      '';
+      tty = bin "tty" ''
+        #!/bin/sh
+        if [ -t 0 ] && [ -t 1 ]; then echo tty; else echo notty; fi
+      '';
+      commit = bin "commit" ''
+        #!/bin/sh
+        echo committed there > tracked.txt
+        git -c user.name=remote -c user.email=r@example.org commit -qam "remote commit"
+      '';
+      sleeper = bin "sleeper" ''
+        #!/bin/sh
+        echo $$ > "$1"
+        exec /bin/sleep 300
+      '';
+      app = drv: name: { type = "app"; program = "${drv}/bin/${name}"; };
+    in {
+      packages.${system} = { default = top; inherit dep multi; tool = args; };
+      apps.${system} = {
+        default = app args "args";
+        args = app args "args";
+        exit = app exit "exit";
+        bump = app bump "bump";
+        gate = app gate "gate";
+        sleeper = app sleeper "sleeper";
+        tty = app tty "tty";
+        commit = app commit "commit";
+      };
+      devShells.${system}.default = derivation {
+        name = "edict-shell"; inherit system; builder = "/bin/bash"; outputs = [ "out" ];
+        args = [ "-c" "echo > $out" ];
+        EDICT_DEV = "dev-TAG";
+      };
+    };
+}
+"#;
+
+/// `git init` + commit of everything in `dir` (with a lab identity).
+pub fn git_init(dir: &Path) {
+    for args in [
+        vec!["init", "-q", "-b", "main"],
+        vec!["add", "-A"],
+        vec![
+            "-c",
+            "user.name=lab",
+            "-c",
+            "user.email=lab@example.org",
+            "commit",
+            "-q",
+            "-m",
+            "init",
+        ],
+    ] {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(&args)
+            .output()
+            .expect("running git");
+        assert!(out.status.success(), "git {args:?}: {}", describe(&out));
+    }
+}
+
+/// Whether a store path is valid in this machine's store.
+pub fn locally_valid(path: &str) -> bool {
+    Command::new("nix-store")
+        .args(["--check-validity", path])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+impl Lab {
+    /// A fresh directory for a test's local files, inside the lab (removed with it).
+    pub fn workdir(&self, name: &str) -> PathBuf {
+        let dir = self.dir().join("work").join(name);
+        std::fs::create_dir_all(&dir).expect("creating workdir");
+        dir
+    }
+}
+
+/// A nix-daemon on this machine's own store, for tests of what an unprivileged local user
+/// may import. Root keeps using the store directly (its state dir is writable), so other
+/// tests are unaffected; a user without write access goes through this daemon.
+pub struct LocalDaemon {
+    child: Child,
+    _lock: std::fs::File,
+}
+
+impl LocalDaemon {
+    pub fn start(trusted_users: &str) -> Self {
+        // One daemon at a time on this machine's socket.
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open("/tmp/edict-lab-daemon.lock")
+            .expect("opening the daemon lock");
+        // SAFETY: flock on an fd we own.
+        let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
+        assert_eq!(rc, 0, "locking the daemon lock");
+        let config = format!("{CLIENT_NIX_CONFIG}trusted-users = {trusted_users}\n");
+        let mut cmd = Command::new("nix-daemon");
+        cmd.env("NIX_CONFIG", config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: prctl only, between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .expect("starting nix-daemon (apt-get install nix-bin)");
+        let socket = Path::new("/nix/var/nix/daemon-socket/socket");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // Ready when a client can talk to it (the socket file may be a stale one at first).
+        while !(socket.exists()
+            && Command::new("nix-store")
+                .args([
+                    "--store",
+                    "daemon",
+                    "-q",
+                    "--hash",
+                    "/nix/store/00000000000000000000000000000000-x",
+                ])
+                .stderr(Stdio::piped())
+                .output()
+                .is_ok_and(|o| !String::from_utf8_lossy(&o.stderr).contains("cannot connect")))
+        {
+            assert!(Instant::now() < deadline, "nix-daemon did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        LocalDaemon { child, _lock: lock }
+    }
+}
+
+impl Drop for LocalDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An unprivileged local user (created once) with their own copy of the lab's client ssh
+/// files, so they reach the lab hosts exactly as root does.
+pub struct LocalUser {
+    pub name: String,
+    pub home: PathBuf,
+    pub ssh_opts: String,
+}
+
+impl Lab {
+    pub fn local_user(&self, name: &str) -> LocalUser {
+        if !Command::new("id")
+            .arg(name)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            run_ok(Command::new("useradd").args(["--create-home", "--shell", "/bin/sh", name]));
+        }
+        // Debian lets only the nix-users group reach the daemon socket, as for a real user.
+        if Command::new("getent")
+            .args(["group", "nix-users"])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            run_ok(Command::new("usermod").args(["-aG", "nix-users", name]));
+        }
+        let home = PathBuf::from(format!("/home/{name}"));
+        let dir = home.join(format!(".edict-lab-{}", unique_tag()));
+        std::fs::create_dir_all(&dir).expect("creating the user's lab dir");
+        std::fs::copy(self.client_key(), dir.join("key")).expect("copying the client key");
+        std::fs::copy(self.known_hosts(), dir.join("known_hosts")).expect("copying known_hosts");
+        let cfg = std::fs::read_to_string(self.ssh_config())
+            .expect("reading ssh_config")
+            .replace(
+                &self.client_key().display().to_string(),
+                &dir.join("key").display().to_string(),
+            )
+            .replace(
+                &self.known_hosts().display().to_string(),
+                &dir.join("known_hosts").display().to_string(),
+            );
+        std::fs::write(dir.join("ssh_config"), cfg).expect("writing the user's ssh_config");
+        run_ok(
+            Command::new("chown")
+                .arg("-R")
+                .arg(format!("{name}:"))
+                .arg(&dir),
+        );
+        LocalUser {
+            name: name.to_string(),
+            home,
+            ssh_opts: format!("-F {}", dir.join("ssh_config").display()),
+        }
+    }
+}
+
+impl LocalUser {
+    /// A fresh directory the user owns.
+    pub fn workdir(&self, name: &str) -> PathBuf {
+        let dir = self.home.join(format!("work-{name}-{}", unique_tag()));
+        std::fs::create_dir_all(&dir).expect("creating the user's workdir");
+        run_ok(
+            Command::new("chown")
+                .arg(format!("{}:", self.name))
+                .arg(&dir),
+        );
+        dir
+    }
+
+    /// The real edict binary, run as this user in `cwd` (files there must be theirs).
+    pub fn edict(&self, cwd: &Path) -> Command {
+        run_ok(
+            Command::new("chown")
+                .arg("-R")
+                .arg(format!("{}:", self.name))
+                .arg(cwd),
+        );
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", &self.name, "--", "env"])
+            .arg(format!("HOME={}", self.home.display()))
+            .arg(format!("USER={}", self.name))
+            .arg(format!("NIX_SSHOPTS={}", self.ssh_opts))
+            .arg(format!("NIX_CONFIG={CLIENT_NIX_CONFIG}"))
+            .arg(assert_cmd::cargo::cargo_bin("edict"))
+            .current_dir(cwd)
+            .stdin(Stdio::null());
+        cmd
+    }
 }

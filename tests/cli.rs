@@ -1,0 +1,81 @@
+//! edict's own command line, run as a user would: help, version, and mistakes that must be
+//! caught before anything connects anywhere.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use assert_cmd::Command;
+
+fn edict() -> Command {
+    let mut cmd = Command::cargo_bin("edict").unwrap();
+    cmd.env_remove("NIX_SSHOPTS").env_remove("EDICT_SSH_OPTS");
+    cmd
+}
+
+#[test]
+fn help_and_version() {
+    let out = edict()
+        .arg("--help")
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let help = String::from_utf8(out).unwrap();
+    for needle in [
+        "HOST",
+        "--sync",
+        "--no-sync",
+        "--no-link",
+        "--dry-run",
+        "--verbose",
+        "--quiet",
+        "NIX_SSHOPTS",
+        "EDICT_SSH_OPTS",
+        "edict builder nix build .#default",
+    ] {
+        assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
+    }
+    let out = edict()
+        .arg("--version")
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        format!("edict {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn mistakes_are_explained_without_connecting() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["h"], "required"),
+        (
+            &["h", "build", ".#x"],
+            "did you mean `edict h nix build .#x`",
+        ),
+        (&["h", "nix"], "needs a subcommand"),
+        (&["-oProxyCommand=x", "nix", "build"], "unexpected argument"),
+        (&["ssh://h:port", "nix", "build"], "port is not a number"),
+        (
+            &["h", "nix", "build", "./does-not-exist#x"],
+            "does not exist",
+        ),
+        (
+            &["--sync", "--no-sync", "h", "nix", "build"],
+            "cannot be used with",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = edict()
+            .args(*args)
+            .current_dir(std::env::temp_dir())
+            .assert()
+            .failure()
+            .get_output()
+            .clone();
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.contains(needle), "edict {args:?}: {err}");
+    }
+}

@@ -1,0 +1,137 @@
+//! Bad input and broken hosts: every error names the host, the step and a fix, exits with
+//! the right code, and loses nothing. Real hosts, really broken.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod lab;
+
+use lab::{Flavour, HostSpec, Lab, describe};
+use std::process::Output;
+
+fn fails(lab: &Lab, host: &str, code: i32, needles: &[&str]) -> Output {
+    let dir = lab.workdir(&format!("err-{host}-{}", lab::unique_tag()));
+    lab::write_rich_flake(&dir, &lab::unique_tag());
+    let out = lab
+        .edict(&dir)
+        .args([host, "nix", "build", ".#default"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{}", describe(&out));
+    for n in needles.iter().chain(&[host, "fix:"]) {
+        assert!(err.contains(n), "expected `{n}` in: {err}");
+    }
+    assert!(!dir.join("result").exists());
+    out
+}
+
+#[test]
+fn unknown_host() {
+    let lab = Lab::new();
+    fails(
+        &lab,
+        "no-such-host.invalid",
+        255,
+        &["connecting", "cannot resolve"],
+    );
+}
+
+#[test]
+fn host_down() {
+    let mut lab = Lab::new();
+    lab.start(HostSpec::new("down", Flavour::Bookworm));
+    lab.stop("down");
+    fails(&lab, "down", 255, &["nothing accepts ssh connections"]);
+}
+
+#[test]
+fn refused_key() {
+    let mut lab = Lab::new();
+    lab.start(HostSpec::new("nokey", Flavour::Bookworm));
+    std::fs::write(lab.host("nokey").dir.join("ssh/authorized_keys"), "").unwrap();
+    fails(
+        &lab,
+        "nokey",
+        255,
+        &["refused the login", "authorized_keys"],
+    );
+}
+
+#[test]
+fn host_key_changed_or_unknown() {
+    let mut lab = Lab::new();
+    lab.start(HostSpec::new("changed", Flavour::Bookworm));
+    let port = lab.host("changed").port;
+    // Another key where the real one should be: what a reinstall (or an attacker) looks like.
+    let other = lab.dir().join("other_key");
+    let kg = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(kg.status.success());
+    let key = std::fs::read_to_string(other.with_extension("pub")).unwrap();
+    let key: Vec<&str> = key.split_whitespace().take(2).collect();
+    std::fs::write(
+        lab.known_hosts(),
+        format!("[127.0.0.1]:{port} {} {}\n", key[0], key[1]),
+    )
+    .unwrap();
+    fails(&lab, "changed", 255, &["does not match", "ssh-keygen -R"]);
+    // No key at all, and no terminal to ask on.
+    std::fs::write(lab.known_hosts(), "").unwrap();
+    fails(&lab, "changed", 255, &["not in your known_hosts"]);
+}
+
+#[test]
+fn nix_missing_there() {
+    let mut lab = Lab::new();
+    for flavour in Flavour::ALL {
+        let name = format!("nonix{}", flavour.nix_version().replace('.', ""));
+        lab.start(HostSpec::new(&name, flavour).without_nix());
+        fails(
+            &lab,
+            &name,
+            1,
+            &[
+                "finding nix",
+                "there is no `nix`",
+                "/nix/var/nix/profiles/default/bin",
+            ],
+        );
+    }
+}
+
+#[test]
+fn rsync_missing_there() {
+    let mut lab = Lab::new();
+    for flavour in Flavour::ALL {
+        let name = format!("norsync{}", flavour.nix_version().replace('.', ""));
+        lab.start(HostSpec::new(&name, flavour).without_rsync());
+        fails(&lab, &name, 1, &["rsync is not installed", "install rsync"]);
+    }
+}
+
+#[test]
+fn disk_full_there() {
+    let mut lab = Lab::new();
+    lab.start(HostSpec::new("full", Flavour::Bookworm).home_kib(512));
+    let dir = lab.workdir("full");
+    lab::write_rich_flake(&dir, &lab::unique_tag());
+    std::fs::write(dir.join("big.bin"), vec![7u8; 2 << 20]).unwrap();
+    let out = lab
+        .edict(&dir)
+        .args(["full", "nix", "build", ".#default"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    for n in [
+        "full",
+        "syncing",
+        "No space left on device",
+        "fix: free space on full",
+    ] {
+        assert!(err.contains(n), "expected `{n}` in: {err}");
+    }
+    assert!(dir.join("big.bin").exists(), "nothing local is lost");
+}

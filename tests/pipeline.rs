@@ -1,0 +1,948 @@
+//! The edict pipeline end to end: the real binary against real lab hosts (sshd, rsync,
+//! separate nix stores), each scenario on a Nix 2.8 and a Nix 2.26 remote.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod lab;
+
+use lab::{Flavour, HostSpec, Lab, describe, locally_valid};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("running edict")
+}
+
+fn ok(cmd: &mut Command) -> Output {
+    let out = run(cmd);
+    assert!(out.status.success(), "{cmd:?}: {}", describe(&out));
+    out
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn read_link(p: &Path) -> String {
+    std::fs::read_link(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .display()
+        .to_string()
+}
+
+/// Runs `f` once per flavour, each with its own host in one lab.
+fn each_host(f: impl Fn(&Lab, &str, Flavour)) {
+    let lab = Lab::both();
+    for flavour in Flavour::ALL {
+        f(&lab, lab::default_name(flavour), flavour);
+    }
+}
+
+#[test]
+fn build_copies_the_closure_back_as_gc_roots() {
+    each_host(|lab, host, flavour| {
+        let tag = lab::unique_tag();
+        let dir = lab.workdir(&format!("build-{host}"));
+        lab::write_rich_flake(&dir, &tag);
+        ok(lab.edict(&dir).args([host, "nix", "build", ".#default"]));
+        let target = read_link(&dir.join("result"));
+        assert!(target.ends_with(&format!("-edict-top-{tag}")), "{target}");
+        assert!(locally_valid(&target));
+        let dep = std::fs::read_to_string(Path::new(&target).join("dep")).unwrap();
+        assert!(
+            locally_valid(dep.trim()),
+            "the runtime dependency came along"
+        );
+        // A real indirect GC root, as `nix build` makes.
+        let roots = Command::new("nix-store")
+            .args(["--query", "--roots", &target])
+            .output()
+            .unwrap();
+        assert!(
+            stdout(&roots).contains(&dir.join("result").display().to_string()),
+            "{}",
+            describe(&roots)
+        );
+        // The mirror stays clean: the link was made in the run's scratch dir there.
+        assert!(
+            !lab.mirror_of(host, &format!("build-{host}"))
+                .join("result")
+                .exists()
+        );
+
+        // Several outputs: result and result-dev, as nix names them. (`^*` came in Nix 2.9;
+        // 2.8 builds only `out` of such an attribute.)
+        let (multi, second) = if flavour == Flavour::Bookworm {
+            (".#multi", "")
+        } else {
+            (".#multi^*", "-dev")
+        };
+        ok(lab.edict(&dir).args([host, "nix", "build", multi]));
+        assert_eq!(
+            std::fs::read_to_string(dir.join("result")).unwrap(),
+            "out\n"
+        );
+        // -o NAME: the links appear under that name.
+        ok(lab
+            .edict(&dir)
+            .args([host, "nix", "build", multi, "-o", "my out"]));
+        assert_eq!(
+            std::fs::read_to_string(dir.join("my out")).unwrap(),
+            "out\n"
+        );
+        if !second.is_empty() {
+            assert_eq!(
+                std::fs::read_to_string(dir.join("result-dev")).unwrap(),
+                "dev\n"
+            );
+            assert_eq!(
+                std::fs::read_to_string(dir.join("my out-dev")).unwrap(),
+                "dev\n"
+            );
+        }
+    });
+}
+
+#[test]
+fn git_flake_sends_exactly_what_nix_sees() {
+    each_host(|lab, host, _| {
+        let tag = lab::unique_tag();
+        let name = format!("git-{host}");
+        let dir = lab.workdir(&name);
+        lab::write_rich_flake(&dir, &tag);
+        std::fs::write(dir.join(".gitignore"), "target/\n").unwrap();
+        std::fs::write(dir.join("tracked.txt"), "committed\n").unwrap();
+        std::fs::write(dir.join("doomed.txt"), "to be deleted\n").unwrap();
+        std::fs::create_dir_all(dir.join("odd dir")).unwrap();
+        std::fs::write(dir.join("odd dir/it's [a] *file*"), "hostile name\n").unwrap();
+        lab::git_init(&dir);
+        let head = Command::new("git")
+            .arg("-C")
+            .arg(&dir)
+            .args(["rev-parse", "HEAD"])
+            .output()
+            .unwrap();
+        let head = stdout(&head).trim().to_string();
+
+        // Clean tree: self.rev on HOST is the local HEAD, so .git came along intact.
+        ok(lab.edict(&dir).args([host, "nix", "build", ".#default"]));
+        let rev = std::fs::read_to_string(dir.join("result/rev")).unwrap();
+        assert_eq!(rev.trim(), head);
+
+        // Dirty tree: uncommitted changes go, untracked and ignored files never do.
+        std::fs::write(dir.join("tracked.txt"), "uncommitted\n").unwrap();
+        std::fs::write(dir.join("secret.txt"), "untracked secret\n").unwrap();
+        std::fs::create_dir_all(dir.join("target")).unwrap();
+        std::fs::write(dir.join("target/big"), "ignored\n").unwrap();
+        std::fs::remove_file(dir.join("doomed.txt")).unwrap();
+        ok(lab.edict(&dir).args([host, "nix", "build", ".#default"]));
+        assert_eq!(
+            std::fs::read_to_string(dir.join("result/rev")).unwrap(),
+            "dirty\n"
+        );
+        let mirror = lab.mirror_of(host, &name);
+        assert_eq!(
+            std::fs::read_to_string(mirror.join("tracked.txt")).unwrap(),
+            "uncommitted\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(mirror.join("odd dir/it's [a] *file*")).unwrap(),
+            "hostile name\n"
+        );
+        assert!(mirror.join(".git/HEAD").exists());
+        assert!(
+            !mirror.join("secret.txt").exists(),
+            "untracked files must stay here"
+        );
+        assert!(
+            !mirror.join("target").exists(),
+            "ignored files must stay here"
+        );
+        assert!(
+            !mirror.join("doomed.txt").exists(),
+            "files deleted here disappear there"
+        );
+    });
+}
+
+#[test]
+fn run_passes_arguments_output_and_exit_codes() {
+    each_host(|lab, host, _| {
+        let dir = lab.workdir(&format!("run-{host}"));
+        lab::write_rich_flake(&dir, &lab::unique_tag());
+        let hostile = [
+            "a b",
+            "it's",
+            "\"dq\"",
+            "$(touch /tmp/pwned)",
+            "semi;colon",
+            "new\nline",
+            "",
+            "*",
+            "--flag",
+        ];
+        let out = ok(lab
+            .edict(&dir)
+            .args([host, "nix", "run", ".#args", "--"])
+            .args(hostile));
+        let expected: String = hostile.iter().map(|a| format!("<{a}>\n")).collect();
+        assert_eq!(stdout(&out), expected);
+        // The shorthand `edict HOST .#app ARGS` is `nix run .#app -- ARGS`.
+        let out = ok(lab.edict(&dir).args([host, ".#args", "-x", "y z"]));
+        assert_eq!(stdout(&out), "<-x>\n<y z>\n");
+        // The remote exit code is edict's, and both streams pass through.
+        let out = run(lab
+            .edict(&dir)
+            .args([host, "nix", "run", ".#exit", "--", "7"]));
+        assert_eq!(out.status.code(), Some(7), "{}", describe(&out));
+        assert_eq!(stdout(&out), "exiting with 7\n");
+        assert!(stderr(&out).contains("to stderr"));
+        // A failing nix command (no such attribute) keeps nix's own exit code and message.
+        let out = run(lab.edict(&dir).args([host, "nix", "build", ".#nope"]));
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        assert!(stderr(&out).contains("nope"), "{}", describe(&out));
+    });
+}
+
+#[test]
+fn flake_lock_update_and_check_bring_back_the_lock_file() {
+    each_host(|lab, host, _| {
+        let dir = lab.workdir(&format!("lock-{host}"));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(
+            dir.join("sub/flake.nix"),
+            "{ outputs = { self }: { value = 42; }; }\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("flake.nix"),
+            "{\n  inputs.sub.url = \"path:./sub\";\n  outputs = { self, sub }: { packages.x86_64-linux.default = derivation { name = \"v\"; system = \"x86_64-linux\"; builder = \"/bin/sh\"; args = [ \"-c\" \"echo ${toString sub.value} > $out\" ]; }; };\n}\n",
+        )
+        .unwrap();
+        let out = ok(lab.edict(&dir).args([host, "nix", "flake", "lock"]));
+        let lock: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("flake.lock")).unwrap())
+                .unwrap();
+        assert_eq!(
+            lock["nodes"]["root"]["inputs"]["sub"],
+            "sub",
+            "{}",
+            describe(&out)
+        );
+        assert!(stderr(&out).contains("brought back"), "{}", describe(&out));
+
+        std::fs::remove_file(dir.join("flake.lock")).unwrap();
+        ok(lab.edict(&dir).args([host, "nix", "flake", "update"]));
+        assert!(
+            dir.join("flake.lock").exists(),
+            "flake update's lock file came back"
+        );
+
+        ok(lab.edict(&dir).args([host, "nix", "flake", "check"]));
+
+        // From elsewhere the lock file stays there, unless --sync asks for it.
+        std::fs::remove_file(dir.join("flake.lock")).unwrap();
+        let elsewhere = lab.workdir(&format!("lock-elsewhere-{host}"));
+        let flake = dir.display().to_string();
+        ok(lab
+            .edict(&elsewhere)
+            .args([host, "nix", "flake", "lock", &flake]));
+        assert!(!dir.join("flake.lock").exists());
+        ok(lab
+            .edict(&elsewhere)
+            .args(["--sync", host, "nix", "flake", "lock", &flake]));
+        assert!(
+            dir.join("flake.lock").exists(),
+            "--sync brings the lock file back"
+        );
+
+        let out = run(lab
+            .edict(&dir)
+            .args([host, "nix", "flake", "check", "./no-such-dir"]));
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            stderr(&out).contains("does not exist"),
+            "{}",
+            describe(&out)
+        );
+    });
+}
+
+#[test]
+fn develop_and_shell_run_commands_there() {
+    each_host(|lab, host, _| {
+        let tag = lab::unique_tag();
+        let dir = lab.workdir(&format!("dev-{host}"));
+        lab::write_rich_flake(&dir, &tag);
+        let out = ok(lab.edict(&dir).args([
+            host,
+            "nix",
+            "develop",
+            "-c",
+            "sh",
+            "-c",
+            "echo \"$EDICT_DEV\" \"$0\"",
+            "a b",
+        ]));
+        assert_eq!(stdout(&out), format!("dev-{tag} a b\n"));
+        let out = ok(lab
+            .edict(&dir)
+            .args([host, "nix", "shell", ".#tool", "-c", "args", "x", "./y"]));
+        assert_eq!(stdout(&out), "<x>\n<./y>\n");
+    });
+}
+
+#[test]
+fn subdirectory_flakes_and_stateless_use() {
+    each_host(|lab, host, _| {
+        let tag = lab::unique_tag();
+        let repo = lab.workdir(&format!("repo-{host}"));
+        lab::write_rich_flake(&repo.join("sub"), &tag);
+        std::fs::write(repo.join("README"), "top\n").unwrap();
+        lab::git_init(&repo);
+
+        // From the repo root: the whole work tree is mirrored, the link lands here.
+        ok(lab
+            .edict(&repo)
+            .args([host, "nix", "build", "./sub#default"]));
+        assert!(read_link(&repo.join("result")).ends_with(&format!("edict-top-{tag}")));
+        // From inside the subdirectory: `.` is the flake, the link lands in the subdir.
+        ok(lab.edict(&repo.join("sub")).args([host, "nix", "build"]));
+        assert!(repo.join("sub/result").exists());
+        assert_eq!(
+            lab.mirrors(host)
+                .iter()
+                .filter(|m| m.to_string_lossy().contains(&format!("repo-{host}-")))
+                .count(),
+            1
+        );
+
+        // From elsewhere: stateless. Links are relative to the cwd; nothing comes back.
+        let elsewhere = lab.workdir(&format!("elsewhere-{host}"));
+        let flake = format!("{}#default", repo.join("sub").display());
+        ok(lab
+            .edict(&elsewhere)
+            .args([host, "nix", "build", &flake, "-o", "out"]));
+        assert!(read_link(&elsewhere.join("out")).ends_with(&format!("edict-top-{tag}")));
+        let bump = format!("{}#bump", repo.join("sub").display());
+        ok(lab.edict(&elsewhere).args([host, "nix", "run", &bump]));
+        assert!(!elsewhere.join("version.txt").exists());
+        assert!(!repo.join("sub/version.txt").exists());
+    });
+}
+
+#[test]
+fn no_link_and_output_flags_pass_through() {
+    each_host(|lab, host, flavour| {
+        let tag = lab::unique_tag();
+        let dir = lab.workdir(&format!("nolink-{host}"));
+        lab::write_rich_flake(&dir, &tag);
+        // edict's --no-link: built there, nothing copied here.
+        ok(lab
+            .edict(&dir)
+            .args(["--no-link", host, "nix", "build", ".#dep"]));
+        assert!(!dir.join("result").exists());
+        let json = ok(lab
+            .edict(&dir)
+            .args([host, "nix", "build", ".#dep", "--no-link", "--json"]));
+        let v: serde_json::Value =
+            serde_json::from_str(&stdout(&json)).expect("--json output is nix's, untouched");
+        let path = v[0]["outputs"]["out"].as_str().unwrap().to_string();
+        assert!(path.ends_with(&format!("edict-dep-{tag}")));
+        assert!(!dir.join("result").exists());
+        assert!(!locally_valid(&path), "nix's --no-link: nothing copied");
+        if flavour == Flavour::Trixie {
+            // --print-out-paths exists from Nix 2.9 on.
+            let out =
+                ok(lab
+                    .edict(&dir)
+                    .args([host, "nix", "build", ".#dep", "--print-out-paths"]));
+            assert_eq!(stdout(&out), format!("{path}\n"));
+            assert!(locally_valid(&path));
+        }
+    });
+}
+
+#[test]
+fn local_inputs_are_synced_and_overridden() {
+    each_host(|lab, host, _| {
+        let dir = lab.workdir(&format!("ovr-{host}"));
+        let dep = lab.workdir(&format!("dep-{host}"));
+        std::fs::write(
+            dep.join("flake.nix"),
+            "{ outputs = { self }: { value = \"from-dep\"; }; }\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("flake.nix"),
+            "{\n  inputs.dep.url = \"path:/nonexistent/edict-dep\";\n  outputs = { self, dep }: { packages.x86_64-linux.default = derivation { name = \"o\"; system = \"x86_64-linux\"; builder = \"/bin/sh\"; args = [ \"-c\" \"echo ${dep.value} > $out\" ]; }; };\n}\n",
+        )
+        .unwrap();
+        let dep_arg = format!("../dep-{host}");
+        ok(lab.edict(&dir).args([
+            host,
+            "nix",
+            "build",
+            ".#default",
+            "--override-input",
+            "dep",
+            &dep_arg,
+        ]));
+        assert_eq!(
+            std::fs::read_to_string(dir.join("result")).unwrap(),
+            "from-dep\n"
+        );
+
+        // A path input recorded in flake.lock (outside the flake) is synced and overridden.
+        let lib = lab.workdir(&format!("lib-{host}"));
+        std::fs::write(
+            lib.join("flake.nix"),
+            "{ outputs = { self }: { value = \"from-lib\"; }; }\n",
+        )
+        .unwrap();
+        let flake2 = lab.workdir(&format!("locked-{host}"));
+        std::fs::write(
+            flake2.join("flake.nix"),
+            format!(
+                "{{\n  inputs.lib.url = \"path:{}\";\n  outputs = {{ self, lib }}: {{ packages.x86_64-linux.default = derivation {{ name = \"l\"; system = \"x86_64-linux\"; builder = \"/bin/sh\"; args = [ \"-c\" \"echo ${{lib.value}} > $out\" ]; }}; }};\n}}\n",
+                lib.display()
+            ),
+        )
+        .unwrap();
+        let lock = lab
+            .command("nix")
+            .args(["flake", "lock"])
+            .current_dir(&flake2)
+            .output()
+            .unwrap();
+        assert!(lock.status.success(), "local lock: {}", describe(&lock));
+        ok(lab.edict(&flake2).args([host, "nix", "build"]));
+        assert_eq!(
+            std::fs::read_to_string(flake2.join("result")).unwrap(),
+            "from-lib\n"
+        );
+    });
+}
+
+#[test]
+fn sync_back_brings_new_changed_and_deleted_files() {
+    each_host(|lab, host, _| {
+        let dir = lab.workdir(&format!("back-{host}"));
+        lab::write_rich_flake(&dir, &lab::unique_tag());
+        std::fs::write(dir.join("version.txt"), "1\n").unwrap();
+        std::fs::write(dir.join("obsolete.txt"), "old\n").unwrap();
+        std::fs::write(dir.join("untracked-here.txt"), "mine\n").unwrap();
+        lab::git_init(&dir);
+        std::fs::write(dir.join("untracked-here.txt"), "still mine\n").unwrap();
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(&dir)
+            .args(["rm", "-q", "--cached", "untracked-here.txt"])
+            .status()
+            .unwrap();
+
+        let out = ok(lab.edict(&dir).args([host, "nix", "run", ".#bump"]));
+        assert_eq!(
+            std::fs::read_to_string(dir.join("version.txt")).unwrap(),
+            "2\n",
+            "{}",
+            describe(&out)
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("created.txt")).unwrap(),
+            "new\n"
+        );
+        assert!(
+            !dir.join("obsolete.txt").exists(),
+            "deleted there, deleted here"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("untracked-here.txt")).unwrap(),
+            "still mine\n"
+        );
+        let err = stderr(&out);
+        assert!(
+            err.contains("version.txt") && err.contains("created.txt"),
+            "{err}"
+        );
+
+        // --no-sync: nothing comes back.
+        ok(lab
+            .edict(&dir)
+            .args(["--no-sync", host, "nix", "run", ".#bump"]));
+        assert_eq!(
+            std::fs::read_to_string(dir.join("version.txt")).unwrap(),
+            "2\n"
+        );
+    });
+}
+
+#[test]
+fn sync_back_never_overwrites_a_local_edit() {
+    each_host(|lab, host, _| {
+        let dir = lab.workdir(&format!("conflict-{host}"));
+        lab::write_rich_flake(&dir, &lab::unique_tag());
+        std::fs::write(dir.join("version.txt"), "1\n").unwrap();
+        lab::git_init(&dir);
+        let gate = format!("/root/gate-{host}");
+        let gate_here = lab.host(host).local_path(&gate);
+        let started = lab.host(host).local_path(&format!("{gate}.started"));
+        let child = lab
+            .edict(&dir)
+            .args([host, "nix", "run", ".#gate", "--", &gate])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !started.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the remote app never started"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // A local edit while the command runs there, which also changes the file.
+        std::fs::write(dir.join("version.txt"), "local edit\n").unwrap();
+        std::fs::write(&gate_here, "go").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "a conflict exits non-zero: {}",
+            describe(&out)
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("version.txt")).unwrap(),
+            "local edit\n"
+        );
+        let copy = dir.join(format!("version.txt.edict-{host}"));
+        assert_eq!(
+            std::fs::read_to_string(&copy).unwrap(),
+            "11\n",
+            "{}",
+            describe(&out)
+        );
+        let err = stderr(&out);
+        assert!(
+            err.contains("conflict") && err.contains("version.txt"),
+            "{err}"
+        );
+    });
+}
+
+#[test]
+fn concurrent_runs_on_one_flake_both_succeed() {
+    each_host(|lab, host, _| {
+        let dir = lab.workdir(&format!("conc-{host}"));
+        lab::write_rich_flake(&dir, &lab::unique_tag());
+        let gate = format!("/root/cgate-{host}");
+        let started = lab.host(host).local_path(&format!("{gate}.started"));
+        let first = lab
+            .edict(&dir)
+            .args([host, "nix", "run", ".#gate", "--", &gate])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        while !started.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // The second run must wait for the first (same mirror) and then succeed.
+        let second = lab
+            .edict(&dir)
+            .args([host, "nix", "build", ".#dep"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        std::fs::write(lab.host(host).local_path(&gate), "go").unwrap();
+        let first = first.wait_with_output().unwrap();
+        let second = second.wait_with_output().unwrap();
+        assert!(first.status.success(), "{}", describe(&first));
+        assert!(second.status.success(), "{}", describe(&second));
+        assert!(stderr(&second).contains("waiting"), "{}", describe(&second));
+        assert_eq!(
+            std::fs::read_to_string(dir.join("version.txt")).unwrap(),
+            "10\n"
+        );
+        assert!(dir.join("result").exists());
+    });
+}
+
+#[test]
+fn hidden_nix_and_flakes_disabled() {
+    let mut lab = Lab::new();
+    for flavour in Flavour::ALL {
+        let name = format!("odd{}", flavour.nix_version().replace('.', ""));
+        lab.start(
+            HostSpec::new(&name, flavour)
+                .nix_on_path(false)
+                .flakes(false),
+        );
+        let dir = lab.workdir(&name);
+        let tag = lab::unique_tag();
+        lab::write_rich_flake(&dir, &tag);
+        ok(lab.edict(&dir).args([&name, "nix", "build", ".#default"]));
+        assert!(read_link(&dir.join("result")).ends_with(&format!("edict-top-{tag}")));
+    }
+}
+
+#[test]
+fn one_ssh_connection_per_run_and_nothing_left_behind() {
+    each_host(|lab, host, _| {
+        let dir = lab.workdir(&format!("conn-{host}"));
+        lab::write_rich_flake(&dir, &lab::unique_tag());
+        let tmp = lab.workdir(&format!("tmp-{host}"));
+        let before = lab.logins(host);
+        ok(lab
+            .edict(&dir)
+            .args([host, "nix", "build", ".#default"])
+            .env("TMPDIR", &tmp));
+        assert_eq!(
+            lab.logins(host) - before,
+            1,
+            "every step must share one ssh connection"
+        );
+        // A failing run leaves nothing either: no local temp files, no remote run dir.
+        let out = run(lab
+            .edict(&dir)
+            .args([host, "nix", "build", ".#nope"])
+            .env("TMPDIR", &tmp));
+        assert!(!out.status.success());
+        assert_eq!(
+            std::fs::read_dir(&tmp).unwrap().count(),
+            0,
+            "temp files left in {}",
+            tmp.display()
+        );
+        // The ControlMaster is gone too (its socket lived under TMPDIR).
+        let masters = Command::new("pgrep")
+            .args(["-f", &format!("ControlPath={}", tmp.display())])
+            .output()
+            .unwrap();
+        assert!(
+            stdout(&masters).trim().is_empty(),
+            "an ssh master outlived edict"
+        );
+        let runs = lab.host(host).local_path("/root/.cache/edict/runs");
+        // The session ends just after edict exits: give it a moment.
+        for _ in 0..100 {
+            if std::fs::read_dir(&runs).unwrap().count() == 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(
+            std::fs::read_dir(&runs).unwrap().count(),
+            0,
+            "run dirs left on {host}"
+        );
+        assert!(
+            !std::fs::read_dir(&dir)
+                .unwrap()
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(".edict-sync"))
+        );
+    });
+}
+
+#[test]
+fn ctrl_c_stops_the_remote_command() {
+    each_host(|lab, host, _| {
+        let dir = lab.workdir(&format!("intr-{host}"));
+        lab::write_rich_flake(&dir, &lab::unique_tag());
+        let pidfile = format!("/root/sleeper-{host}.pid");
+        let child = lab
+            .edict(&dir)
+            .args([host, "nix", "run", ".#sleeper", "--", &pidfile])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let local_pidfile = lab.host(host).local_path(&pidfile);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let pid = loop {
+            if let Ok(p) = std::fs::read_to_string(&local_pidfile) {
+                if !p.trim().is_empty() {
+                    break p.trim().to_string();
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the remote app never started"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        // The host shares this machine's pid namespace, so its processes are visible here.
+        assert!(Path::new(&format!("/proc/{pid}")).exists());
+        let mut child = child;
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        // Within 15 s both the remote command and edict must be gone (nothing keeps running).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "edict did not stop within 15 s of SIGINT (remote pid {pid} alive: {})",
+                    Path::new(&format!("/proc/{pid}")).exists()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        assert_eq!(status.code(), Some(130), "{err}");
+        assert!(err.contains("interrupting"), "{err}");
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "the remote command {pid} kept running after Ctrl-C"
+        );
+    });
+}
+
+#[test]
+fn a_one_byte_edit_sends_about_the_delta() {
+    each_host(|lab, host, _| {
+        let dir = lab.workdir(&format!("delta-{host}"));
+        lab::write_rich_flake(&dir, &lab::unique_tag());
+        // 8 MiB of incompressible data.
+        let mut data = vec![0u8; 8 << 20];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for b in data.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        std::fs::write(dir.join("big.bin"), &data).unwrap();
+        let sent = |out: &Output| -> u64 {
+            let err = stderr(out);
+            let line = err
+                .lines()
+                .find(|l| l.contains("syncing") && l.contains("bytes sent"))
+                .unwrap_or_else(|| panic!("no sync stats: {err}"));
+            let n = line
+                .split(" bytes sent")
+                .next()
+                .unwrap()
+                .rsplit(' ')
+                .next()
+                .unwrap();
+            n.parse().unwrap()
+        };
+        let first = ok(lab
+            .edict(&dir)
+            .args(["-vv", "--no-link", host, "nix", "build", ".#dep"]));
+        assert!(sent(&first) > 8 << 20, "{}", stderr(&first));
+        data[4 << 20] ^= 0xff;
+        std::fs::write(dir.join("big.bin"), &data).unwrap();
+        let second = ok(lab
+            .edict(&dir)
+            .args(["-vv", "--no-link", host, "nix", "build", ".#dep"]));
+        assert!(
+            sent(&second) < 256 << 10,
+            "a 1-byte edit sent {} bytes",
+            sent(&second)
+        );
+    });
+}
+
+#[test]
+fn hostile_local_paths_work() {
+    each_host(|lab, host, _| {
+        let tag = lab::unique_tag();
+        let dir = lab.workdir(&format!("my flake 'q' $x ;{host}"));
+        lab::write_rich_flake(&dir, &tag);
+        ok(lab.edict(&dir).args([host, "nix", "build", ".#default"]));
+        assert!(read_link(&dir.join("result")).ends_with(&format!("edict-top-{tag}")));
+        let parent = dir.parent().unwrap();
+        let rel = format!("./{}#dep", dir.file_name().unwrap().to_string_lossy());
+        ok(lab
+            .edict(parent)
+            .args([host, "nix", "build", &rel, "-o", "dep link"]));
+        assert!(parent.join("dep link").exists());
+    });
+}
+
+#[test]
+fn dry_run_prints_the_plan_without_connecting() {
+    let lab = Lab::new();
+    let dir = lab.workdir("dry");
+    lab::write_rich_flake(&dir, "dry");
+    let out = ok(lab.edict(&dir).args([
+        "--dry-run",
+        "no-such-host.invalid",
+        "nix",
+        "build",
+        ".#default",
+        "-L",
+    ]));
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!(
+            "sync up:   {} (directory) -> no-such-host.invalid:~/.cache/edict/mirrors/dry-",
+            dir.display()
+        )),
+        "{text}"
+    );
+    assert!(text.contains("command:   nix --extra-experimental-features 'nix-command flakes' build --out-link ~/.cache/edict/runs/RUN/links/0/result ~/.cache/edict/mirrors/dry-"), "{text}");
+    assert!(
+        text.contains(&format!("results:   {}/result[-*]", dir.display())),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("sync back: {}", dir.display())),
+        "{text}"
+    );
+}
+
+#[test]
+fn every_destination_form_and_edict_ssh_opts() {
+    let lab = Lab::both();
+    for flavour in Flavour::ALL {
+        let host = lab::default_name(flavour);
+        let port = lab.host(host).port;
+        let dir = lab.workdir(&format!("dest-{host}"));
+        lab::write_rich_flake(&dir, &lab::unique_tag());
+        ok(lab
+            .edict(&dir)
+            .args([&format!("root@{host}"), "nix", "build", ".#dep"]));
+        // A URL with a port and no alias: everything comes from EDICT_SSH_OPTS, which wins
+        // over a NIX_SSHOPTS that would not work.
+        let opts = format!(
+            "-F /dev/null -i {} -o IdentitiesOnly=yes -o UserKnownHostsFile={}",
+            lab.client_key().display(),
+            lab.known_hosts().display()
+        );
+        let url = format!("ssh://root@127.0.0.1:{port}");
+        ok(lab
+            .edict(&dir)
+            .args([&url, "nix", "build", ".#dep", "-o", "via-url"])
+            .env("EDICT_SSH_OPTS", &opts)
+            .env("NIX_SSHOPTS", "-F /nonexistent"));
+        assert!(dir.join("via-url").exists());
+    }
+}
+
+#[test]
+fn verbose_lines_paste_and_quiet_is_quiet() {
+    each_host(|lab, host, _| {
+        let dir = lab.workdir(&format!("verbose-{host}"));
+        lab::write_rich_flake(&dir, &lab::unique_tag());
+        let out = ok(lab
+            .edict(&dir)
+            .args(["-v", host, "nix", "run", ".#args", "--", "it's", "a b"]));
+        assert_eq!(stdout(&out), "<it's>\n<a b>\n");
+        // The line for the remote command, pasted into a shell, does the same on its own.
+        let err = stderr(&out);
+        let line = err
+            .lines()
+            .find(|l| l.starts_with("+ ssh ") && l.contains("exec ") && l.contains("#args"))
+            .unwrap();
+        let line = line.strip_prefix("+ ").unwrap();
+        let pasted = lab
+            .command("sh")
+            .arg("-c")
+            .arg(line)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert_eq!(
+            stdout(&pasted),
+            "<it's>\n<a b>\n",
+            "pasted `{line}`: {}",
+            describe(&pasted)
+        );
+        // -q: nix's output only, no edict chatter even when files come back.
+        let out = ok(lab.edict(&dir).args(["-q", host, "nix", "run", ".#bump"]));
+        assert!(dir.join("version.txt").exists());
+        assert!(!stderr(&out).contains("edict:"), "{}", describe(&out));
+    });
+}
+
+#[test]
+fn a_terminal_only_when_both_ends_are_terminals() {
+    each_host(|lab, host, _| {
+        let dir = lab.workdir(&format!("tty-{host}"));
+        lab::write_rich_flake(&dir, &lab::unique_tag());
+        let out = ok(lab.edict(&dir).args([host, "nix", "run", ".#tty"]));
+        assert_eq!(stdout(&out), "notty\n");
+        // Under a pseudo-terminal (util-linux `script`), the remote side gets one too.
+        let edict = assert_cmd::cargo::cargo_bin("edict");
+        let cmd = format!("{} {host} nix run .#tty", edict.display());
+        let out = ok(lab
+            .command("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .current_dir(&dir)
+            .stdin(Stdio::piped()));
+        assert!(
+            stdout(&out).contains("tty") && !stdout(&out).contains("notty"),
+            "{}",
+            describe(&out)
+        );
+    });
+}
+
+#[test]
+fn a_remote_exit_255_is_not_an_ssh_failure() {
+    each_host(|lab, host, _| {
+        let dir = lab.workdir(&format!("e255-{host}"));
+        lab::write_rich_flake(&dir, &lab::unique_tag());
+        let out = run(lab
+            .edict(&dir)
+            .args([host, "nix", "run", ".#exit", "--", "255"]));
+        assert_eq!(out.status.code(), Some(255));
+        assert!(
+            !stderr(&out).contains("connection was lost"),
+            "{}",
+            describe(&out)
+        );
+    });
+}
+
+#[test]
+fn a_commit_there_comes_back_as_uncommitted_changes() {
+    each_host(|lab, host, _| {
+        let dir = lab.workdir(&format!("commit-{host}"));
+        lab::write_rich_flake(&dir, &lab::unique_tag());
+        std::fs::write(dir.join("tracked.txt"), "original\n").unwrap();
+        lab::git_init(&dir);
+        let head = || {
+            stdout(
+                &Command::new("git")
+                    .arg("-C")
+                    .arg(&dir)
+                    .args(["rev-parse", "HEAD"])
+                    .output()
+                    .unwrap(),
+            )
+        };
+        let before = head();
+        let out = ok(lab.edict(&dir).args([host, "nix", "run", ".#commit"]));
+        assert_eq!(
+            std::fs::read_to_string(dir.join("tracked.txt")).unwrap(),
+            "committed there\n"
+        );
+        assert_eq!(head(), before, "local .git is never changed by edict");
+        assert!(
+            stderr(&out).contains("changed git state"),
+            "{}",
+            describe(&out)
+        );
+        // The next run sends the local .git again: the remote commit is gone there.
+        ok(lab.edict(&dir).args([host, "nix", "build", ".#dep"]));
+        let mirror = lab.mirror_of(host, &format!("commit-{host}"));
+        let remote_head = Command::new("git")
+            .arg("-C")
+            .arg(&mirror)
+            .args(["rev-parse", "HEAD"])
+            .output()
+            .unwrap();
+        assert_eq!(stdout(&remote_head), before);
+    });
+}
