@@ -17,9 +17,8 @@ fn fails(lab: &Lab, host: &str, code: i32, needles: &[&str]) -> Output {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(code), "{}", describe(&out));
-    for n in needles.iter().chain(&[host, "fix:"]) {
-        assert!(err.contains(n), "expected `{n}` in: {err}");
-    }
+    lab::assert_mentions(&err, needles);
+    lab::assert_mentions(&err, &[host, "fix:"]);
     assert!(!dir.join("result").exists());
     out
 }
@@ -125,13 +124,14 @@ fn disk_full_there() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
-    for n in [
-        "full",
-        "syncing",
-        "No space left on device",
-        "fix: free space on full",
-    ] {
-        assert!(err.contains(n), "expected `{n}` in: {err}");
-    }
+    lab::assert_mentions(
+        &err,
+        &[
+            "full",
+            "syncing",
+            "No space left on device",
+            "fix: free space on full",
+        ],
+    );
     assert!(dir.join("big.bin").exists(), "nothing local is lost");
 }

@@ -33,6 +33,24 @@ fn read_link(p: &Path) -> String {
         .to_string()
 }
 
+/// Waits (up to a minute) until a remote app has written `path`; returns its content.
+fn wait_for_file(path: &Path) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if !text.trim().is_empty() {
+                return text.trim().to_string();
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the remote app never wrote {}",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Runs `f` once per flavour, each with its own host in one lab.
 fn each_host(f: impl Fn(&Lab, &str, Flavour)) {
     let lab = Lab::both();
@@ -497,14 +515,7 @@ fn sync_back_never_overwrites_a_local_edit() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while !started.exists() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the remote app never started"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        wait_for_file(&started);
         // A local edit while the command runs there, which also changes the file.
         std::fs::write(dir.join("version.txt"), "local edit\n").unwrap();
         std::fs::write(&gate_here, "go").unwrap();
@@ -547,9 +558,7 @@ fn concurrent_runs_on_one_flake_both_succeed() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        while !started.exists() {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        wait_for_file(&started);
         // The second run must wait for the first (same mirror) and then succeed.
         let second = lab
             .edict(&dir)
@@ -661,20 +670,7 @@ fn ctrl_c_stops_the_remote_command() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let local_pidfile = lab.host(host).local_path(&pidfile);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        let pid = loop {
-            if let Ok(p) = std::fs::read_to_string(&local_pidfile) {
-                if !p.trim().is_empty() {
-                    break p.trim().to_string();
-                }
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the remote app never started"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        };
+        let pid = wait_for_file(&lab.host(host).local_path(&pidfile));
         // The host shares this machine's pid namespace, so its processes are visible here.
         assert!(Path::new(&format!("/proc/{pid}")).exists());
         let mut child = child;
@@ -944,5 +940,28 @@ fn a_commit_there_comes_back_as_uncommitted_changes() {
             .output()
             .unwrap();
         assert_eq!(stdout(&remote_head), before);
+    });
+}
+
+#[test]
+fn after_kill_9_the_next_run_just_works() {
+    each_host(|lab, host, _| {
+        let dir = lab.workdir(&format!("kill9-{host}"));
+        lab::write_rich_flake(&dir, &lab::unique_tag());
+        let pidfile = format!("/root/kill9-{host}.pid");
+        let mut child = lab
+            .edict(&dir)
+            .args([host, "nix", "run", ".#sleeper", "--", &pidfile])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let remote_pid = wait_for_file(&lab.host(host).local_path(&pidfile));
+        child.kill().unwrap(); // SIGKILL: no cleanup of its own
+        child.wait().unwrap();
+        // The lock died with edict's end of the lock session: the next run does not wait.
+        let out = ok(lab.edict(&dir).args([host, "nix", "build", ".#default"]));
+        assert!(!stderr(&out).contains("waiting"), "{}", describe(&out));
+        assert!(dir.join("result/greeting").exists());
+        unsafe { libc::kill(remote_pid.parse().unwrap(), libc::SIGKILL) };
     });
 }

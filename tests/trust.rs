@@ -25,14 +25,15 @@ fn untrusted_user_gets_the_fix_and_the_fix_works() {
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
-        for needle in [
-            "builder: copying results",
-            "lacks a valid signature",
-            "trusted-users = root edict-untrusted",
-            "secret-key-files",
-        ] {
-            assert!(err.contains(needle), "expected `{needle}` in: {err}");
-        }
+        lab::assert_mentions(
+            &err,
+            &[
+                "builder: copying results",
+                "lacks a valid signature",
+                "trusted-users = root edict-untrusted",
+                "secret-key-files",
+            ],
+        );
         assert!(!dir.join("result").exists());
     }
     // The fix from the message: trust the user.

@@ -629,6 +629,13 @@ fn run_ok(cmd: &mut Command) {
     assert!(out.status.success(), "{cmd:?} failed: {}", describe(&out));
 }
 
+/// Asserts that `text` (an error message) mentions every one of `needles`.
+pub fn assert_mentions(text: &str, needles: &[&str]) {
+    for n in needles {
+        assert!(text.contains(n), "expected `{n}` in: {text}");
+    }
+}
+
 /// Exit status plus both streams, for assertion messages.
 pub fn describe(out: &Output) -> String {
     format!(
