@@ -98,6 +98,12 @@ pub fn fetch(conn: &Connection, env: &RemoteEnv, links: &[Link]) -> Result<()> {
                 exec::stderr_tail(&out)
             );
         }
+        if let Some(explained) = crate::ssh::chatty_shell(host, &stderr) {
+            bail!(
+                "{host}: copying results: {explained}\n  nix said: {}",
+                exec::stderr_tail(&out)
+            );
+        }
         if out.status.code() == Some(255) || stderr.contains("ssh:") {
             return Err(ssh_failure(host, "copying results", &stderr));
         }

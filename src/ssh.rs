@@ -161,7 +161,15 @@ impl Connection {
             .args(conn.transport.user_opts.clone())
             .args(["-o", "ControlMaster=yes", "-o"])
             .arg(format!("ControlPath={}", conn.socket.display()))
-            .args(["-o", "ControlPersist=15", "-f", "-N", "--"])
+            .args([
+                "-o",
+                "ControlPersist=15",
+                "-o",
+                "RemoteCommand=none",
+                "-f",
+                "-N",
+                "--",
+            ])
             .arg(conn.transport.dest.target());
         let log_file = std::fs::File::create(&log)?;
         let status = cmd
@@ -186,6 +194,9 @@ impl Connection {
             format!("ControlPath={}", self.socket.display()),
             "-o".to_string(),
             "ControlMaster=no".to_string(),
+            // A RemoteCommand in the user's config would replace edict's commands.
+            "-o".to_string(),
+            "RemoteCommand=none".to_string(),
         ]);
         opts
     }
@@ -346,6 +357,21 @@ pub fn ssh_failure(host: &str, step: &str, stderr: &str) -> anyhow::Error {
     anyhow::Error::new(SshError(format!(
         "{host}: {step}: {what}.\n  ssh said: {said}\n  fix: {fix}"
     )))
+}
+
+/// When a remote protocol (rsync's, nix's) fails because the login shell printed text:
+/// the explanation and fix, or None if that is not what happened.
+pub fn chatty_shell(host: &str, stderr: &str) -> Option<String> {
+    let chatty = stderr.contains("is your shell clean")
+        || stderr.contains("protocol version mismatch")
+        || stderr.contains("protocol mismatch")
+        || stderr.contains("unexpected end of file")
+        || stderr.contains("invalid message from remote");
+    chatty.then(|| {
+        format!(
+            "the login shell on {host} prints text in non-interactive sessions, which breaks rsync and nix's protocol.\n  fix: on {host}, make your shell rc files (~/.bashrc, ~/.zshenv, /etc/bash.bashrc) print only for interactive shells, e.g. start ~/.bashrc with `[[ $- == *i* ]] || return`; `ssh {host} true | od -c` must print nothing"
+        )
+    })
 }
 
 #[cfg(test)]

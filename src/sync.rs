@@ -78,6 +78,12 @@ fn run_rsync(conn: &Connection, cmd: &Cmd, step: &str) -> Result<std::process::O
     {
         return Err(ssh_failure(host, step, &stderr));
     }
+    if let Some(explained) = crate::ssh::chatty_shell(host, &stderr) {
+        bail!(
+            "{host}: {step}: rsync failed: {explained}\n  rsync said: {}",
+            exec::stderr_tail(&out).replace('\n', "\n  ")
+        );
+    }
     let fix = if stderr.contains("No space left on device")
         || stderr.contains("Disk quota exceeded")
     {

@@ -135,3 +135,18 @@ fn disk_full_there() {
     );
     assert!(dir.join("big.bin").exists(), "nothing local is lost");
 }
+
+#[test]
+fn a_login_shell_that_prints_text() {
+    let mut lab = Lab::new();
+    for flavour in Flavour::ALL {
+        let name = format!("chatty{}", flavour.nix_version().replace('.', ""));
+        lab.start(HostSpec::new(&name, flavour).banner("Welcome to the build farm"));
+        fails(
+            &lab,
+            &name,
+            1,
+            &["syncing", "prints text", ".bashrc", "is your shell clean"],
+        );
+    }
+}

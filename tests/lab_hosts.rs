@@ -176,3 +176,27 @@ fn dropping_the_lab_stops_every_sshd() {
         );
     }
 }
+
+#[test]
+fn multi_user_hosts_build_through_their_daemon() {
+    let mut lab = Lab::new();
+    for flavour in Flavour::ALL {
+        let name = format!("mu{}", flavour.nix_version().replace('.', ""));
+        lab.start(HostSpec::new(&name, flavour).user("edict-remote"));
+        let who = lab.ssh_ok(&name, "id -un; echo $HOME");
+        assert_eq!(who, "edict-remote\n/home/edict-remote\n");
+        let src = lab.host(&name).local_path("/home/edict-remote/src");
+        lab::write_flake(&src, &lab::unique_tag());
+        std::process::Command::new("chmod")
+            .args(["-R", "a+rX"])
+            .arg(&src)
+            .status()
+            .unwrap();
+        let out = lab.ssh_ok(&name, "nix build ~/src --no-link && nix path-info ~/src && nix store ping 2>&1 || nix ping-store 2>&1");
+        assert!(out.contains("/nix/store/"), "{flavour:?}: {out}");
+        assert!(
+            out.contains("daemon"),
+            "{flavour:?}: the store must be the daemon's: {out}"
+        );
+    }
+}

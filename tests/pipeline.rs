@@ -965,3 +965,33 @@ fn after_kill_9_the_next_run_just_works() {
         unsafe { libc::kill(remote_pid.parse().unwrap(), libc::SIGKILL) };
     });
 }
+
+#[test]
+fn multi_user_hosts_reached_as_an_ordinary_user() {
+    let mut lab = Lab::new();
+    for flavour in Flavour::ALL {
+        let host = format!("mu{}", flavour.nix_version().replace('.', ""));
+        lab.start(HostSpec::new(&host, flavour).user("edict-remote"));
+        let tag = lab::unique_tag();
+        let dir = lab.workdir(&host);
+        lab::write_rich_flake(&dir, &tag);
+        std::fs::write(dir.join("version.txt"), "1\n").unwrap();
+        ok(lab
+            .edict(&dir)
+            .args([host.as_str(), "nix", "build", ".#default"]));
+        assert!(read_link(&dir.join("result")).ends_with(&format!("edict-top-{tag}")));
+        ok(lab
+            .edict(&dir)
+            .args([host.as_str(), "nix", "run", ".#bump"]));
+        assert_eq!(
+            std::fs::read_to_string(dir.join("version.txt")).unwrap(),
+            "2\n"
+        );
+        // The mirror is in that user's cache, not root's.
+        assert!(
+            lab.host(&host)
+                .local_path("/home/edict-remote/.cache/edict/mirrors")
+                .is_dir()
+        );
+    }
+}

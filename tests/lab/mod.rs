@@ -70,6 +70,12 @@ pub struct HostSpec {
     pub rsync: bool,
     /// Give root's home a tmpfs of this many KiB (a disk that fills up).
     pub home_kib: Option<u32>,
+    /// Log in as this unprivileged user, with a nix-daemon owning the store (a multi-user
+    /// install, as most remote machines have); `None`: root on a single-user store.
+    pub user: Option<String>,
+    /// A line the login shell prints for every session (in ~/.bashrc), which breaks the
+    /// rsync and nix protocols.
+    pub banner: Option<String>,
     /// Extra lines for the host's nix.conf.
     pub extra_nix_conf: String,
 }
@@ -91,6 +97,8 @@ impl HostSpec {
             nix: true,
             rsync: true,
             home_kib: None,
+            user: None,
+            banner: None,
             extra_nix_conf: String::new(),
         }
     }
@@ -114,6 +122,17 @@ impl HostSpec {
 
     pub fn without_rsync(mut self) -> Self {
         self.rsync = false;
+        self
+    }
+
+    /// A multi-user host reached as `user` (lower case, created here if needed).
+    pub fn user(mut self, user: &str) -> Self {
+        self.user = Some(user.to_string());
+        self
+    }
+
+    pub fn banner(mut self, text: &str) -> Self {
+        self.banner = Some(text.to_string());
         self
     }
 
@@ -148,7 +167,11 @@ impl Host {
     /// private dirs; anything else on a trixie host is in its overlay's upper dir (files it
     /// wrote), on a bookworm host it is shared with this machine.
     pub fn local_path(&self, remote: &str) -> PathBuf {
-        let map = [("/nix", "nix"), ("/root", "home"), ("/etc/nix", "etc-nix")];
+        let user_home = self.spec.user.as_ref().map(|u| format!("/home/{u}"));
+        let mut map = vec![("/nix", "nix"), ("/root", "home"), ("/etc/nix", "etc-nix")];
+        if let Some(h) = &user_home {
+            map.push((h.as_str(), "userhome"));
+        }
         for (prefix, sub) in map {
             if let Some(rest) = remote.strip_prefix(prefix) {
                 if rest.is_empty() || rest.starts_with('/') {
@@ -159,6 +182,14 @@ impl Host {
         match self.spec.flavour {
             Flavour::Trixie => self.dir.join("upper").join(remote.trim_start_matches('/')),
             Flavour::Bookworm => PathBuf::from(remote),
+        }
+    }
+
+    /// The login user's home as the host sees it.
+    pub fn home(&self) -> String {
+        match &self.spec.user {
+            Some(u) => format!("/home/{u}"),
+            None => "/root".to_string(),
         }
     }
 
@@ -263,8 +294,22 @@ impl Lab {
         );
         let dir = self.dir().join("hosts").join(&spec.name);
         let ssh_dir = dir.join("ssh");
-        for sub in ["nix", "etc-nix", "home", "ssh"] {
+        for sub in ["nix", "etc-nix", "home", "userhome", "ssh"] {
             std::fs::create_dir_all(dir.join(sub)).expect("creating host dirs");
+        }
+        if let Some(user) = &spec.user {
+            if spec.flavour == Flavour::Bookworm {
+                ensure_machine_user(user);
+            }
+        }
+        if let Some(banner) = &spec.banner {
+            let home = if spec.user.is_some() {
+                "userhome"
+            } else {
+                "home"
+            };
+            std::fs::write(dir.join(home).join(".bashrc"), format!("echo {banner}\n"))
+                .expect("writing .bashrc");
         }
         // sshd refuses a home or key dir writable by others only with StrictModes, which is
         // off, but keep root's home as a real home would be.
@@ -302,7 +347,12 @@ impl Lab {
             let port = free_port();
             match start_sshd(&spec, &dir, port, trixie_root.as_deref()) {
                 Ok(sshd) => {
-                    self.register_client_side(&spec.name, port, &ssh_dir);
+                    self.register_client_side(
+                        &spec.name,
+                        spec.user.as_deref().unwrap_or("root"),
+                        port,
+                        &ssh_dir,
+                    );
                     self.hosts.push(Host {
                         spec,
                         port,
@@ -318,11 +368,11 @@ impl Lab {
         panic!("lab host {} did not start: {last_err}", spec.name);
     }
 
-    fn register_client_side(&self, name: &str, port: u16, ssh_dir: &Path) {
+    fn register_client_side(&self, name: &str, user: &str, port: u16, ssh_dir: &Path) {
         let mut cfg = std::fs::read_to_string(self.ssh_config()).expect("reading ssh_config");
         write!(
             cfg,
-            "Host {name}\n  HostName 127.0.0.1\n  Port {port}\n  User root\n  IdentityFile {key}\n  IdentitiesOnly yes\n  UserKnownHostsFile {kh}\n  GlobalKnownHostsFile /dev/null\n\n",
+            "Host {name}\n  HostName 127.0.0.1\n  Port {port}\n  User {user}\n  IdentityFile {key}\n  IdentitiesOnly yes\n  UserKnownHostsFile {kh}\n  GlobalKnownHostsFile /dev/null\n\n",
             key = self.client_key().display(),
             kh = self.known_hosts().display(),
         )
@@ -491,6 +541,29 @@ fn start_sshd(
     if !spec.rsync {
         hide.push_str("rm -f $B/rsync\n");
     }
+    // A multi-user host: the login user's private home, and a nix-daemon owning the store
+    // (it dies with sshd through the parent-death signal). Ready once its socket exists.
+    let wait_socket = |m: &str| {
+        format!(
+            "i=0; while [ ! -S {m}/nix/var/nix/daemon-socket/socket ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done\n"
+        )
+    };
+    let (multi_bookworm, multi_trixie) = match &spec.user {
+        None => (String::new(), String::new()),
+        Some(u) => (
+            format!(
+                "mount --bind $D/userhome /home/{u}\nchown {u}: /home/{u}\n\
+                 setpriv --pdeathsig TERM nix-daemon </dev/null >$D/daemon.log 2>&1 &\n{}",
+                wait_socket("")
+            ),
+            format!(
+                "chroot $M sh -c 'id {u} >/dev/null 2>&1 || useradd -m -s /bin/bash {u}; usermod -p \"*\" {u}'\n\
+                 mount --bind $D/userhome $M/home/{u}\nchroot $M chown {u}: /home/{u}\n\
+                 chroot $M setpriv --pdeathsig TERM nix-daemon </dev/null >$D/daemon.log 2>&1 &\n{}",
+                wait_socket("$M")
+            ),
+        ),
+    };
     let home_mount = match spec.home_kib {
         Some(kib) => format!("mount -t tmpfs -o size={kib}k,mode=0700 tmpfs $D/home\n"),
         None => String::new(),
@@ -515,7 +588,7 @@ fn start_sshd(
                  mount --bind $D/etc-nix /etc/nix\n\
                  mount --bind $D/home /root\n\
                  mkdir -p /run/sshd\n\
-                 {hide}\
+                 {hide}{multi_bookworm}\
                  exec /usr/sbin/sshd -D -E $D/ssh/sshd.log -f $D/ssh/sshd_config\n"
             );
             (script, format!("{d}/ssh"))
@@ -544,7 +617,7 @@ fn start_sshd(
                  mount -t proc proc $M/proc\n\
                  mount --rbind /dev $M/dev\n\
                  mkdir -p $M/run/sshd\n\
-                 B=$M/usr/bin\n{hide}\
+                 B=$M/usr/bin\n{hide}{multi_trixie}\
                  exec chroot $M /usr/sbin/sshd -D -E /etc/edict-lab/sshd.log -f /etc/edict-lab/sshd_config\n",
                 root = root.display()
             );
@@ -597,6 +670,21 @@ fn start_sshd(
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// An unprivileged user on this machine (the bookworm hosts share its /etc/passwd), whose
+/// account is usable for key logins (`*`, not the locked `!`: sshd without PAM refuses those).
+fn ensure_machine_user(user: &str) {
+    if !Command::new("id")
+        .arg(user)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        run_ok(Command::new("useradd").args(["--create-home", "--shell", "/bin/bash", user]));
+    }
+    run_ok(Command::new("usermod").args(["-p", "*", user]));
 }
 
 fn free_port() -> u16 {
