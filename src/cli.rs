@@ -26,9 +26,10 @@ Environment:
 #[derive(Parser, Debug)]
 #[command(version, about, long_about, after_help = EXAMPLES)]
 pub struct Cli {
-    /// Bring back what the command changed in every local flake, even outside the cwd.
-    #[arg(long, conflicts_with = "no_sync")]
-    pub sync: bool,
+    /// Bring back what the command changed in every local flake, even outside the cwd; with
+    /// several hosts, name the one whose changes come back (--sync=HOST).
+    #[arg(long, value_name = "HOST", num_args = 0..=1, require_equals = true, conflicts_with = "no_sync")]
+    pub sync: Option<Option<String>>,
     /// Never bring back changes (by default they come back when the cwd is inside a flake).
     #[arg(long)]
     pub no_sync: bool,
@@ -44,17 +45,43 @@ pub struct Cli {
     /// Print what would be synced where, the remote command and what would come back.
     #[arg(long)]
     pub dry_run: bool,
-    /// The remote host: host, user@host, an alias from your ssh config, ssh://user@host:port.
+    /// The builder pool, in nix's `builders` syntax (machines, `;`, `@FILE`, Lix TOML);
+    /// default: the local nix's `builders` setting, then /etc/nix/machines.
+    #[arg(long, value_name = "SPEC")]
+    pub builders: Option<String>,
+    /// Features the job needs from a pool machine (comma-separated), as
+    /// `requiredSystemFeatures` would: `--required-features kvm,big-parallel`.
+    #[arg(long, value_name = "LIST")]
+    pub required_features: Option<String>,
+    /// The remote host: host, user@host, an alias from your ssh config, ssh://user@host:port,
+    /// a pool machine's name, `auto` (the best pool machine), `all` or `h1,h2,…` (several at
+    /// once); or `machines` to show the pool. Omitted (`edict nix …`): `auto`.
     #[arg(value_name = "HOST")]
     pub host: String,
     /// `nix SUBCOMMAND ARGS…`, or `INSTALLABLE ARGS…` for `nix run INSTALLABLE -- ARGS…`.
     #[arg(
         value_name = "COMMAND",
-        required = true,
         trailing_var_arg = true,
         allow_hyphen_values = true
     )]
     pub command: Vec<String>,
+}
+
+/// `edict machines`: the pool and the choice `auto` would make.
+#[derive(Parser, Debug)]
+#[command(
+    about = "Show the builder pool, which machine `auto` would choose for these needs, and why not the others"
+)]
+pub struct MachinesArgs {
+    /// The system the job is for (default: this machine's).
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Features the job needs (comma-separated).
+    #[arg(long, value_name = "LIST")]
+    pub required_features: Option<String>,
+    /// Print the same as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// nix subcommands, to catch `edict HOST build …` (a forgotten `nix`).
@@ -78,18 +105,56 @@ const NIX_COMMANDS: &[&str] = &[
     "why-depends",
 ];
 
+/// Where the command runs, from HOST as written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Hosts {
+    One(String),
+    /// The best machine of the pool.
+    Auto,
+    /// `all` or `h1,h2,…`.
+    Many(String),
+}
+
 impl Cli {
     pub fn sync_mode(&self) -> SyncMode {
-        match (self.sync, self.no_sync) {
-            (true, _) => SyncMode::Force,
+        match (&self.sync, self.no_sync) {
+            (Some(_), _) => SyncMode::Force,
             (_, true) => SyncMode::Off,
             _ => SyncMode::Auto,
         }
     }
 
+    /// Where to run, and the words to give nix (after `nix`). HOST may be left out:
+    /// `edict nix build …` and `edict .#app` choose from the pool.
+    pub fn hosts_and_words(&self) -> Result<(Hosts, Vec<String>)> {
+        let host = self.host.as_str();
+        if host == "nix" {
+            let mut command = vec!["nix".to_string()];
+            command.extend(self.command.iter().cloned());
+            return Ok((Hosts::Auto, self.words(&command)?));
+        }
+        if host.starts_with('.') || host.starts_with('/') || host.contains('#') {
+            let mut command = vec![host.to_string()];
+            command.extend(self.command.iter().cloned());
+            return Ok((Hosts::Auto, self.words(&command)?));
+        }
+        let hosts = match host {
+            "auto" => Hosts::Auto,
+            "all" => Hosts::Many(host.to_string()),
+            h if h.contains(',') => Hosts::Many(h.to_string()),
+            h => Hosts::One(h.to_string()),
+        };
+        Ok((hosts, self.words(&self.command)?))
+    }
+
     /// The words to give nix (after `nix`).
+    #[cfg(test)]
     pub fn nix_words(&self) -> Result<Vec<String>> {
-        let (first, rest) = match self.command.split_first() {
+        self.words(&self.command)
+    }
+
+    fn words(&self, command: &[String]) -> Result<Vec<String>> {
+        let (first, rest) = match command.split_first() {
             Some(x) => x,
             None => bail!(
                 "no command given: try `edict {} nix build .#default`",
@@ -159,11 +224,36 @@ mod tests {
         );
         let cli = parse(&["-vv", "--sync", "h", "nix", "flake", "update"]).unwrap();
         assert_eq!((cli.verbose, cli.sync_mode()), (2, SyncMode::Force));
+        let cli = parse(&["--sync=h2", "h1,h2", "nix", "flake", "update"]).unwrap();
+        assert_eq!(cli.sync, Some(Some("h2".to_string())));
         assert_eq!(
             parse(&["--no-sync", "h", "nix", "run"])
                 .unwrap()
                 .sync_mode(),
             SyncMode::Off
+        );
+    }
+
+    #[test]
+    fn hosts_from_host_as_written() {
+        let h = |args: &[&str]| parse(args).unwrap().hosts_and_words().unwrap();
+        assert_eq!(
+            h(&["b", "nix", "build"]),
+            (Hosts::One("b".into()), vec!["build".to_string()])
+        );
+        assert_eq!(h(&["auto", "nix", "build"]).0, Hosts::Auto);
+        assert_eq!(h(&["all", "nix", "build"]).0, Hosts::Many("all".into()));
+        assert_eq!(h(&["a,b", "nix", "build"]).0, Hosts::Many("a,b".into()));
+        assert_eq!(
+            h(&["nix", "build", ".#x"]),
+            (Hosts::Auto, vec!["build".to_string(), ".#x".into()])
+        );
+        assert_eq!(
+            h(&[".#app", "x"]),
+            (
+                Hosts::Auto,
+                vec!["run".to_string(), ".#app".into(), "--".into(), "x".into()]
+            )
         );
     }
 
@@ -182,7 +272,10 @@ mod tests {
 
     #[test]
     fn mistakes_get_clear_errors() {
-        assert!(parse(&["h"]).is_err());
+        assert!(
+            parse(&["h"]).unwrap().hosts_and_words().is_err(),
+            "no command after HOST"
+        );
         assert!(parse(&["--sync", "--no-sync", "h", "nix", "run"]).is_err());
         let e = parse(&["h", "build", ".#x"])
             .unwrap()

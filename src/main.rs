@@ -7,11 +7,14 @@
 mod cli;
 mod dryrun;
 mod exec;
+mod fanout;
 mod flakeref;
 mod mapping;
 mod nixargs;
+mod pool;
 mod remote;
 mod results;
+mod select;
 mod signals;
 mod ssh;
 mod sync;
@@ -39,16 +42,20 @@ fn main() -> ExitCode {
 
 fn run(cli: &cli::Cli) -> Result<u8> {
     let signals = signals::Signals::install()?;
-    let dest = ssh::Destination::parse(&cli.host)?;
+    if cli.host == "machines" {
+        return machines(cli);
+    }
+    let (hosts, words) = cli.hosts_and_words()?;
 
     // 1. Classify: which words are flake refs, local files, result links.
-    let args = nixargs::classify(&cli.nix_words()?);
+    let args = nixargs::classify(&words);
 
     // 2. Map every local source to its mirror on HOST and rewrite the command.
     let cwd = std::env::current_dir().context("the current directory is not accessible")?;
+    let machine_id = machine_id();
     let local = mapping::Local {
         cwd: &cwd,
-        machine_id: &machine_id(),
+        machine_id: &machine_id,
     };
     let plan = mapping::plan(&args, &local, cli.sync_mode())
         .with_context(|| format!("{}: mapping local sources", cli.host))?;
@@ -63,34 +70,64 @@ fn run(cli: &cli::Cli) -> Result<u8> {
         results::check_local_nix()?;
     }
 
-    let conn = ssh::Connection::open(ssh::Transport::new(
-        &cli.host,
-        dest,
-        &ssh::Transport::ssh_opts_from_env(),
-    ))?;
-    let (env, session) = remote::prepare(&conn, &plan, &run_id())?;
+    // Which host(s): as written, or chosen from the builder pool.
+    let ssh_opts = ssh::Transport::ssh_opts_from_env();
+    match hosts {
+        cli::Hosts::One(host) => {
+            let pool = match &cli.builders {
+                Some(_) => pool::load_or_explain(cli.builders.as_deref())?.0,
+                None => Vec::new(),
+            };
+            let conn = ssh::Connection::open(select::transport(&host, &pool, &ssh_opts)?)?;
+            pipeline(conn, &plan, cli, &signals, &remote::Io::Through)
+        }
+        cli::Hosts::Auto => {
+            let (pool, local_nix) = pool::load_or_explain(cli.builders.as_deref())?;
+            let needs = select::needs(&args, cli.required_features.as_deref(), &local_nix.system);
+            let conn = select::choose(&pool, &needs, &ssh_opts)?;
+            pipeline(conn, &plan, cli, &signals, &remote::Io::Through)
+        }
+        cli::Hosts::Many(spec) => {
+            let (pool, local_nix) = pool::load_or_explain(cli.builders.as_deref())?;
+            let needs = select::needs(&args, cli.required_features.as_deref(), &local_nix.system);
+            let transports = select::many(&spec, &pool, &needs, &ssh_opts)?;
+            fanout::run(transports, &args, &local, cli, &signals)
+        }
+    }
+}
+
+/// Steps 3–7 on one open connection.
+pub(crate) fn pipeline(
+    conn: ssh::Connection,
+    plan: &mapping::Plan,
+    cli: &cli::Cli,
+    signals: &signals::Signals,
+    io: &remote::Io,
+) -> Result<u8> {
+    let host = conn.transport.label.clone();
+    let (env, session) = remote::prepare(&conn, plan, &run_id())?;
 
     // 3. Sync up.
-    let uploads = sync::upload(&conn, &env, &plan)?;
+    let uploads = sync::upload(&conn, &env, plan)?;
     if signals.caught() {
         return Ok(130);
     }
 
-    // 4. Run, with our terminal, streams and exit code.
-    let code = match remote::run(&conn, &env, &plan, ssh::Tty::detect(), &signals)? {
+    // 4. Run, with our streams and exit code.
+    let code = match remote::run(&conn, &env, plan, io, signals)? {
         remote::Outcome::Exited(code) => code,
         remote::Outcome::Interrupted => return Ok(130),
     };
 
     // 5. Find what the command made there: result links, changed files.
-    let after = remote::inspect(&conn, &env, &plan, !cli.no_link)?;
+    let after = remote::inspect(&conn, &env, plan, !cli.no_link)?;
 
     // 6. Results back, as GC roots. Even after a failure: `--keep-going` builds some.
-    results::fetch(&conn, &env, &results::links(&plan, &after.links))?;
+    results::fetch(&conn, &env, &results::links(plan, &after.links))?;
 
     // 7. Bring back what the command changed, without overwriting local edits.
-    let changes = sync::back(&conn, &env, &plan, &uploads, &after)?;
-    let conflicts = report(&changes, &cli.host);
+    let changes = sync::back(&conn, &env, plan, &uploads, &after)?;
+    let conflicts = report(&changes, &host);
 
     drop(session);
     drop(conn);
@@ -98,6 +135,39 @@ fn run(cli: &cli::Cli) -> Result<u8> {
         (0, true) => 1,
         (code, _) => u8::try_from(code).unwrap_or(1),
     })
+}
+
+/// `edict machines [--system S] [--required-features …] [--json]`: the pool, and for these
+/// needs which machine `auto` would choose and why each other one was not chosen.
+fn machines(cli: &cli::Cli) -> Result<u8> {
+    let args = cli::MachinesArgs::parse_from(
+        std::iter::once("edict machines".to_string()).chain(cli.command.iter().cloned()),
+    );
+    let (pool, local_nix) = pool::load_or_explain(cli.builders.as_deref())?;
+    let features = args
+        .required_features
+        .as_deref()
+        .or(cli.required_features.as_deref());
+    let needs = select::Needs {
+        system: args.system.unwrap_or(local_nix.system),
+        features: features.map(pool::features).unwrap_or_default(),
+    };
+    let probed = select::probe(&pool, &needs, &ssh::Transport::ssh_opts_from_env());
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&select::to_json(&probed, &needs))?
+        );
+    } else if pool.is_empty() {
+        println!(
+            "the builder pool is empty (no --builders, no `builders` in nix.conf, no /etc/nix/machines)"
+        );
+    } else {
+        print!("{}", select::to_table(&probed, &needs));
+    }
+    Ok(u8::from(
+        !probed.iter().any(|p| p.verdict.score().is_some()),
+    ))
 }
 
 /// Tells the user what step 7 did; returns whether there were conflicts.

@@ -354,6 +354,47 @@ fn parse_after(out: &[u8]) -> After {
     after
 }
 
+/// Where the remote command's streams go.
+#[derive(Clone, Debug)]
+pub enum Io {
+    /// Straight through, with a terminal when ours is one (one host).
+    Through,
+    /// Each line prefixed with the host's label (several hosts at once; no stdin, no tty).
+    Prefixed(String),
+}
+
+/// Copies `from` to our stdout or stderr line by line, each line behind `prefix`.
+fn prefix_lines(
+    from: impl Read + Send + 'static,
+    prefix: String,
+    to_stderr: bool,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let mut reader = BufReader::new(from);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if !line.ends_with(b"\n") {
+                        line.push(b'\n');
+                    }
+                    let mut out: Box<dyn Write> = if to_stderr {
+                        Box::new(std::io::stderr().lock())
+                    } else {
+                        Box::new(std::io::stdout().lock())
+                    };
+                    let _ = out.write_all(prefix.as_bytes());
+                    let _ = out.write_all(&line);
+                    let _ = out.flush();
+                }
+            }
+        }
+    })
+}
+
 /// How the remote command ended.
 pub enum Outcome {
     Exited(i32),
@@ -366,11 +407,30 @@ pub fn run(
     conn: &Connection,
     env: &RemoteEnv,
     plan: &Plan,
-    tty: Tty,
+    io: &Io,
     signals: &Signals,
 ) -> Result<Outcome> {
     let host = &conn.transport.label;
-    let mut child = conn.ssh(tty, &run_script(env, plan)).spawn(|_| {})?;
+    let mut copiers = Vec::new();
+    let mut child = match io {
+        Io::Through => conn
+            .ssh(Tty::detect(), &run_script(env, plan))
+            .spawn(|_| {})?,
+        Io::Prefixed(prefix) => {
+            let mut child = conn.ssh(Tty::No, &run_script(env, plan)).spawn(|c| {
+                c.stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped());
+            })?;
+            if let Some(out) = child.stdout.take() {
+                copiers.push(prefix_lines(out, prefix.clone(), false));
+            }
+            if let Some(err) = child.stderr.take() {
+                copiers.push(prefix_lines(err, prefix.clone(), true));
+            }
+            child
+        }
+    };
     let mut interrupted = false;
     let status = loop {
         if let Some(status) = child.try_wait()? {
@@ -383,6 +443,9 @@ pub fn run(
         }
         std::thread::sleep(Duration::from_millis(20));
     };
+    for c in copiers {
+        let _ = c.join();
+    }
     if interrupted || signals.caught() {
         return Ok(Outcome::Interrupted);
     }

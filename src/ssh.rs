@@ -93,8 +93,11 @@ pub struct Transport {
     pub dest: Destination,
     /// The host as the user wrote it, for messages.
     pub label: String,
-    /// From `EDICT_SSH_OPTS` if set, else `NIX_SSHOPTS`, split on white space as nix does.
+    /// From `EDICT_SSH_OPTS` if set, else `NIX_SSHOPTS`, split on white space as nix does,
+    /// plus what a pool machine adds (its key, its pinned host key).
     user_opts: Vec<String>,
+    /// Files the options point at (a pinned known_hosts), kept for the transport's life.
+    _files: Option<std::sync::Arc<tempfile::TempDir>>,
 }
 
 impl Transport {
@@ -107,7 +110,42 @@ impl Transport {
             dest,
             label: label.to_string(),
             user_opts,
+            _files: None,
         }
+    }
+
+    /// A pool machine: its ssh key and, when the machines file pins one, its host key (in a
+    /// private known_hosts under an alias, so the port and host name don't matter), on top
+    /// of the user's ssh config and options.
+    pub fn for_machine(machine: &crate::pool::Machine, ssh_opts: &str) -> anyhow::Result<Self> {
+        let mut t = Transport::new(&machine.name, machine.destination()?, ssh_opts);
+        if let Some(key) = machine.key() {
+            t.user_opts.extend(["-i".to_string(), key]);
+        }
+        if let Some(host_key) = &machine.host_key {
+            let dir = tempfile::Builder::new()
+                .prefix("edict-hostkey-")
+                .tempdir()?;
+            let file = dir.path().join("known_hosts");
+            std::fs::write(&file, format!("edict-pinned {host_key}\n"))?;
+            t.user_opts.extend([
+                "-o".to_string(),
+                format!("UserKnownHostsFile={}", file.display()),
+                "-o".to_string(),
+                "HostKeyAlias=edict-pinned".to_string(),
+                "-o".to_string(),
+                "StrictHostKeyChecking=yes".to_string(),
+            ]);
+            t._files = Some(std::sync::Arc::new(dir));
+        }
+        Ok(t)
+    }
+
+    /// Bounded, prompt-free connections: for probing many machines at once.
+    pub fn probing(mut self) -> Self {
+        self.user_opts
+            .extend(["-o", "BatchMode=yes", "-o", "ConnectTimeout=5"].map(str::to_string));
+        self
     }
 
     /// The ssh options edict and nix would use, from the environment.

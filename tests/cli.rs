@@ -50,7 +50,7 @@ fn help_and_version() {
 #[test]
 fn mistakes_are_explained_without_connecting() {
     let cases: &[(&[&str], &str)] = &[
-        (&["h"], "required"),
+        (&["h"], "no command given"),
         (
             &["h", "build", ".#x"],
             "did you mean `edict h nix build .#x`",

@@ -1133,3 +1133,43 @@ impl LocalUser {
         cmd
     }
 }
+
+impl Lab {
+    /// Makes `head` the head of a build farm: its nix builds nothing itself (`max-jobs = 0`)
+    /// and sends every derivation to `builder` through Nix's own remote builds, as root
+    /// there reaches it with its own ssh config (alias `builder`), key and known_hosts.
+    /// Returns the nix.conf lines to start `head` with; call after `builder` is up.
+    pub fn farm_head_conf(&self, builder: &str) -> String {
+        let port = self.host(builder).port;
+        format!(
+            "builders = ssh://root@farm-builder x86_64-linux - 4 1\nmax-jobs = 0\n# the builder is at 127.0.0.1:{port}\n"
+        )
+    }
+
+    /// After `head` started: give its root the ssh files to reach `builder`.
+    pub fn wire_farm(&self, head: &str, builder: &str) {
+        let ssh = self.host(head).local_path("/root/.ssh");
+        std::fs::create_dir_all(&ssh).expect("creating ~/.ssh on the head");
+        std::fs::copy(self.client_key(), ssh.join("id_farm")).expect("copying the key");
+        let port = self.host(builder).port;
+        let key = std::fs::read_to_string(self.host(builder).dir.join("ssh/host_key.pub"))
+            .expect("builder key");
+        let key: Vec<&str> = key.split_whitespace().take(2).collect();
+        std::fs::write(
+            ssh.join("known_hosts"),
+            format!("[127.0.0.1]:{port} {} {}\n", key[0], key[1]),
+        )
+        .expect("known_hosts");
+        std::fs::write(
+            ssh.join("config"),
+            format!("Host farm-builder\n  HostName 127.0.0.1\n  Port {port}\n  User root\n  IdentityFile /root/.ssh/id_farm\n  IdentitiesOnly yes\n"),
+        )
+        .expect("ssh config");
+    }
+}
+
+/// The machine line for a lab host in the legacy format, optionally pinning its host key.
+pub fn host_public_key(host: &Host) -> String {
+    let key = std::fs::read_to_string(host.dir.join("ssh/host_key.pub")).expect("host key");
+    key.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+}

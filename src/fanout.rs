@@ -1,0 +1,141 @@
+//! Several hosts at once (`edict a,b nix …`, `edict all nix …`): the same command on each,
+//! in parallel, with one sync per host, every output line behind the host's name (coloured
+//! on a terminal), results that don't collide (`result-HOST…`), and a summary table.
+//!
+//! Bringing back changed files from several hosts would race on the same local files, so
+//! it is off unless `--sync=HOST` names the one host whose changes come back.
+
+use crate::cli::Cli;
+use crate::mapping::{self, Local, SyncMode};
+use crate::nixargs::NixArgs;
+use crate::remote::Io;
+use crate::signals::Signals;
+use crate::ssh::{Connection, Transport};
+use anyhow::{Result, bail};
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+struct Outcome {
+    host: String,
+    result: Result<u8>,
+    took: Duration,
+}
+
+pub fn run(
+    transports: Vec<Transport>,
+    args: &NixArgs,
+    local: &Local,
+    cli: &Cli,
+    signals: &Signals,
+) -> Result<u8> {
+    let sync_host = match &cli.sync {
+        Some(Some(h)) => Some(h.clone()),
+        Some(None) => bail!(
+            "several hosts would each bring back their changes to the same files\n  fix: name the one host whose changes come back: --sync=HOST (one of {})",
+            transports
+                .iter()
+                .map(|t| t.label.clone())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        None => None,
+    };
+    if let Some(h) = &sync_host {
+        if !transports.iter().any(|t| &t.label == h) {
+            bail!(
+                "--sync={h} names no host of this run ({})",
+                transports
+                    .iter()
+                    .map(|t| t.label.clone())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    let color = std::io::stdout().is_terminal();
+    let width = transports
+        .iter()
+        .map(|t| t.label.chars().count())
+        .max()
+        .unwrap_or(0);
+
+    let outcomes: Vec<Outcome> = std::thread::scope(|scope| {
+        let handles: Vec<_> = transports
+            .into_iter()
+            .enumerate()
+            .map(|(i, transport)| {
+                let sync_host = sync_host.clone();
+                scope.spawn(move || {
+                    let host = transport.label.clone();
+                    let prefix = if color {
+                        format!("\x1b[{}m{host:<width$}\x1b[0m | ", 31 + i % 6)
+                    } else {
+                        format!("{host:<width$} | ")
+                    };
+                    let start = Instant::now();
+                    let result = (|| {
+                        let mode = if sync_host.as_deref() == Some(host.as_str()) {
+                            SyncMode::Force
+                        } else {
+                            SyncMode::Off
+                        };
+                        let mut plan = mapping::plan(args, local, mode)?;
+                        // result → result-HOST, result-dev → result-HOST-dev: no collisions.
+                        let suffix = format!("-{}", mapping::safe_name(&host));
+                        for link in &mut plan.links {
+                            let mut base = link.local_base.clone().into_os_string();
+                            base.push(&suffix);
+                            link.local_base = base.into();
+                        }
+                        let conn = Connection::open(transport)?;
+                        crate::pipeline(conn, &plan, cli, signals, &Io::Prefixed(prefix))
+                    })();
+                    Outcome {
+                        host,
+                        result,
+                        took: start.elapsed(),
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().filter_map(|h| h.join().ok()).collect()
+    });
+
+    let mut code = 0;
+    let mut table = format!("{:<width$}  EXIT   TIME\n", "HOST");
+    for o in &outcomes {
+        let (exit, err) = match &o.result {
+            Ok(c) => (c.to_string(), None),
+            Err(e) => {
+                let c = if e.chain().any(|c| c.is::<crate::ssh::SshError>()) {
+                    255
+                } else {
+                    1
+                };
+                (format!("{c}!"), Some((c, format!("{e:#}"))))
+            }
+        };
+        let this = match (&o.result, &err) {
+            (Ok(c), _) => *c,
+            (_, Some((c, _))) => *c,
+            _ => 1,
+        };
+        if code == 0 {
+            code = this;
+        }
+        table.push_str(&format!(
+            "{:<width$}  {exit:<5}  {:.1}s\n",
+            o.host,
+            o.took.as_secs_f64()
+        ));
+        if let Some((_, msg)) = err {
+            eprintln!("edict: error: {msg}");
+        }
+    }
+    if !matches!(code, 0) || crate::exec::verbosity() > 0 || outcomes.len() > 1 {
+        for line in table.lines() {
+            crate::exec::info(line);
+        }
+    }
+    Ok(code)
+}
