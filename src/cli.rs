@@ -84,6 +84,22 @@ pub struct MachinesArgs {
     pub json: bool,
 }
 
+/// `edict doctor [HOST…]`: why a host won't work, and how to fix it.
+#[derive(Parser, Debug)]
+#[command(
+    about = "Check remote hosts (default: every machine of the pool) and say how to fix each problem"
+)]
+pub struct DoctorArgs {
+    /// The hosts to check (ssh destinations or pool machine names); none: the whole pool.
+    pub hosts: Vec<String>,
+    /// Show every check's finding (-v) and each command's output (-vv).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Print the same as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// nix subcommands, to catch `edict HOST build …` (a forgotten `nix`).
 const NIX_COMMANDS: &[&str] = &[
     "build",

@@ -5,6 +5,7 @@
 //! and bring back what it changed (7). Each step is a module; they pass plain data.
 
 mod cli;
+mod doctor;
 mod dryrun;
 mod exec;
 mod fanout;
@@ -44,6 +45,9 @@ fn run(cli: &cli::Cli) -> Result<u8> {
     let signals = signals::Signals::install()?;
     if cli.host == "machines" {
         return machines(cli);
+    }
+    if cli.host == "doctor" {
+        return doctor(cli);
     }
     let (hosts, words) = cli.hosts_and_words()?;
 
@@ -168,6 +172,47 @@ fn machines(cli: &cli::Cli) -> Result<u8> {
     Ok(u8::from(
         !probed.iter().any(|p| p.verdict.score().is_some()),
     ))
+}
+
+/// `edict doctor [HOST…]`: every check on every host, a table, one fix per problem; exits 1
+/// when any host has a FAIL.
+fn doctor(cli: &cli::Cli) -> Result<u8> {
+    let args = cli::DoctorArgs::parse_from(
+        std::iter::once("edict doctor".to_string()).chain(cli.command.iter().cloned()),
+    );
+    exec::set_verbosity(cli.verbose.max(args.verbose), cli.quiet);
+    let (pool, _) = pool::load_or_explain(cli.builders.as_deref())?;
+    let ssh_opts = ssh::Transport::ssh_opts_from_env();
+    let targets: Vec<(ssh::Transport, Option<pool::Machine>)> = if args.hosts.is_empty() {
+        if pool.is_empty() {
+            anyhow::bail!(
+                "doctor: no hosts given and the builder pool is empty\n  fix: `edict doctor HOST…`, or pass --builders / set `builders` in nix.conf / fill /etc/nix/machines"
+            );
+        }
+        pool.iter()
+            .filter(|m| m.enabled)
+            .map(|m| Ok((ssh::Transport::for_machine(m, &ssh_opts)?, Some(m.clone()))))
+            .collect::<Result<_>>()?
+    } else {
+        args.hosts
+            .iter()
+            .map(|h| {
+                Ok((
+                    select::transport(h, &pool, &ssh_opts)?,
+                    pool.iter().find(|m| &m.name == h).cloned(),
+                ))
+            })
+            .collect::<Result<_>>()?
+    };
+    let reports = doctor::run(targets);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        print!("{}", doctor::render(&reports));
+    }
+    Ok(u8::from(reports.iter().any(|r| {
+        r.checks.iter().any(|c| c.status == doctor::Status::Fail)
+    })))
 }
 
 /// Tells the user what step 7 did; returns whether there were conflicts.

@@ -34,10 +34,15 @@ pub struct RemoteEnv {
 impl RemoteEnv {
     /// `nix-store` beside `nix`: what `nix copy --from ssh://` runs on HOST.
     pub fn nix_store(&self) -> String {
-        match self.nix.rsplit_once('/') {
-            Some((dir, _)) => format!("{dir}/nix-store"),
-            None => "nix-store".to_string(),
-        }
+        sibling(&self.nix, "nix-store")
+    }
+}
+
+/// A program in the same directory as `path` (`/x/bin/nix` → `/x/bin/nix-store`).
+pub fn sibling(path: &str, program: &str) -> String {
+    match path.rsplit_once('/') {
+        Some((dir, _)) => format!("{dir}/{program}"),
+        None => program.to_string(),
     }
 }
 

@@ -81,7 +81,23 @@ pub fn fetch(conn: &Connection, env: &RemoteEnv, links: &[Link]) -> Result<()> {
         ])
         .args(targets.iter().copied())
         .env("NIX_SSHOPTS", conn.nix_sshopts());
-    let out = copy.output()?;
+    let out = {
+        // One import at a time into the local store: several hosts of a fan-out often
+        // bring the same paths, and Nix 2.8's ssh import breaks its protocol when a path
+        // becomes valid while it waits for the lock ("not an absolute path: 'nix-archive-1'").
+        static IMPORT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = IMPORT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let out = copy.output()?;
+        // Another process may have imported the same path meanwhile: a second try finds it
+        // valid and copies only what is still missing.
+        if !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("nix-archive-1") {
+            copy.output()?
+        } else {
+            out
+        }
+    };
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         if stderr.contains("lacks a valid signature") {
@@ -104,7 +120,12 @@ pub fn fetch(conn: &Connection, env: &RemoteEnv, links: &[Link]) -> Result<()> {
                 exec::stderr_tail(&out)
             );
         }
-        if out.status.code() == Some(255) || stderr.contains("ssh:") {
+        // ssh's own errors start with `ssh:` (or name a host key); nix's mention `ssh://`.
+        if stderr.lines().any(|l| {
+            l.starts_with("ssh:")
+                || l.contains("Host key verification failed")
+                || l.contains("Permission denied (")
+        }) {
             return Err(ssh_failure(host, "copying results", &stderr));
         }
         bail!(

@@ -141,6 +141,11 @@ impl Transport {
         Ok(t)
     }
 
+    /// The ssh options for this host (the user's, plus the machine's key and host key).
+    pub fn opts(&self) -> &[String] {
+        &self.user_opts
+    }
+
     /// Bounded, prompt-free connections: for probing many machines at once.
     pub fn probing(mut self) -> Self {
         self.user_opts

@@ -1,0 +1,856 @@
+//! `edict doctor [HOST…]`: says exactly why a remote host won't work for edict (or for Nix's
+//! own remote builds), and how to fix it. Every check is a real probe — a connection, a
+//! command, a build, a copy — never a guess from configuration.
+//!
+//! Hosts are checked in parallel; within a host the checks run in order, and one that
+//! can't run because an earlier one failed is `skipped`.
+
+use crate::exec::{self, Cmd, quote};
+use crate::pool::Machine;
+use crate::remote::{NIX_PLACES, sibling};
+use crate::ssh::{self, Connection, Transport, Tty};
+use anyhow::Result;
+use std::collections::BTreeMap;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Skipped,
+    Warn,
+    Fail,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Status::Ok => "ok",
+            Status::Warn => "warn",
+            Status::Fail => "FAIL",
+            Status::Skipped => "skipped",
+        })
+    }
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Check {
+    pub id: &'static str,
+    pub status: Status,
+    /// What was found.
+    pub detail: String,
+    /// For warn/FAIL: the file to edit and the line to put there, or the command to run.
+    pub fix: Option<String>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Report {
+    pub host: String,
+    pub checks: Vec<Check>,
+}
+
+/// The checks, in order, with the column titles of the table.
+pub const CHECKS: &[(&str, &str)] = &[
+    ("resolve", "name"),
+    ("tcp", "port"),
+    ("ssh-config", "ssh -G"),
+    ("host-key", "host key"),
+    ("login", "login"),
+    ("quiet-shell", "quiet shell"),
+    ("nix-path", "nix on PATH"),
+    ("nix-version", "nix"),
+    ("build", "build"),
+    ("store", "store URI"),
+    ("rsync", "rsync"),
+    ("system", "system"),
+    ("trust", "trust"),
+    ("daemon", "as daemon"),
+];
+
+struct Run {
+    host: String,
+    checks: BTreeMap<&'static str, Check>,
+}
+
+impl Run {
+    fn set(
+        &mut self,
+        id: &'static str,
+        status: Status,
+        detail: impl Into<String>,
+        fix: Option<String>,
+    ) {
+        self.checks.insert(
+            id,
+            Check {
+                id,
+                status,
+                detail: detail.into(),
+                fix,
+            },
+        );
+    }
+    fn ok(&mut self, id: &'static str, detail: impl Into<String>) {
+        self.set(id, Status::Ok, detail, None);
+    }
+    fn warn(&mut self, id: &'static str, detail: impl Into<String>, fix: impl Into<String>) {
+        self.set(id, Status::Warn, detail, Some(fix.into()));
+    }
+    fn fail(&mut self, id: &'static str, detail: impl Into<String>, fix: impl Into<String>) {
+        self.set(id, Status::Fail, detail, Some(fix.into()));
+    }
+    fn skip_rest(&mut self, why: &str) {
+        for (id, _) in CHECKS {
+            self.checks.entry(id).or_insert_with(|| Check {
+                id,
+                status: Status::Skipped,
+                detail: why.to_string(),
+                fix: None,
+            });
+        }
+    }
+    fn report(mut self) -> Report {
+        self.skip_rest("not reached");
+        Report {
+            host: self.host,
+            checks: CHECKS
+                .iter()
+                .filter_map(|(id, _)| self.checks.remove(id))
+                .collect(),
+        }
+    }
+}
+
+/// `ssh -G HOST`: the settings ssh will really use (config, aliases, defaults).
+fn ssh_g(transport: &Transport) -> Result<BTreeMap<String, Vec<String>>> {
+    let out = Cmd::new("ssh")
+        .args(transport.opts().iter().cloned())
+        .args(["-G", "--"])
+        .arg(transport.dest.target())
+        .output()?;
+    let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Some((k, v)) = line.split_once(' ') {
+            map.entry(k.to_lowercase()).or_default().push(v.to_string());
+        }
+    }
+    if map.is_empty() {
+        anyhow::bail!("ssh -G printed nothing: {}", exec::stderr_tail(&out));
+    }
+    Ok(map)
+}
+
+fn first<'a>(g: &'a BTreeMap<String, Vec<String>>, key: &str) -> &'a str {
+    g.get(key)
+        .and_then(|v| v.first())
+        .map(String::as_str)
+        .unwrap_or("")
+}
+
+/// Checks one host. `machine` is its pool entry, if it came from the pool.
+pub fn check(transport: Transport, machine: Option<&Machine>) -> Report {
+    let host = transport.label.clone();
+    let mut r = Run {
+        host: host.clone(),
+        checks: BTreeMap::new(),
+    };
+
+    // 2. What ssh will use (first: the real host name and port come from here).
+    let g = match ssh_g(&transport) {
+        Ok(g) => g,
+        Err(e) => {
+            r.fail(
+                "ssh-config",
+                format!("{e:#}"),
+                format!("check your ssh config for {host}: `ssh -G {host}`"),
+            );
+            return r.report();
+        }
+    };
+    let hostname = first(&g, "hostname").to_string();
+    let port: u16 = first(&g, "port").parse().unwrap_or(22);
+    let proxy = [first(&g, "proxyjump"), first(&g, "proxycommand")]
+        .into_iter()
+        .find(|p| !p.is_empty() && *p != "none")
+        .map(str::to_string);
+    let identities: Vec<String> = g.get("identityfile").cloned().unwrap_or_default();
+    let existing: Vec<&String> = identities
+        .iter()
+        .filter(|f| std::path::Path::new(&expand_home(f)).exists())
+        .collect();
+    r.ok(
+        "ssh-config",
+        format!(
+            "user {}, {hostname}:{port}{}, identity {}",
+            first(&g, "user"),
+            proxy
+                .as_ref()
+                .map(|p| format!(" via {p}"))
+                .unwrap_or_default(),
+            if existing.is_empty() {
+                "from the agent".to_string()
+            } else {
+                existing
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        ),
+    );
+
+    // 1. Name and port (directly, unless ssh goes through a proxy).
+    if proxy.is_some() {
+        r.set("resolve", Status::Skipped, "reached through a proxy", None);
+        r.set("tcp", Status::Skipped, "reached through a proxy", None);
+    } else {
+        match (hostname.as_str(), port).to_socket_addrs() {
+            Ok(mut addrs) => match addrs.next() {
+                Some(addr) => {
+                    r.ok("resolve", format!("{hostname} is {}", addr.ip()));
+                    match TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
+                        Ok(_) => r.ok("tcp", format!("{addr} accepts connections")),
+                        Err(e) => {
+                            r.fail("tcp", format!("{addr}: {e}"), format!("start sshd on {host} or check the port (`ssh -G {host} | grep ^port`) and any firewall"));
+                            return r.report();
+                        }
+                    }
+                }
+                None => {
+                    r.fail(
+                        "resolve",
+                        format!("{hostname} has no address"),
+                        format!("check the name, or set `HostName` for {host} in ~/.ssh/config"),
+                    );
+                    return r.report();
+                }
+            },
+            Err(e) => {
+                r.fail("resolve", format!("{hostname}: {e}"), format!("check the spelling, or add `Host {host}` with a `HostName` to ~/.ssh/config"));
+                return r.report();
+            }
+        }
+    }
+
+    // 3. Host key: what the host presents against every place that may know it.
+    host_key(
+        &mut r,
+        &transport,
+        &g,
+        &hostname,
+        port,
+        proxy.is_some(),
+        machine,
+    );
+
+    // 4. A non-interactive login (BatchMode: a password prompt would hang Nix's builds).
+    let login = Cmd::new("ssh")
+        .args(transport.opts().iter().cloned())
+        .args(["-o", "BatchMode=yes", "-T", "--"])
+        .arg(transport.dest.target())
+        .arg("true")
+        .output();
+    let login = match login {
+        Ok(out) => out,
+        Err(e) => {
+            r.fail("login", format!("{e:#}"), "install OpenSSH's client (ssh)");
+            return r.report();
+        }
+    };
+    if !login.status.success() {
+        let err = format!(
+            "{:#}",
+            ssh::ssh_failure(&host, "logging in", &String::from_utf8_lossy(&login.stderr))
+        );
+        let (what, fix) = err
+            .split_once("\n  fix: ")
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .unwrap_or((err.clone(), format!("run `ssh -v {host} true`")));
+        r.fail("login", what.replace('\n', " "), fix);
+        return r.report();
+    }
+    r.ok("login", "key login without a prompt works");
+
+    // 5. The shell must print nothing in non-interactive sessions.
+    let noise = [&login.stdout[..], &login.stderr[..]].concat();
+    let noise = String::from_utf8_lossy(&noise).trim().to_string();
+    if noise.is_empty() {
+        r.ok("quiet-shell", "prints nothing");
+    } else {
+        r.fail(
+            "quiet-shell",
+            format!("`ssh {host} true` prints: {}", noise.lines().take(3).collect::<Vec<_>>().join(" / ")),
+            format!("on {host}, make the shell rc files (~/.bashrc, ~/.zshenv, /etc/bash.bashrc, /etc/profile.d) print only in interactive shells: start ~/.bashrc with `[[ $- == *i* ]] || return`; Nix's and rsync's protocols break on any output"),
+        );
+    }
+
+    let conn = match Connection::open(transport.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            r.fail(
+                "nix-path",
+                format!("{e:#}"),
+                format!("run `ssh -v {host} true`"),
+            );
+            return r.report();
+        }
+    };
+    remote_checks(&mut r, &conn, machine);
+    r.report()
+}
+
+fn expand_home(p: &str) -> String {
+    match (p.strip_prefix("~/"), std::env::var("HOME")) {
+        (Some(rest), Ok(home)) => format!("{home}/{rest}"),
+        _ => p.to_string(),
+    }
+}
+
+fn host_key(
+    r: &mut Run,
+    transport: &Transport,
+    g: &BTreeMap<String, Vec<String>>,
+    hostname: &str,
+    port: u16,
+    proxied: bool,
+    machine: Option<&Machine>,
+) {
+    let host = transport.label.clone();
+    if proxied {
+        r.set(
+            "host-key",
+            Status::Skipped,
+            "through a proxy: checked by the login below",
+            None,
+        );
+        return;
+    }
+    let scan = Cmd::new("ssh-keyscan")
+        .args(["-T", "3", "-p", &port.to_string(), hostname])
+        .output();
+    let presented: Vec<(String, String)> = match &scan {
+        Ok(out) => String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() >= 3).then(|| (f[1].to_string(), f[2].to_string()))
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    if presented.is_empty() {
+        r.warn(
+            "host-key",
+            "ssh-keyscan got no keys",
+            "install ssh-keyscan (OpenSSH) here; the login check below still tests the key",
+        );
+        return;
+    }
+    if let Some(pinned) = machine.and_then(|m| m.host_key.clone()) {
+        let f: Vec<&str> = pinned.split_whitespace().collect();
+        let ok = f.len() >= 2 && presented.iter().any(|(t, k)| t == f[0] && k == f[1]);
+        if ok {
+            r.ok(
+                "host-key",
+                format!("{} matches the machines file's ssh-public-host-key", f[0]),
+            );
+        } else {
+            r.fail(
+                "host-key",
+                format!("{host} presents {}, not the key pinned in the machines file ({})", presented.iter().map(|p| p.0.clone()).collect::<Vec<_>>().join(", "), machine.map(|m| m.origin.clone()).unwrap_or_default()),
+                format!("if {host} was reinstalled, put its new key there: `base64 -w0 < /etc/ssh/ssh_host_ed25519_key.pub` on {host} (legacy format), or the key text (TOML)"),
+            );
+        }
+        return;
+    }
+    let alias = first(g, "hostkeyalias");
+    let name = if !alias.is_empty() && alias != "none" {
+        alias.to_string()
+    } else if port == 22 {
+        hostname.to_string()
+    } else {
+        format!("[{hostname}]:{port}")
+    };
+    let mut files: Vec<String> = Vec::new();
+    for key in ["userknownhostsfile", "globalknownhostsfile"] {
+        for v in g.get(key).into_iter().flatten() {
+            files.extend(v.split_whitespace().map(expand_home));
+        }
+    }
+    let mut known: Vec<(String, String, String)> = Vec::new(); // (file, type, key)
+    for file in files.iter().filter(|f| std::path::Path::new(f).exists()) {
+        if let Ok(out) = Cmd::new("ssh-keygen")
+            .args(["-F", &name, "-f", file])
+            .output()
+        {
+            for l in String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+            {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                if f.len() >= 3 {
+                    known.push((file.clone(), f[1].to_string(), f[2].to_string()));
+                }
+            }
+        }
+    }
+    let matching: Vec<&(String, String, String)> = known
+        .iter()
+        .filter(|(_, t, k)| presented.iter().any(|(pt, pk)| pt == t && pk == k))
+        .collect();
+    let mismatched: Vec<&(String, String, String)> = known
+        .iter()
+        .filter(|(_, t, k)| presented.iter().any(|(pt, pk)| pt == t && pk != k))
+        .collect();
+    if !mismatched.is_empty() {
+        r.fail(
+            "host-key",
+            format!("{host} presents a different {} key than {} knows", mismatched[0].1, mismatched[0].0),
+            format!("if {host} was reinstalled, check its new fingerprint (`ssh-keyscan -p {port} {hostname} | ssh-keygen -lf -`), then `ssh-keygen -R '{name}' -f {}` and connect once; otherwise someone may be intercepting the connection", mismatched[0].0),
+        );
+    } else if let Some((file, t, _)) = matching.first() {
+        r.ok("host-key", format!("{t} known in {file}"));
+    } else {
+        r.fail(
+            "host-key",
+            format!("no known_hosts file knows {name} ({})", files.join(", ")),
+            format!("check the fingerprint (`ssh-keyscan -p {port} {hostname} | ssh-keygen -lf -`), then `ssh-keyscan -p {port} {hostname} >> ~/.ssh/known_hosts`"),
+        );
+    }
+}
+
+/// Checks 6–13, over the open connection.
+fn remote_checks(r: &mut Run, conn: &Connection, machine: Option<&Machine>) {
+    let host = conn.transport.label.clone();
+    let sh = |script: &str| -> (bool, String, String) {
+        match conn.ssh(Tty::No, script).output() {
+            Ok(out) => {
+                if exec::verbosity() >= 2 {
+                    eprintln!(
+                        "{}{}",
+                        String::from_utf8_lossy(&out.stdout),
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                (
+                    out.status.success(),
+                    String::from_utf8_lossy(&out.stdout).trim().to_string(),
+                    exec::stderr_tail(&out),
+                )
+            }
+            Err(e) => (false, String::new(), format!("{e:#}")),
+        }
+    };
+
+    // 6. nix from a non-interactive shell, or only in a profile.
+    let (on_path, path_nix, _) = sh("command -v nix");
+    let nix = if on_path && !path_nix.is_empty() {
+        r.ok("nix-path", path_nix.clone());
+        path_nix
+    } else {
+        let (found, profile_nix, _) = sh(&format!("PATH={NIX_PLACES}; command -v nix"));
+        if found && !profile_nix.is_empty() {
+            let dir = profile_nix.trim_end_matches("/nix").to_string();
+            r.warn(
+                "nix-path",
+                format!("only in {dir} (edict copes; Nix's own remote builds and `nix copy` to {host} don't)"),
+                format!("on {host}, put {dir} on the PATH of non-interactive shells (e.g. in ~/.bashrc before any interactive-only guard, or `SetEnv PATH=…` in sshd_config), or use the store URI `ssh://{host}?remote-program={dir}/nix-store` (`ssh-ng://…?remote-program={dir}/nix-daemon`)"),
+            );
+            profile_nix
+        } else {
+            r.fail(
+                "nix-path",
+                format!(
+                    "no nix on {host} (looked on PATH and in {})",
+                    NIX_PLACES.replace(':', ", ")
+                ),
+                format!(
+                    "install Nix on {host}: `sh <(curl -L https://nixos.org/nix/install) --daemon`"
+                ),
+            );
+            r.skip_rest("needs nix on the host");
+            return;
+        }
+    };
+    let nix_q = quote(&nix);
+    let nix_store = sibling(&nix, "nix-store");
+
+    // 7. Version and experimental features.
+    let (_, version, _) = sh(&format!("{nix_q} --version"));
+    let (_, features, _) = sh(&format!(
+        "{nix_q} --extra-experimental-features nix-command show-config 2>/dev/null | grep '^experimental-features' || {nix_q} --extra-experimental-features nix-command config show experimental-features"
+    ));
+    if features.contains("flakes") && features.contains("nix-command") {
+        r.ok("nix-version", format!("{version}, flakes on"));
+    } else {
+        r.warn(
+            "nix-version",
+            format!("{version}, flakes off (edict passes --extra-experimental-features)"),
+            format!("to turn them on for everything on {host}: add `experimental-features = nix-command flakes` to /etc/nix/nix.conf there (and restart nix-daemon)"),
+        );
+    }
+
+    // 8. The store can build: a tiny derivation no store has, without substitutes.
+    let tag = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    );
+    let expr = format!(
+        "derivation {{ name = \"edict-doctor-{tag}\"; system = builtins.currentSystem; builder = \"/bin/sh\"; args = [ \"-c\" \"echo ok > $out\" ]; }}"
+    );
+    let (built, out_path, build_err) = sh(&format!(
+        "{} --no-out-link --option substitute false -E {}",
+        quote(&sibling(&nix, "nix-build")),
+        quote(&expr)
+    ));
+    let out_path = out_path.lines().last().unwrap_or("").to_string();
+    if built && out_path.starts_with('/') {
+        r.ok("build", format!("built {out_path}"));
+    } else {
+        r.fail("build", format!("a trivial build failed: {}", build_err.lines().last().unwrap_or("")), format!("run `nix-build -E '{expr}'` on {host} and fix what it says (disk space, nix-daemon, build users, sandbox)"));
+    }
+
+    // 9. The store URI nix itself would use, from this machine.
+    store_uri(r, conn, &nix_store);
+
+    // 10. rsync on both sides.
+    let local_rsync = Cmd::new("rsync").arg("--version").output().ok().map(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string()
+    });
+    let (_, remote_rsync, _) = sh(&format!(
+        "PATH=\"$PATH:{NIX_PLACES}\"; rsync --version 2>&1 | head -n 1"
+    ));
+    let bad = |v: &str| v.contains("openrsync") || rsync_too_old(v);
+    match local_rsync {
+        None => r.fail("rsync", "no rsync here", "install rsync on this machine"),
+        Some(l) if bad(&l) => r.fail("rsync", format!("here: {l}"), "install rsync ≥ 3.1.3 here (openrsync, macOS's default, lacks --from0/--files-from/--modify-window=-1 that edict uses): `brew install rsync` or `nix profile install nixpkgs#rsync`"),
+        Some(_) if !remote_rsync.starts_with("rsync") || remote_rsync.contains("not found") => {
+            r.fail("rsync", format!("none on {host}"), format!("install rsync on {host} (`apt-get install rsync`, or `nix profile install nixpkgs#rsync`)"))
+        }
+        Some(_) if bad(&remote_rsync) => r.fail("rsync", format!("{host}: {remote_rsync}"), format!("install rsync ≥ 3.1.3 on {host} (openrsync lacks options edict uses)")),
+        Some(l) => r.ok("rsync", format!("here {}, there {}", rsync_version(&l), rsync_version(&remote_rsync))),
+    }
+
+    // 11. The host's system against the machines file.
+    let (_, system, _) = sh(&format!(
+        "{nix_q} --extra-experimental-features nix-command eval --impure --raw --expr builtins.currentSystem"
+    ));
+    let (_, extra, _) = sh(&format!(
+        "{nix_q} --extra-experimental-features nix-command show-config 2>/dev/null | grep '^extra-platforms' | cut -d= -f2"
+    ));
+    let mut systems: Vec<String> = std::iter::once(system.clone())
+        .chain(extra.split_whitespace().map(str::to_string))
+        .filter(|s| !s.is_empty())
+        .collect();
+    systems.dedup();
+    match machine {
+        Some(m) => {
+            let claimed: Vec<&String> = m
+                .system_types
+                .iter()
+                .filter(|s| !systems.contains(s))
+                .collect();
+            if claimed.is_empty() {
+                r.ok(
+                    "system",
+                    format!("{} (as the machines file says)", systems.join(", ")),
+                );
+            } else {
+                r.fail(
+                    "system",
+                    format!("{host} builds for {}, but {} claims {}", systems.join(", "), m.origin, claimed.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")),
+                    format!("fix the system-types of {} in {}, or add `extra-platforms = …` (with binfmt/emulation) in {host}'s nix.conf", m.name, m.origin),
+                );
+            }
+        }
+        None => r.ok("system", systems.join(", ")),
+    }
+
+    // 12. Trust: import that path here, for real.
+    if built && out_path.starts_with('/') {
+        let store = format!(
+            "ssh://{}?remote-program={nix_store}",
+            conn.transport.dest.target()
+        );
+        let copy = Cmd::new("nix")
+            .args([
+                "--extra-experimental-features",
+                "nix-command",
+                "copy",
+                "--no-check-sigs",
+                "--from",
+                &store,
+                &out_path,
+            ])
+            .env("NIX_SSHOPTS", conn.nix_sshopts())
+            .output();
+        match copy {
+            Ok(out) if out.status.success() => r.ok("trust", "a path built there imports here"),
+            Ok(out) => {
+                let err = String::from_utf8_lossy(&out.stderr);
+                let user = std::env::var("USER").unwrap_or_else(|_| "YOUR-USER".into());
+                if err.contains("lacks a valid signature") {
+                    r.fail(
+                        "trust",
+                        "this machine's store refuses unsigned paths from your user",
+                        format!("add `trusted-users = root {user}` to /etc/nix/nix.conf here and restart nix-daemon; or sign on {host}: `secret-key-files = /etc/nix/key.private` in its nix.conf (make the key with `nix key generate-secret --key-name {host}-1`) and its public key in `extra-trusted-public-keys` here"),
+                    );
+                } else {
+                    r.fail(
+                        "trust",
+                        format!(
+                            "nix copy failed: {}",
+                            exec::stderr_tail(&out).lines().last().unwrap_or("")
+                        ),
+                        format!(
+                            "run `NIX_SSHOPTS=… nix copy --from {store} {out_path}` to see why"
+                        ),
+                    );
+                }
+            }
+            Err(e) => r.fail("trust", format!("{e:#}"), "install nix here"),
+        }
+    } else {
+        r.set("trust", Status::Skipped, "needs a built path", None);
+    }
+
+    // 13. As root: what Nix's daemon needs to use this host in `builders`.
+    daemon_view(r, conn, machine);
+}
+
+fn rsync_version(line: &str) -> String {
+    line.split_whitespace()
+        .skip_while(|w| *w != "version")
+        .nth(1)
+        .unwrap_or(line)
+        .to_string()
+}
+
+/// rsync < 3.1.3 ignores `--modify-window=-1` (nanosecond times).
+fn rsync_too_old(line: &str) -> bool {
+    let v: Vec<u32> = rsync_version(line)
+        .split('.')
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    matches!(v.as_slice(), [a, b, c, ..] if (*a, *b, *c) < (3, 1, 3))
+        || matches!(v.as_slice(), [a, b] if (*a, *b) < (3, 2))
+}
+
+fn store_uri(r: &mut Run, conn: &Connection, nix_store: &str) {
+    let host = conn.transport.label.clone();
+    let local = Cmd::new("nix")
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    let v: Vec<u32> = local
+        .split_whitespace()
+        .last()
+        .unwrap_or("")
+        .split('.')
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    let sub = if v.as_slice() >= [2, 19].as_slice() {
+        "info"
+    } else {
+        "ping"
+    };
+    let uri = format!("ssh://{}", conn.transport.dest.target());
+    let ping = |uri: &str| {
+        Cmd::new("nix")
+            .args([
+                "--extra-experimental-features",
+                "nix-command",
+                "store",
+                sub,
+                "--store",
+                uri,
+            ])
+            .env("NIX_SSHOPTS", conn.nix_sshopts())
+            .output()
+    };
+    match ping(&uri) {
+        Ok(out) if out.status.success() => {
+            r.ok("store", format!("nix store {sub} --store {uri} works"))
+        }
+        Ok(out) => {
+            let with_program = format!("{uri}?remote-program={nix_store}");
+            let works_with_program = ping(&with_program).is_ok_and(|o| o.status.success());
+            if works_with_program {
+                r.warn("store", format!("{uri} fails (nix-store not on {host}'s PATH), {with_program} works"), format!("use `{with_program}` in builders/--store, or put nix on the non-interactive PATH on {host}"));
+            } else {
+                r.fail(
+                    "store",
+                    format!(
+                        "nix store {sub} --store {uri}: {}",
+                        exec::stderr_tail(&out).lines().last().unwrap_or("")
+                    ),
+                    format!("run `nix store {sub} --store {uri} -v` to see why"),
+                );
+            }
+        }
+        Err(_) => r.set("store", Status::Skipped, "no nix here", None),
+    }
+}
+
+fn daemon_view(r: &mut Run, conn: &Connection, machine: Option<&Machine>) {
+    let root = Cmd::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !root {
+        r.set(
+            "daemon",
+            Status::Skipped,
+            "run as root to check what nix-daemon needs for --builders",
+            None,
+        );
+        return;
+    }
+    let host = conn.transport.label.clone();
+    // The daemon connects as root with root's ssh config and only what the machines file
+    // says (key, pinned host key): not the user's NIX_SSHOPTS or agent.
+    let transport = match machine {
+        Some(m) => Transport::for_machine(m, ""),
+        None => Ok(Transport::new(&host, conn.transport.dest.clone(), "")),
+    };
+    let out = transport.and_then(|t| {
+        Cmd::new("ssh")
+            .args(t.opts().iter().cloned())
+            .args(["-o", "BatchMode=yes", "-T", "--", &t.dest.target(), "true"])
+            .command()
+            .env_remove("SSH_AUTH_SOCK")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(Into::into)
+    });
+    match out {
+        Ok(out) if out.status.success() => r.ok("daemon", "root reaches it as Nix's daemon would"),
+        Ok(out) => {
+            let err = format!(
+                "{:#}",
+                ssh::ssh_failure(&host, "as root", &String::from_utf8_lossy(&out.stderr))
+            );
+            let what = err.lines().next().unwrap_or("").to_string();
+            // edict itself works; Nix's own remote builds (`builders`) would not.
+            r.warn(
+                "daemon",
+                format!("{what} (edict works, Nix's own remote builds would not)"),
+                format!("Nix's daemon connects as root with root's ssh config: give root the host key (`ssh-keyscan {} | sudo tee -a /root/.ssh/known_hosts`) and a key {host} accepts (the ssh-key field of its machines entry, readable by root), or a `Host {host}` entry in /root/.ssh/config", conn.transport.dest.host),
+            );
+        }
+        Err(e) => r.fail("daemon", format!("{e:#}"), "install ssh"),
+    }
+}
+
+/// The table: one row per host, one column per check; then one fix per problem.
+pub fn render(reports: &[Report]) -> String {
+    let width = reports
+        .iter()
+        .map(|r| r.host.chars().count())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let cols: Vec<usize> = CHECKS
+        .iter()
+        .map(|(_, title)| title.chars().count().max(7))
+        .collect();
+    let mut out = format!("{:<width$}", "HOST");
+    for ((_, title), w) in CHECKS.iter().zip(&cols) {
+        out.push_str(&format!("  {title:<w$}"));
+    }
+    out.push('\n');
+    for r in reports {
+        out.push_str(&format!("{:<width$}", r.host));
+        for (c, w) in r.checks.iter().zip(&cols) {
+            out.push_str(&format!("  {:<w$}", c.status.to_string()));
+        }
+        out.push('\n');
+    }
+    for r in reports {
+        let problems: Vec<&Check> = r
+            .checks
+            .iter()
+            .filter(|c| matches!(c.status, Status::Fail | Status::Warn))
+            .collect();
+        if problems.is_empty() {
+            continue;
+        }
+        out.push_str(&format!("\n{}:\n", r.host));
+        for c in problems {
+            out.push_str(&format!("  {} {}: {}\n", c.status, c.id, c.detail));
+            if let Some(fix) = &c.fix {
+                out.push_str(&format!("    fix: {fix}\n"));
+            }
+        }
+    }
+    if exec::verbosity() >= 1 {
+        for r in reports {
+            out.push_str(&format!("\n{} (all checks):\n", r.host));
+            for c in &r.checks {
+                out.push_str(&format!(
+                    "  {:<7} {:<12} {}\n",
+                    c.status.to_string(),
+                    c.id,
+                    c.detail
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Runs the checks for every host in parallel.
+pub fn run(targets: Vec<(Transport, Option<Machine>)>) -> Vec<Report> {
+    let handles: Vec<_> = targets
+        .into_iter()
+        .map(|(t, m)| std::thread::spawn(move || check(t, m.as_ref())))
+        .collect();
+    handles.into_iter().filter_map(|h| h.join().ok()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rsync_versions() {
+        assert_eq!(
+            rsync_version("rsync  version 3.2.7  protocol version 31"),
+            "3.2.7"
+        );
+        assert!(!rsync_too_old("rsync  version 3.2.7  protocol version 31"));
+        assert!(rsync_too_old("rsync  version 3.1.2  protocol version 31"));
+        assert!(!rsync_too_old("rsync  version 3.1.3  protocol version 31"));
+        assert!(rsync_too_old("rsync  version 2.6.9  protocol version 29"));
+    }
+
+    #[test]
+    fn the_table_lists_every_check_and_the_fixes() {
+        let mut run = Run {
+            host: "h".into(),
+            checks: BTreeMap::new(),
+        };
+        run.ok("resolve", "h is 127.0.0.1");
+        run.fail("tcp", "refused", "start sshd");
+        let report = run.report();
+        assert_eq!(report.checks.len(), CHECKS.len());
+        assert_eq!(report.checks[2].status, Status::Skipped);
+        let text = render(&[report]);
+        assert!(
+            text.contains("FAIL") && text.contains("fix: start sshd"),
+            "{text}"
+        );
+    }
+}
