@@ -517,7 +517,7 @@ fn remote_checks(r: &mut Run, conn: &Connection, machine: Option<&Machine>) {
     }
 
     // 9. The store URI nix itself would use, from this machine.
-    store_uri(r, conn, &nix_store);
+    store_uri(r, conn, &nix);
 
     // 10. rsync on both sides.
     let local_rsync = Cmd::new("rsync").arg("--version").output().ok().map(|o| {
@@ -646,7 +646,7 @@ fn rsync_too_old(line: &str) -> bool {
         || matches!(v.as_slice(), [a, b] if (*a, *b) < (3, 2))
 }
 
-fn store_uri(r: &mut Run, conn: &Connection, nix_store: &str) {
+fn store_uri(r: &mut Run, conn: &Connection, nix: &str) {
     let host = conn.transport.label.clone();
     let local = Cmd::new("nix")
         .arg("--version")
@@ -661,12 +661,12 @@ fn store_uri(r: &mut Run, conn: &Connection, nix_store: &str) {
         .split('.')
         .filter_map(|p| p.parse().ok())
         .collect();
+    // `nix store ping` became `nix store info` in 2.19.
     let sub = if v.as_slice() >= [2, 19].as_slice() {
         "info"
     } else {
         "ping"
     };
-    let uri = format!("ssh://{}", conn.transport.dest.target());
     let ping = |uri: &str| {
         Cmd::new("nix")
             .args([
@@ -679,28 +679,59 @@ fn store_uri(r: &mut Run, conn: &Connection, nix_store: &str) {
             ])
             .env("NIX_SSHOPTS", conn.nix_sshopts())
             .output()
+            .map(|o| (o.status.success(), exec::stderr_tail(&o)))
+            .unwrap_or((false, "no nix here".to_string()))
     };
-    match ping(&uri) {
-        Ok(out) if out.status.success() => {
-            r.ok("store", format!("nix store {sub} --store {uri} works"))
+    // Both protocols, as Nix would use them: ssh:// runs nix-store, ssh-ng:// nix-daemon.
+    let mut works = Vec::new();
+    let mut needs_program = Vec::new();
+    let mut broken = Vec::new();
+    for (scheme, program) in [("ssh", "nix-store"), ("ssh-ng", "nix-daemon")] {
+        let uri = format!("{scheme}://{}", conn.transport.dest.target());
+        let (ok, err) = ping(&uri);
+        if ok {
+            works.push(uri);
+            continue;
         }
-        Ok(out) => {
-            let with_program = format!("{uri}?remote-program={nix_store}");
-            let works_with_program = ping(&with_program).is_ok_and(|o| o.status.success());
-            if works_with_program {
-                r.warn("store", format!("{uri} fails (nix-store not on {host}'s PATH), {with_program} works"), format!("use `{with_program}` in builders/--store, or put nix on the non-interactive PATH on {host}"));
-            } else {
-                r.fail(
-                    "store",
-                    format!(
-                        "nix store {sub} --store {uri}: {}",
-                        exec::stderr_tail(&out).lines().last().unwrap_or("")
-                    ),
-                    format!("run `nix store {sub} --store {uri} -v` to see why"),
-                );
-            }
+        let with_program = format!("{uri}?remote-program={}", sibling(nix, program));
+        if ping(&with_program).0 {
+            needs_program.push(with_program);
+        } else {
+            broken.push(format!("{uri}: {}", err.lines().last().unwrap_or("")));
         }
-        Err(_) => r.set("store", Status::Skipped, "no nix here", None),
+    }
+    if broken.len() == 2 {
+        r.fail(
+            "store",
+            broken.join("; "),
+            format!(
+                "run `nix store {sub} --store ssh://{} -v` to see why",
+                conn.transport.dest.target()
+            ),
+        );
+    } else if !needs_program.is_empty() {
+        r.warn(
+            "store",
+            format!(
+                "works only as {} (nix is not on {host}'s PATH)",
+                needs_program.join(" and ")
+            ),
+            format!(
+                "use `{}` in builders/--store, or put nix on the non-interactive PATH on {host}",
+                needs_program[0]
+            ),
+        );
+    } else if !broken.is_empty() {
+        r.warn(
+            "store",
+            format!("{} works; {}", works.join(", "), broken.join("; ")),
+            "use the URI scheme that works in builders/--store".to_string(),
+        );
+    } else {
+        r.ok(
+            "store",
+            format!("nix store {sub} works with {}", works.join(" and ")),
+        );
     }
 }
 
