@@ -65,6 +65,16 @@ pub fn fetch(conn: &Connection, env: &RemoteEnv, links: &[Link]) -> Result<()> {
     let mut targets: Vec<&str> = links.iter().map(|l| l.target.as_str()).collect();
     targets.sort_unstable();
     targets.dedup();
+    // Already here (a rebuild of something unchanged): no need for a remote session at all.
+    let all_valid = Cmd::new("nix-store")
+        .arg("--check-validity")
+        .args(targets.iter().copied())
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if all_valid {
+        exec::debug("results: already in the local store, nothing to copy");
+        targets.clear();
+    }
     let store = format!(
         "ssh://{}?remote-program={}",
         conn.transport.dest.target(),
@@ -81,7 +91,9 @@ pub fn fetch(conn: &Connection, env: &RemoteEnv, links: &[Link]) -> Result<()> {
         ])
         .args(targets.iter().copied())
         .env("NIX_SSHOPTS", conn.nix_sshopts());
-    let out = {
+    let out = if targets.is_empty() {
+        None
+    } else {
         // One import at a time into the local store: several hosts of a fan-out often
         // bring the same paths, and Nix 2.8's ssh import breaks its protocol when a path
         // becomes valid while it waits for the lock ("not an absolute path: 'nix-archive-1'").
@@ -92,13 +104,17 @@ pub fn fetch(conn: &Connection, env: &RemoteEnv, links: &[Link]) -> Result<()> {
         let out = copy.output()?;
         // Another process may have imported the same path meanwhile: a second try finds it
         // valid and copies only what is still missing.
-        if !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("nix-archive-1") {
-            copy.output()?
-        } else {
-            out
-        }
+        Some(
+            if !out.status.success()
+                && String::from_utf8_lossy(&out.stderr).contains("nix-archive-1")
+            {
+                copy.output()?
+            } else {
+                out
+            },
+        )
     };
-    if !out.status.success() {
+    if let Some(out) = out.filter(|o| !o.status.success()) {
         let stderr = String::from_utf8_lossy(&out.stderr);
         if stderr.contains("lacks a valid signature") {
             let user = std::env::var("USER").unwrap_or_else(|_| "YOUR-USER".into());

@@ -78,6 +78,19 @@ pub struct HostSpec {
     pub banner: Option<String>,
     /// Extra lines for the host's nix.conf.
     pub extra_nix_conf: String,
+    /// Put the host behind a constrained link (its own network namespace) instead of
+    /// 127.0.0.1: for the benchmarks.
+    pub link: Option<Link>,
+}
+
+/// A network link to a host: a veth pair into the host's own network namespace, shaped with
+/// `tc tbf` both ways; latency comes from `proxy`, an ssh ProxyCommand (netem is not in
+/// this kernel, so a userspace delay line holds each chunk for the one-way delay).
+#[derive(Clone, Debug)]
+pub struct Link {
+    pub rate_mbit: u32,
+    /// `PROGRAM ARGS…`; ssh appends `%h %p`.
+    pub proxy: Option<String>,
 }
 
 impl HostSpec {
@@ -100,6 +113,7 @@ impl HostSpec {
             user: None,
             banner: None,
             extra_nix_conf: String::new(),
+            link: None,
         }
     }
 
@@ -141,6 +155,11 @@ impl HostSpec {
         self
     }
 
+    pub fn link(mut self, link: Link) -> Self {
+        self.link = Some(link);
+        self
+    }
+
     pub fn nix_conf(mut self, lines: &str) -> Self {
         self.extra_nix_conf.push_str(lines);
         self.extra_nix_conf.push('\n');
@@ -151,7 +170,11 @@ impl HostSpec {
 /// A running host.
 pub struct Host {
     pub spec: HostSpec,
+    /// Where its sshd listens: 127.0.0.1, or its namespace's address behind a link.
+    pub addr: Ipv4Addr,
     pub port: u16,
+    /// The network namespace and this side's veth, for a host behind a link.
+    pub netns: Option<(String, String)>,
     /// The host's private state: `nix/`, `etc-nix/`, `home/`, `ssh/` (and `upper/` for trixie).
     pub dir: PathBuf,
     sshd: Child,
@@ -203,6 +226,25 @@ impl Host {
         // the child's pid: kill exactly it, never by name.
         let _ = self.sshd.kill();
         let _ = self.sshd.wait();
+        if let Some((ns, _)) = self.netns.take() {
+            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        }
+    }
+
+    /// Bytes that crossed the host's link so far (both directions), from the veth counters.
+    pub fn link_bytes(&self) -> u64 {
+        let Some((_, veth)) = &self.netns else {
+            return 0;
+        };
+        ["rx_bytes", "tx_bytes"]
+            .iter()
+            .map(|f| {
+                std::fs::read_to_string(format!("/sys/class/net/{veth}/statistics/{f}"))
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            })
+            .sum()
     }
 }
 
@@ -343,19 +385,26 @@ impl Lab {
         }
 
         let mut last_err = String::new();
+        let netns = spec.link.as_ref().map(|link| make_link(&spec.name, link));
+        let addr = netns.as_ref().map_or(Ipv4Addr::LOCALHOST, |n| n.2);
         for _attempt in 0..5 {
             let port = free_port();
-            match start_sshd(&spec, &dir, port, trixie_root.as_deref()) {
+            match start_sshd(
+                &spec,
+                &dir,
+                addr,
+                port,
+                netns.as_ref().map(|n| n.0.as_str()),
+                trixie_root.as_deref(),
+            ) {
                 Ok(sshd) => {
-                    self.register_client_side(
-                        &spec.name,
-                        spec.user.as_deref().unwrap_or("root"),
-                        port,
-                        &ssh_dir,
-                    );
+                    self.register_client_side(&spec, addr, port, &ssh_dir);
+                    let netns = netns.map(|(ns, veth, _)| (ns, veth));
                     self.hosts.push(Host {
                         spec,
+                        addr,
                         port,
+                        netns,
                         dir,
                         sshd,
                     });
@@ -368,11 +417,16 @@ impl Lab {
         panic!("lab host {} did not start: {last_err}", spec.name);
     }
 
-    fn register_client_side(&self, name: &str, user: &str, port: u16, ssh_dir: &Path) {
+    fn register_client_side(&self, spec: &HostSpec, addr: Ipv4Addr, port: u16, ssh_dir: &Path) {
+        let (name, user) = (&spec.name, spec.user.as_deref().unwrap_or("root"));
+        let proxy = match spec.link.as_ref().and_then(|l| l.proxy.as_deref()) {
+            Some(p) => format!("  ProxyCommand {p} %h %p\n"),
+            None => String::new(),
+        };
         let mut cfg = std::fs::read_to_string(self.ssh_config()).expect("reading ssh_config");
         write!(
             cfg,
-            "Host {name}\n  HostName 127.0.0.1\n  Port {port}\n  User {user}\n  IdentityFile {key}\n  IdentitiesOnly yes\n  UserKnownHostsFile {kh}\n  GlobalKnownHostsFile /dev/null\n\n",
+            "Host {name}\n  HostName {addr}\n  Port {port}\n  User {user}\n  IdentityFile {key}\n  IdentitiesOnly yes\n  UserKnownHostsFile {kh}\n  GlobalKnownHostsFile /dev/null\n{proxy}\n",
             key = self.client_key().display(),
             kh = self.known_hosts().display(),
         )
@@ -386,7 +440,7 @@ impl Lab {
             fields.next().expect("key"),
         );
         let mut kh = std::fs::read_to_string(self.known_hosts()).expect("reading known_hosts");
-        writeln!(kh, "[127.0.0.1]:{port} {kind} {key}").expect("formatting");
+        writeln!(kh, "[{addr}]:{port} {kind} {key}").expect("formatting");
         std::fs::write(self.known_hosts(), kh).expect("writing known_hosts");
     }
 
@@ -505,11 +559,11 @@ const NIX_TOOLS: [&str; 11] = [
     "nix-store",
 ];
 
-fn sshd_config(port: u16, ssh_dir_seen_by_host: &str) -> String {
+fn sshd_config(addr: Ipv4Addr, port: u16, ssh_dir_seen_by_host: &str) -> String {
     let d = ssh_dir_seen_by_host;
     format!(
         "Port {port}\n\
-         ListenAddress 127.0.0.1\n\
+         ListenAddress {addr}\n\
          HostKey {d}/host_key\n\
          AuthorizedKeysFile {d}/authorized_keys\n\
          PidFile {d}/sshd.pid\n\
@@ -530,7 +584,9 @@ fn sshd_config(port: u16, ssh_dir_seen_by_host: &str) -> String {
 fn start_sshd(
     spec: &HostSpec,
     dir: &Path,
+    addr: Ipv4Addr,
     port: u16,
+    netns: Option<&str>,
     trixie_root: Option<&Path>,
 ) -> Result<Child, String> {
     let d = dir.display().to_string();
@@ -626,11 +682,19 @@ fn start_sshd(
     };
     std::fs::write(
         dir.join("ssh/sshd_config"),
-        sshd_config(port, &ssh_dir_seen_by_host),
+        sshd_config(addr, port, &ssh_dir_seen_by_host),
     )
     .map_err(|e| e.to_string())?;
 
-    let mut cmd = Command::new("unshare");
+    let mut cmd = match netns {
+        // `ip netns exec` enters the namespace and execs, so the pid stays sshd's.
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "unshare"]);
+            c
+        }
+        None => Command::new("unshare"),
+    };
     cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -650,7 +714,7 @@ fn start_sshd(
     let mut child = cmd.spawn().map_err(|e| format!("spawning unshare: {e}"))?;
 
     let deadline = Instant::now() + Duration::from_secs(10);
-    let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+    let addr = SocketAddrV4::new(addr, port);
     loop {
         if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
             let mut err = String::new();
@@ -685,6 +749,38 @@ fn ensure_machine_user(user: &str) {
         run_ok(Command::new("useradd").args(["--create-home", "--shell", "/bin/bash", user]));
     }
     run_ok(Command::new("usermod").args(["-p", "*", user]));
+}
+
+/// A network namespace for host `name`, joined to this one by a veth pair shaped to
+/// `link.rate_mbit` both ways. Returns (namespace, this side's veth, the host's address).
+fn make_link(name: &str, link: &Link) -> (String, String, Ipv4Addr) {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n =
+        (std::process::id() + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) % 250 + 1;
+    let ns = format!("edict-lab-{}-{n}", std::process::id());
+    let (va, vb) = (format!("elab{n}a"), format!("elab{n}b"));
+    let host_addr = Ipv4Addr::new(10, 213, n as u8, 2);
+    let _ = name;
+    // tbf needs a burst of at least rate/HZ; 64 KiB covers every rate used here.
+    let tbf = format!(
+        "root tbf rate {}mbit burst 64kb latency 200ms",
+        link.rate_mbit
+    );
+    let script = format!(
+        "set -e\n\
+         ip netns add {ns}\n\
+         ip link add {va} type veth peer name {vb}\n\
+         ip link set {vb} netns {ns}\n\
+         ip addr add 10.213.{n}.1/30 dev {va}\n\
+         ip link set {va} up\n\
+         ip netns exec {ns} ip addr add {host_addr}/30 dev {vb}\n\
+         ip netns exec {ns} ip link set {vb} up\n\
+         ip netns exec {ns} ip link set lo up\n\
+         tc qdisc add dev {va} {tbf}\n\
+         ip netns exec {ns} tc qdisc add dev {vb} {tbf}\n"
+    );
+    run_ok(Command::new("sh").arg("-c").arg(&script));
+    (ns, va, host_addr)
 }
 
 fn free_port() -> u16 {
