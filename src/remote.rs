@@ -237,13 +237,42 @@ fn run_script(env: &RemoteEnv, plan: &Plan) -> String {
     // gone after the run; a pasted copy still works without them: `true`, not the special
     // builtin `:`, whose failed redirection would end the shell).
     format!(
-        "cd {cwd} || exit 127; {{ echo $$ > {pid}; true > {start}; }} 2>/dev/null; exec {cmd}",
+        "{snapshot}cd {cwd} || exit 127; {{ echo $$ > {pid}; true > {start}; }} 2>/dev/null; exec {cmd}",
+        snapshot = snapshot_script(&env.dirs.run, &sync_back_mirrors(env, plan)),
         cwd = quote(&cwd),
         pid = quote(&format!("{}/pid", env.dirs.run)),
         start = quote(&format!("{}/start", env.dirs.run)),
         cmd = quote_words(&command_words(env, plan)),
     )
 }
+
+/// The mirrors whose changes come back: (source index, mirror path).
+fn sync_back_mirrors(env: &RemoteEnv, plan: &Plan) -> Vec<(usize, String)> {
+    (0..plan.sources.len())
+        .filter(|&i| {
+            plan.sources[i].sync_back && plan.sources[i].kind != crate::mapping::SourceKind::File
+        })
+        .map(|i| (i, plan.mirror(i, &env.dirs)))
+        .collect()
+}
+
+/// The files of each mirror just before the command runs, kept on HOST (`before-<i>`), so
+/// that afterwards only the names of deleted files cross the link, not the whole list.
+fn snapshot_script(run: &str, mirrors: &[(usize, String)]) -> String {
+    mirrors
+        .iter()
+        .map(|(i, m)| {
+            format!(
+                "(cd {} && {FILES} -print0 > {}) 2>/dev/null; ",
+                quote(m),
+                quote(&format!("{run}/before-{i}"))
+            )
+        })
+        .collect()
+}
+
+/// The files and symlinks of a mirror outside `.git`, from inside it.
+const FILES: &str = "find . -path ./.git -prune -o \\( -type f -o -type l \\)";
 
 /// What the command left on HOST, found in one round trip after it ran (step 5).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -258,8 +287,8 @@ pub struct After {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Tree {
     pub src: usize,
-    /// Every file and symlink in the mirror (outside `.git`), relative.
-    pub files: std::collections::BTreeSet<String>,
+    /// Files that were there when the command started and are gone now.
+    pub deleted: std::collections::BTreeSet<String>,
     /// Those with a ctime after the command started: written, created, renamed, chmodded.
     pub changed: std::collections::BTreeSet<String>,
     /// The command moved HEAD or a branch (committed) there.
@@ -270,18 +299,10 @@ pub struct Tree {
 /// mirror. ctime, not rsync's size-and-mtime check: a same-size rewrite within the second
 /// of the upload is still seen.
 pub fn inspect(conn: &Connection, env: &RemoteEnv, plan: &Plan, want_links: bool) -> Result<After> {
-    let back: Vec<usize> = (0..plan.sources.len())
-        .filter(|&i| {
-            plan.sources[i].sync_back && plan.sources[i].kind != crate::mapping::SourceKind::File
-        })
-        .collect();
-    if back.is_empty() && (!want_links || plan.links.is_empty()) {
+    let mirrors = sync_back_mirrors(env, plan);
+    if mirrors.is_empty() && (!want_links || plan.links.is_empty()) {
         return Ok(After::default());
     }
-    let mirrors: Vec<(usize, String)> = back
-        .iter()
-        .map(|&i| (i, plan.mirror(i, &env.dirs)))
-        .collect();
     let script = inspect_script(&env.dirs.run, want_links, &mirrors);
     let out = capture(conn, "finding what the command made", &script)?;
     Ok(parse_after(&out))
@@ -299,10 +320,13 @@ fn inspect_script(run: &str, want_links: bool, mirrors: &[(usize, String)]) -> S
         ));
     }
     for (i, m) in mirrors {
-        let files = "find . -path ./.git -prune -o \\( -type f -o -type l \\)";
+        let files = FILES;
+        // Deleted: in the snapshot taken before the command, gone now (xargs -0 and `[ -e ]`
+        // work the same in GNU and BSD userlands).
+        let before = quote(&format!("{run}/before-{i}"));
         script.push_str(&format!(
             "if cd {m} 2>/dev/null; then\n\
-             printf 'S\\0%s\\0' {i}; {files} -print0\n\
+             printf 'S\\0%s\\0' {i}; [ -f {before} ] && xargs -0 sh -c 'for f; do [ -e \"$f\" ] || [ -L \"$f\" ] || printf \"%s\\0\" \"$f\"; done' sh < {before}\n\
              printf 'C\\0'; {files} -cnewer {start} -print0\n\
              printf 'G\\0'; [ -d .git ] && find .git/HEAD .git/packed-refs .git/refs -cnewer {start} -print0 2>/dev/null\n\
              printf 'E\\0'\nfi\n",
@@ -337,7 +361,7 @@ fn parse_after(out: &[u8]) -> After {
                     if w == "C" {
                         break;
                     }
-                    tree.files.insert(rel(&w));
+                    tree.deleted.insert(rel(&w));
                 }
                 for w in it.by_ref() {
                     if w == "G" {
@@ -503,10 +527,11 @@ pub fn capture(conn: &Connection, step: &str, script: &str) -> Result<Vec<u8>> {
 mod tests {
     use super::*;
 
-    /// The real script under /bin/sh: sees links, every file, and exactly the files touched
-    /// after the start marker, including a same-size rewrite in the same second.
+    /// The real scripts under /bin/sh: the snapshot before the command, then the inspection
+    /// sees links, deletions, and exactly the files touched after the start marker,
+    /// including a same-size rewrite in the same second.
     #[test]
-    fn inspect_script_finds_links_and_changes() {
+    fn inspect_script_finds_links_deletions_and_changes() {
         let d = tempfile::tempdir().unwrap();
         let (run, m0, m1) = (
             d.path().join("run"),
@@ -523,41 +548,50 @@ mod tests {
         }
         std::fs::write(m0.join("same.txt"), "1").unwrap();
         std::fs::write(m0.join("sub/old.txt"), "x").unwrap();
+        std::fs::write(m0.join("sub/doomed file"), "d").unwrap();
         std::fs::write(m0.join(".git/HEAD"), "ref").unwrap();
         std::fs::write(m1.join("f"), "y").unwrap();
+        let mirrors = vec![
+            (0, m0.display().to_string()),
+            (10, m1.display().to_string()),
+        ];
+        let sh = |script: &str| {
+            let out = std::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(script)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out.stdout
+        };
+        sh(&snapshot_script(&run.display().to_string(), &mirrors));
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(run.join("start"), "").unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(m0.join("same.txt"), "2").unwrap();
         std::fs::write(m0.join("sub/new file"), "n").unwrap();
+        std::fs::remove_file(m0.join("sub/doomed file")).unwrap();
         std::os::unix::fs::symlink("/nix/store/abc-x", run.join("links/0/result")).unwrap();
-        let mirrors = vec![
-            (0, m0.display().to_string()),
-            (10, m1.display().to_string()),
-        ];
-        let script = inspect_script(&run.display().to_string(), true, &mirrors);
-        let out = std::process::Command::new("/bin/sh")
-            .arg("-c")
-            .arg(&script)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let after = parse_after(&out.stdout);
+        let after = parse_after(&sh(&inspect_script(
+            &run.display().to_string(),
+            true,
+            &mirrors,
+        )));
         assert_eq!(
             after.links,
             vec![("0/result".to_string(), "/nix/store/abc-x".to_string())]
         );
         assert_eq!((after.trees[0].src, after.trees[1].src), (0, 10));
-        let files: Vec<&str> = after.trees[0].files.iter().map(String::as_str).collect();
-        assert_eq!(files, vec!["same.txt", "sub/new file", "sub/old.txt"]);
+        let deleted: Vec<&str> = after.trees[0].deleted.iter().map(String::as_str).collect();
+        assert_eq!(deleted, vec!["sub/doomed file"]);
         let changed: Vec<&str> = after.trees[0].changed.iter().map(String::as_str).collect();
         assert_eq!(changed, vec!["same.txt", "sub/new file"]);
         assert!(!after.trees[0].git_changed);
-        assert!(after.trees[1].changed.is_empty() && after.trees[1].files.len() == 1);
+        assert!(after.trees[1].changed.is_empty() && after.trees[1].deleted.is_empty());
     }
 
     #[test]
@@ -571,7 +605,7 @@ mod tests {
         assert_eq!(after.trees.len(), 2);
         assert_eq!(after.trees[0].src, 2);
         assert_eq!(
-            after.trees[0].files.iter().cloned().collect::<Vec<_>>(),
+            after.trees[0].deleted.iter().cloned().collect::<Vec<_>>(),
             vec!["a", "d/b c"]
         );
         assert_eq!(
@@ -579,7 +613,7 @@ mod tests {
             vec!["d/b c"]
         );
         assert!(after.trees[0].git_changed);
-        assert!(after.trees[1].files.is_empty() && !after.trees[1].git_changed);
+        assert!(after.trees[1].deleted.is_empty() && !after.trees[1].git_changed);
     }
 
     /// The probe script is valid sh and, with no flock, prints the fields and waits.

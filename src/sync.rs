@@ -353,9 +353,7 @@ pub fn back(
         let mut take = Vec::new();
         let mut conflicts = Vec::new();
         let mut deletes = Vec::new();
-        let deleted = sent
-            .keys()
-            .filter(|f| !f.starts_with(".git/") && !tree.files.contains(*f));
+        let deleted = tree.deleted.iter().filter(|f| !f.starts_with(".git/"));
         let touched = tree
             .changed
             .iter()
