@@ -13,11 +13,11 @@ except ImportError:
 src, dst = sys.argv[1], sys.argv[2]
 data = json.load(open(src))
 results = data["results"]
-methods = [("a", "edict"), ("b", "nix --builders"), ("c", "--store ssh-ng"), ("d", "floor")]
+methods = [("a", "edict", "tab:blue"), ("b", "nix --builders", "tab:orange"), ("c", "--store ssh-ng + copy", "tab:green"), ("d", "floor (rsync+ssh+copy)", "tab:red")]
 workloads = sorted(results)
 fig, ax = plt.subplots(figsize=(9, 4.5))
 width = 0.2
-for i, (m, label) in enumerate(methods):
+for i, (m, label, color) in enumerate(methods):
     xs, ys, lo, hi = [], [], [], []
     for j, w in enumerate(workloads):
         r = results[w].get(m)
@@ -27,7 +27,7 @@ for i, (m, label) in enumerate(methods):
         ys.append(r["median"])
         lo.append(r["median"] - r["min"])
         hi.append(r["max"] - r["median"])
-    ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=label)
+    ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=label, color=color)
 ax.set_xticks(range(len(workloads)))
 ax.set_xticklabels([w.upper() for w in workloads])
 ax.set_yscale("log")
