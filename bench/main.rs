@@ -167,30 +167,7 @@ fn write_big_source(dir: &Path, scale: f64) {
             .collect();
         std::fs::write(sub.join(format!("f{i:05}.bin")), bytes).unwrap();
     }
-    for args in [
-        vec!["init", "-q", "-b", "main"],
-        vec!["add", "-A"],
-        vec![
-            "-c",
-            "user.name=bench",
-            "-c",
-            "user.email=bench@example.org",
-            "commit",
-            "-q",
-            "-m",
-            "w2",
-        ],
-    ] {
-        assert!(
-            Command::new("git")
-                .arg("-C")
-                .arg(dir)
-                .args(&args)
-                .status()
-                .unwrap()
-                .success()
-        );
-    }
+    lab::git_init(dir);
 }
 
 struct Ctx<'a> {

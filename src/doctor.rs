@@ -578,23 +578,9 @@ fn remote_checks(r: &mut Run, conn: &Connection, machine: Option<&Machine>) {
 
     // 12. Trust: import that path here, for real.
     if built && out_path.starts_with('/') {
-        let store = format!(
-            "ssh://{}?remote-program={nix_store}",
-            conn.transport.dest.target()
-        );
-        let copy = Cmd::new("nix")
-            .args([
-                "--extra-experimental-features",
-                "nix-command",
-                "copy",
-                "--no-check-sigs",
-                "--from",
-                &store,
-                &out_path,
-            ])
-            .env("NIX_SSHOPTS", conn.nix_sshopts())
-            .output();
-        match copy {
+        let copy = crate::results::copy_command(conn, &nix_store, &[&out_path]);
+        let line = copy.line();
+        match copy.output() {
             Ok(out) if out.status.success() => r.ok("trust", "a path built there imports here"),
             Ok(out) => {
                 let err = String::from_utf8_lossy(&out.stderr);
@@ -612,9 +598,7 @@ fn remote_checks(r: &mut Run, conn: &Connection, machine: Option<&Machine>) {
                             "nix copy failed: {}",
                             exec::stderr_tail(&out).lines().last().unwrap_or("")
                         ),
-                        format!(
-                            "run `NIX_SSHOPTS=… nix copy --from {store} {out_path}` to see why"
-                        ),
+                        format!("run `{line}` to see why"),
                     );
                 }
             }

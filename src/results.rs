@@ -75,22 +75,7 @@ pub fn fetch(conn: &Connection, env: &RemoteEnv, links: &[Link]) -> Result<()> {
         exec::debug("results: already in the local store, nothing to copy");
         targets.clear();
     }
-    let store = format!(
-        "ssh://{}?remote-program={}",
-        conn.transport.dest.target(),
-        env.nix_store()
-    );
-    let copy = Cmd::new("nix")
-        .args([
-            "--extra-experimental-features",
-            "nix-command",
-            "copy",
-            "--no-check-sigs",
-            "--from",
-            &store,
-        ])
-        .args(targets.iter().copied())
-        .env("NIX_SSHOPTS", conn.nix_sshopts());
+    let copy = copy_command(conn, &env.nix_store(), &targets);
     let out = if targets.is_empty() {
         None
     } else {
@@ -166,6 +151,26 @@ pub fn fetch(conn: &Connection, env: &RemoteEnv, links: &[Link]) -> Result<()> {
         exec::debug(format_args!("{} -> {}", l.local.display(), l.target));
     }
     Ok(())
+}
+
+/// `nix copy` of `paths` from HOST into this machine's store, through the shared connection;
+/// `nix_store` is HOST's nix-store (it may be off the PATH there).
+pub fn copy_command(conn: &Connection, nix_store: &str, paths: &[&str]) -> Cmd {
+    let store = format!(
+        "ssh://{}?remote-program={nix_store}",
+        conn.transport.dest.target()
+    );
+    Cmd::new("nix")
+        .args([
+            "--extra-experimental-features",
+            "nix-command",
+            "copy",
+            "--no-check-sigs",
+            "--from",
+            &store,
+        ])
+        .args(paths.iter().copied())
+        .env("NIX_SSHOPTS", conn.nix_sshopts())
 }
 
 /// The local nix must exist before anything is sent, or results could not come back.
