@@ -13,6 +13,10 @@ Examples:
   edict builder nix develop -c make          run a command in the dev shell there
   edict ssh://me@box:2222 nix build ../lib#x another port, a flake elsewhere (stateless)
   edict --dry-run builder nix build .#x      show the plan, touch nothing
+  edict nix build .#x                        no HOST: the best machine of the builder pool
+  edict big,small nix flake check            on several hosts at once
+  edict machines                             the pool, and which machine auto would choose
+  edict doctor builder                       why builder won't work, and how to fix it
 
 Environment:
   NIX_SSHOPTS     extra ssh options for every step (split on spaces, as nix does)
@@ -55,7 +59,8 @@ pub struct Cli {
     pub required_features: Option<String>,
     /// The remote host: host, user@host, an alias from your ssh config, ssh://user@host:port,
     /// a pool machine's name, `auto` (the best pool machine), `all` or `h1,h2,…` (several at
-    /// once); or `machines` to show the pool. Omitted (`edict nix …`): `auto`.
+    /// once); or `machines` to show the pool, `doctor` to check hosts. Omitted
+    /// (`edict nix …`): `auto`.
     #[arg(value_name = "HOST")]
     pub host: String,
     /// `nix SUBCOMMAND ARGS…`, or `INSTALLABLE ARGS…` for `nix run INSTALLABLE -- ARGS…`.
