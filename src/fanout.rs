@@ -104,21 +104,13 @@ pub fn run(
     let mut code = 0;
     let mut table = format!("{:<width$}  EXIT   TIME\n", "HOST");
     for o in &outcomes {
-        let (exit, err) = match &o.result {
-            Ok(c) => (c.to_string(), None),
+        let (this, exit) = match &o.result {
+            Ok(c) => (*c, c.to_string()),
             Err(e) => {
-                let c = if e.chain().any(|c| c.is::<crate::ssh::SshError>()) {
-                    255
-                } else {
-                    1
-                };
-                (format!("{c}!"), Some((c, format!("{e:#}"))))
+                eprintln!("edict: error: {e:#}");
+                let c = crate::ssh::exit_code_for(e);
+                (c, format!("{c}!"))
             }
-        };
-        let this = match (&o.result, &err) {
-            (Ok(c), _) => *c,
-            (_, Some((c, _))) => *c,
-            _ => 1,
         };
         if code == 0 {
             code = this;
@@ -128,9 +120,6 @@ pub fn run(
             o.host,
             o.took.as_secs_f64()
         ));
-        if let Some((_, msg)) = err {
-            eprintln!("edict: error: {msg}");
-        }
     }
     if !matches!(code, 0) || crate::exec::verbosity() > 0 || outcomes.len() > 1 {
         for line in table.lines() {

@@ -31,12 +31,7 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("edict: error: {e:#}");
-            // A failure of ssh itself exits 255, as ssh does; everything else 1.
-            if e.chain().any(|c| c.is::<ssh::SshError>()) {
-                ExitCode::from(255)
-            } else {
-                ExitCode::from(1)
-            }
+            ExitCode::from(ssh::exit_code_for(&e))
         }
     }
 }

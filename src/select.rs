@@ -19,6 +19,21 @@ pub struct Needs {
     pub features: BTreeSet<String>,
 }
 
+impl std::fmt::Display for Needs {
+    /// `x86_64-linux`, or `x86_64-linux with features kvm,big-parallel`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.system)?;
+        if !self.features.is_empty() {
+            write!(
+                f,
+                " with features {}",
+                self.features.iter().cloned().collect::<Vec<_>>().join(",")
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// The system: `--system S` or `--option system S`, else the one in an attribute path
 /// (`packages.aarch64-linux.foo`), else this machine's.
 pub fn needs(args: &NixArgs, required_features: Option<&str>, local_system: &str) -> Needs {
@@ -201,16 +216,7 @@ pub fn choose(machines: &[Machine], needs: &Needs, ssh_opts: &str) -> Result<Con
             .map(|(n, why)| format!("\n  {n}: {why}"))
             .collect();
         bail!(
-            "choosing a host: no machine can take a job for {}{}:{list}\n  fix: add a machine for {} to the pool, or change --system/--required-features",
-            needs.system,
-            if needs.features.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    " with features {}",
-                    needs.features.iter().cloned().collect::<Vec<_>>().join(",")
-                )
-            },
+            "choosing a host: no machine can take a job for {needs}:{list}\n  fix: add a machine for {} to the pool, or change --system/--required-features",
             needs.system
         );
     };
@@ -340,18 +346,7 @@ pub fn to_table(probed: &[Probed], needs: &Needs) -> String {
     let widths: Vec<usize> = (0..5)
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();
-    let mut out = format!(
-        "for {}{} (features marked ! are mandatory):\n",
-        needs.system,
-        if needs.features.is_empty() {
-            String::new()
-        } else {
-            format!(
-                " with {}",
-                needs.features.iter().cloned().collect::<Vec<_>>().join(",")
-            )
-        }
-    );
+    let mut out = format!("for {needs} (features marked ! are mandatory):\n");
     for r in rows {
         for c in 0..5 {
             out.push_str(&format!("{:<w$}  ", r[c], w = widths[c]));

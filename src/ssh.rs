@@ -339,6 +339,15 @@ impl std::fmt::Display for SshError {
 
 impl std::error::Error for SshError {}
 
+/// The exit code for an edict error: 255 when ssh itself failed (as ssh exits), else 1.
+pub fn exit_code_for(e: &anyhow::Error) -> u8 {
+    if e.chain().any(|c| c.is::<SshError>()) {
+        255
+    } else {
+        1
+    }
+}
+
 /// Turns ssh's stderr into an error that says what went wrong with which host, at which
 /// step, and what to do about it.
 pub fn ssh_failure(host: &str, step: &str, stderr: &str) -> anyhow::Error {

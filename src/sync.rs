@@ -353,7 +353,8 @@ pub fn back(
         let mut take = Vec::new();
         let mut conflicts = Vec::new();
         let mut deletes = Vec::new();
-        let deleted = tree.deleted.iter().filter(|f| !f.starts_with(".git/"));
+        // `.git` never comes back: the remote listing already leaves it out.
+        let deleted = tree.deleted.iter();
         let touched = tree
             .changed
             .iter()
