@@ -479,9 +479,21 @@ fn remote_checks(r: &mut Run, conn: &Connection, machine: Option<&Machine>) {
 
     // 7. Version and experimental features.
     let (_, version, _) = sh(&format!("{nix_q} --version"));
-    let (_, features, _) = sh(&format!(
-        "{nix_q} --extra-experimental-features nix-command show-config 2>/dev/null | grep '^experimental-features' || {nix_q} --extra-experimental-features nix-command config show experimental-features"
+    // Its settings, once (`show-config`, or `config show` where that was dropped).
+    let (_, config, _) = sh(&format!(
+        "{nix_q} --extra-experimental-features nix-command show-config 2>/dev/null || {nix_q} --extra-experimental-features nix-command config show"
     ));
+    let setting = |name: &str| {
+        config
+            .lines()
+            .find_map(|l| {
+                l.split_once('=')
+                    .filter(|(k, _)| k.trim() == name)
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_default()
+    };
+    let features = setting("experimental-features");
     if features.contains("flakes") && features.contains("nix-command") {
         r.ok("nix-version", format!("{version}, flakes on"));
     } else {
@@ -545,9 +557,7 @@ fn remote_checks(r: &mut Run, conn: &Connection, machine: Option<&Machine>) {
     let (_, system, _) = sh(&format!(
         "{nix_q} --extra-experimental-features nix-command eval --impure --raw --expr builtins.currentSystem"
     ));
-    let (_, extra, _) = sh(&format!(
-        "{nix_q} --extra-experimental-features nix-command show-config 2>/dev/null | grep '^extra-platforms' | cut -d= -f2"
-    ));
+    let extra = setting("extra-platforms");
     let mut systems: Vec<String> = std::iter::once(system.clone())
         .chain(extra.split_whitespace().map(str::to_string))
         .filter(|s| !s.is_empty())
