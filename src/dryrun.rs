@@ -28,7 +28,7 @@ pub fn describe(plan: &Plan, host: &str, no_link: bool) -> String {
     for (i, src) in plan.sources.iter().enumerate() {
         let what = match src.kind {
             SourceKind::Git => match sync::tracked_files(&src.root) {
-                Ok(files) => format!("git work tree: {} tracked files and .git", files.len()),
+                Ok(t) => format!("git work tree: {} tracked files and .git", t.files.len()),
                 Err(e) => format!("git work tree ({e:#})"),
             },
             SourceKind::Dir => "directory".to_string(),

@@ -10,7 +10,10 @@ use std::sync::atomic::{AtomicU8, Ordering};
 static VERBOSITY: AtomicU8 = AtomicU8::new(0);
 static QUIET: AtomicU8 = AtomicU8::new(0);
 
+static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
 pub fn set_verbosity(verbose: u8, quiet: bool) {
+    START.get_or_init(std::time::Instant::now);
     VERBOSITY.store(verbose, Ordering::Relaxed);
     QUIET.store(u8::from(quiet), Ordering::Relaxed);
 }
@@ -26,10 +29,11 @@ pub fn info(msg: impl std::fmt::Display) {
     }
 }
 
-/// A line shown only at `-vv`.
+/// A line shown only at `-vv`, with the time since edict started: where a run's time goes.
 pub fn debug(msg: impl std::fmt::Display) {
     if verbosity() >= 2 {
-        eprintln!("edict: {msg}");
+        let t = START.get().map_or(0.0, |s| s.elapsed().as_secs_f64());
+        eprintln!("edict: [{t:.3}s] {msg}");
     }
 }
 

@@ -104,32 +104,40 @@ pub(crate) fn pipeline(
     io: &remote::Io,
 ) -> Result<u8> {
     let host = conn.transport.label.clone();
-    let (env, session) = remote::prepare(&conn, plan, &run_id())?;
+    let (env, mut session) = remote::prepare(&conn, plan, &run_id())?;
 
     // 3. Sync up.
+    exec::debug(format_args!("{host}: prepared; syncing"));
     let uploads = sync::upload(&conn, &env, plan)?;
     if signals.caught() {
         return Ok(130);
     }
 
     // 4. Run, with our streams and exit code.
+    exec::debug(format_args!("{host}: synced; running"));
     let code = match remote::run(&conn, &env, plan, io, signals)? {
         remote::Outcome::Exited(code) => code,
         remote::Outcome::Interrupted => return Ok(130),
     };
 
     // 5. Find what the command made there: result links, changed files.
-    let after = remote::inspect(&conn, &env, plan, !cli.no_link)?;
+    exec::debug(format_args!(
+        "{host}: the command exited with {code}; inspecting"
+    ));
+    let after = remote::inspect(&mut session, &conn, &env, plan, !cli.no_link)?;
 
     // 6. Results back, as GC roots. Even after a failure: `--keep-going` builds some.
+    exec::debug(format_args!("{host}: fetching results"));
     results::fetch(&conn, &env, &results::links(plan, &after.links))?;
 
     // 7. Bring back what the command changed, without overwriting local edits.
+    exec::debug(format_args!("{host}: syncing back"));
     let changes = sync::back(&conn, &env, plan, &uploads, &after)?;
     let conflicts = report(&changes, &host);
 
     drop(session);
     drop(conn);
+    exec::debug(format_args!("{host}: done"));
     Ok(match (code, conflicts) {
         (0, true) => 1,
         (code, _) => u8::try_from(code).unwrap_or(1),

@@ -4,7 +4,8 @@
 //!
 //! The lock is held by one ssh session that stays open for the run: when edict closes its
 //! end (or dies), the session ends, the locks are released and the run's scratch directory on
-//! HOST is removed, so nothing is left behind however edict stops.
+//! HOST is removed, so nothing is left behind however edict stops. Meanwhile that session is
+//! a shell reading from edict: step 5 runs in it, without opening another session.
 
 use crate::exec::{self, quote, quote_words};
 use crate::mapping::{Plan, RemoteDirs};
@@ -12,7 +13,7 @@ use crate::signals::Signals;
 use crate::ssh::{Connection, Tty, ssh_failure};
 use anyhow::{Context, Result, bail};
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, ChildStdin, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 use std::time::{Duration, Instant};
 
 /// Where nix looks for itself in a non-interactive login, after PATH: a multi-user install's
@@ -50,6 +51,48 @@ pub fn sibling(path: &str, program: &str) -> String {
 pub struct Session {
     child: Child,
     stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+/// What the session's shell prints after each script edict gives it. Never the output of
+/// a script: those print NUL-separated names, all of them starting with `./`, a digit or `/`.
+const END: &[u8] = b"\0EDICT-END\0";
+
+/// `script` as the session's shell runs it: in a subshell with stdin closed, its output
+/// gathered in the run dir and sent in one write (each `printf` would be its own packet),
+/// then END. Straight through if the file cannot be written (a full disk).
+fn ask_script(script: &str) -> String {
+    format!(
+        "f() (\n{script}\n) </dev/null\n\
+         if f >\"$r/out\" && printf '\\0EDICT-END\\0' >>\"$r/out\"; then cat \"$r/out\"; else f; printf '\\0EDICT-END\\0'; fi\n"
+    )
+}
+
+impl Session {
+    /// Runs `script` in the session's shell on HOST (in a subshell, stdin closed) and returns
+    /// its stdout.
+    pub fn ask(&mut self, conn: &Connection, step: &str, script: &str) -> Result<Vec<u8>> {
+        use std::io::Write as _;
+        let host = &conn.transport.label;
+        let lost = || {
+            crate::ssh::SshError(format!(
+                "{host}: {step}: the ssh session holding the run was lost\n  fix: check the network to {host}; run `ssh -v {host} true` to see why"
+            ))
+        };
+        let stdin = self.stdin.as_mut().ok_or_else(lost)?;
+        stdin
+            .write_all(ask_script(script).as_bytes())
+            .and_then(|()| stdin.flush())
+            .map_err(|_| lost())?;
+        let mut out = Vec::new();
+        while !out.ends_with(END) {
+            if self.stdout.read_until(0, &mut out).unwrap_or(0) == 0 {
+                return Err(lost().into());
+            }
+        }
+        out.truncate(out.len() - END.len());
+        Ok(out)
+    }
 }
 
 impl Drop for Session {
@@ -79,8 +122,8 @@ pub fn prepare(conn: &Connection, plan: &Plan, run_id: &str) -> Result<(RemoteEn
             .stderr(Stdio::piped());
     })?;
     let stdin = child.stdin.take();
-    let stdout = child.stdout.take().context("ssh stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
+    let mut stdout = BufReader::new(child.stdout.take().context("ssh stdout")?);
+    let mut lines = stdout.by_ref().lines();
 
     let mut fields = std::collections::HashMap::new();
     let mut locked = false;
@@ -143,7 +186,11 @@ pub fn prepare(conn: &Connection, plan: &Plan, run_id: &str) -> Result<(RemoteEn
             let _ = std::io::copy(&mut e, &mut std::io::sink());
         });
     }
-    let session = Session { child, stdin };
+    let session = Session {
+        child,
+        stdin,
+        stdout,
+    };
 
     let get = |k: &str| fields.get(k).cloned().filter(|v| !v.is_empty());
     let nix = get("nix").with_context(|| {
@@ -180,13 +227,14 @@ pub fn prepare(conn: &Connection, plan: &Plan, run_id: &str) -> Result<(RemoteEn
 fn prepare_script(mirror_names: &[String], run_id: &str) -> String {
     let mut s = String::new();
     s.push_str(&format!("PATH=\"$PATH:{NIX_PLACES}\"\n"));
+    // The findings go out in one write with EDICT-locked: one packet on the wire, not five.
     s.push_str(
         "nix=$(command -v nix)\n\
-         echo \"EDICT-nix $nix\"\n\
-         [ -n \"$nix\" ] && echo \"EDICT-version $(\"$nix\" --version 2>&1 | head -n 1)\"\n\
-         echo \"EDICT-rsync $(command -v rsync)\"\n\
          c=\"${XDG_CACHE_HOME:-$HOME/.cache}/edict\"\n\
-         echo \"EDICT-cache $c\"\n",
+         o=\"EDICT-nix $nix\n\
+         EDICT-version $([ -n \"$nix\" ] && \"$nix\" --version 2>&1 | head -n 1)\n\
+         EDICT-rsync $(command -v rsync)\n\
+         EDICT-cache $c\"\n",
     );
     s.push_str(&format!("run=\"$c/runs/\"{}\n", quote(run_id)));
     let mirror_dirs: String = mirror_names
@@ -194,15 +242,20 @@ fn prepare_script(mirror_names: &[String], run_id: &str) -> String {
         .map(|n| format!(" \"$c/mirrors/\"{}", quote(n)))
         .collect();
     s.push_str(&format!(
-        "err=$(mkdir -p \"$run/links\"{mirror_dirs} 2>&1) || {{ echo \"EDICT-error $err\"; exit 1; }}\n"
+        "err=$(mkdir -p \"$run/links\"{mirror_dirs} 2>&1) || {{ printf '%s\\nEDICT-error %s\\n' \"$o\" \"$err\"; exit 1; }}\n"
     ));
     // Scratch dirs of runs that died without cleaning up (edict killed with -9, host reboot).
     s.push_str(
         "find \"$c/runs\" -mindepth 1 -maxdepth 1 -mtime +2 -exec rm -rf {} + 2>/dev/null\n",
     );
-    let hold = format!("echo EDICT-locked; cat >/dev/null; rm -rf {}", "\"$1\"");
+    // The holder: a shell reading edict's scripts (with the run dir in $r) until edict
+    // closes its end, then the cleanup.
+    let hold = "printf \"%s\\nEDICT-$2\\n\" \"$3\"; r=$1 sh; rm -rf \"$1\"";
     if mirror_names.is_empty() {
-        s.push_str(&format!("sh -c {} sh \"$run\"\n", quote(&hold)));
+        s.push_str(&format!(
+            "sh -c {} sh \"$run\" locked \"$o\"\n",
+            quote(hold)
+        ));
         return s;
     }
     s.push_str("if command -v flock >/dev/null; then\n  busy=\n");
@@ -214,10 +267,13 @@ fn prepare_script(mirror_names: &[String], run_id: &str) -> String {
     }
     s.push_str("  [ -n \"$busy\" ] && echo EDICT-waiting\n");
     s.push_str(&format!(
-        "  exec {nested}sh -c {} sh \"$run\"\n",
-        quote(&hold)
+        "  exec {nested}sh -c {} sh \"$run\" locked \"$o\"\n",
+        quote(hold)
     ));
-    s.push_str("else\n  echo EDICT-nolock; cat >/dev/null; rm -rf \"$run\"\nfi\n");
+    s.push_str(&format!(
+        "else\n  exec sh -c {} sh \"$run\" nolock \"$o\"\nfi\n",
+        quote(hold)
+    ));
     s
 }
 
@@ -237,7 +293,11 @@ fn run_script(env: &RemoteEnv, plan: &Plan) -> String {
     // gone after the run; a pasted copy still works without them: `true`, not the special
     // builtin `:`, whose failed redirection would end the shell).
     format!(
-        "{snapshot}cd {cwd} || exit 127; {{ echo $$ > {pid}; true > {start}; }} 2>/dev/null; exec {cmd}",
+        "{index}{snapshot}cd {cwd} || exit 127; {{ echo $$ > {pid}; true > {start}; }} 2>/dev/null; exec {cmd}",
+        index = (0..plan.sources.len())
+            .filter(|&i| plan.sources[i].kind == crate::mapping::SourceKind::Git)
+            .map(|i| crate::sync::adopt_index_script(&plan.mirror(i, &env.dirs)))
+            .collect::<String>(),
         snapshot = snapshot_script(&env.dirs.run, &sync_back_mirrors(env, plan)),
         cwd = quote(&cwd),
         pid = quote(&format!("{}/pid", env.dirs.run)),
@@ -298,13 +358,19 @@ pub struct Tree {
 /// Step 5: lists the result links and, for each source coming back, what changed in its
 /// mirror. ctime, not rsync's size-and-mtime check: a same-size rewrite within the second
 /// of the upload is still seen.
-pub fn inspect(conn: &Connection, env: &RemoteEnv, plan: &Plan, want_links: bool) -> Result<After> {
+pub fn inspect(
+    session: &mut Session,
+    conn: &Connection,
+    env: &RemoteEnv,
+    plan: &Plan,
+    want_links: bool,
+) -> Result<After> {
     let mirrors = sync_back_mirrors(env, plan);
     if mirrors.is_empty() && (!want_links || plan.links.is_empty()) {
         return Ok(After::default());
     }
     let script = inspect_script(&env.dirs.run, want_links, &mirrors);
-    let out = capture(conn, "finding what the command made", &script)?;
+    let out = session.ask(conn, "finding what the command made", &script)?;
     Ok(parse_after(&out))
 }
 
@@ -503,26 +569,6 @@ fn interrupt(conn: &Connection, env: &RemoteEnv) {
     let _ = conn.ssh(Tty::No, &script).output();
 }
 
-/// `ssh HOST -- sh -c SCRIPT` with stdout captured: for small helper scripts.
-pub fn capture(conn: &Connection, step: &str, script: &str) -> Result<Vec<u8>> {
-    let out = conn.ssh(Tty::No, script).output()?;
-    if out.status.code() == Some(255) {
-        return Err(ssh_failure(
-            &conn.transport.label,
-            step,
-            &String::from_utf8_lossy(&out.stderr),
-        ));
-    }
-    if !out.status.success() {
-        bail!(
-            "{}: {step}: {}",
-            conn.transport.label,
-            exec::stderr_tail(&out)
-        );
-    }
-    Ok(out.stdout)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -617,6 +663,35 @@ mod tests {
     }
 
     /// The probe script is valid sh and, with no flock, prints the fields and waits.
+    /// The holder's shell answers each script with its output and END, also when the run
+    /// dir cannot be written; `exit` and `cd` in a script do not end or move the holder.
+    #[test]
+    fn the_holder_answers_scripts_in_order() {
+        let run = tempfile::tempdir().unwrap();
+        for r in [run.path().to_str().unwrap(), "/nonexistent/run"] {
+            let mut child = std::process::Command::new("/bin/sh")
+                .env("r", r)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            {
+                use std::io::Write as _;
+                let mut stdin = child.stdin.take().unwrap();
+                for script in ["cd /; printf 'a\\0b'; exit 3", "pwd; cat"] {
+                    stdin.write_all(ask_script(script).as_bytes()).unwrap();
+                }
+            }
+            let out = child.wait_with_output().unwrap();
+            let pwd = std::env::current_dir().unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                format!("a\0b\0EDICT-END\0{}\n\0EDICT-END\0", pwd.display()),
+                "r={r}"
+            );
+        }
+    }
+
     #[test]
     fn prepare_script_runs_in_sh() {
         let home = tempfile::tempdir().unwrap();
