@@ -377,24 +377,22 @@ pub fn inspect(
 /// The shell script behind [`inspect`]: NUL-separated records `L name target`, and per
 /// mirror `S index files… C changed… G git-changes… E`.
 fn inspect_script(run: &str, want_links: bool, mirrors: &[(usize, String)]) -> String {
-    let start = quote(&format!("{run}/start"));
-    let mut script = String::new();
+    // The run dir once, as $r: the script crosses the link, a path five times is 200 bytes.
+    let mut script = format!("r={}\n", quote(run));
     if want_links {
-        script.push_str(&format!(
-            "if cd {} 2>/dev/null; then for l in */result*; do [ -L \"$l\" ] && printf 'L\\0%s\\0%s\\0' \"$l\" \"$(readlink \"$l\")\"; done; fi\n",
-            quote(&format!("{run}/links"))
-        ));
+        script.push_str(
+            "if cd \"$r/links\" 2>/dev/null; then for l in */result*; do [ -L \"$l\" ] && printf 'L\\0%s\\0%s\\0' \"$l\" \"$(readlink \"$l\")\"; done; fi\n",
+        );
     }
     for (i, m) in mirrors {
         let files = FILES;
         // Deleted: in the snapshot taken before the command, gone now (xargs -0 and `[ -e ]`
         // work the same in GNU and BSD userlands).
-        let before = quote(&format!("{run}/before-{i}"));
         script.push_str(&format!(
             "if cd {m} 2>/dev/null; then\n\
-             printf 'S\\0%s\\0' {i}; [ -f {before} ] && xargs -0 sh -c 'for f; do [ -e \"$f\" ] || [ -L \"$f\" ] || printf \"%s\\0\" \"$f\"; done' sh < {before}\n\
-             printf 'C\\0'; {files} -cnewer {start} -print0\n\
-             printf 'G\\0'; [ -d .git ] && find .git/HEAD .git/packed-refs .git/refs -cnewer {start} -print0 2>/dev/null\n\
+             b=\"$r/before-{i}\"; printf 'S\\0%s\\0' {i}; [ -f \"$b\" ] && xargs -0 sh -c 'for f; do [ -e \"$f\" ] || [ -L \"$f\" ] || printf \"%s\\0\" \"$f\"; done' sh < \"$b\"\n\
+             printf 'C\\0'; {files} -cnewer \"$r/start\" -print0\n\
+             printf 'G\\0'; [ -d .git ] && find .git/HEAD .git/packed-refs .git/refs -cnewer \"$r/start\" -print0 2>/dev/null\n\
              printf 'E\\0'\nfi\n",
             m = quote(m),
         ));
