@@ -214,7 +214,11 @@ impl Ctx<'_> {
 fn method(m: &str, attr: &str) -> String {
     match m {
         // (a) edict.
-        "a" => format!("\"$EDICT\" -q bench nix build .#{attr}"),
+        // (`EDICT_BENCH_TIMELINE=1`: -vv, and its step times are printed after each run.)
+        "a" => match std::env::var_os("EDICT_BENCH_TIMELINE") {
+            Some(_) => format!("\"$EDICT\" -vv bench nix build .#{attr}"),
+            None => format!("\"$EDICT\" -q bench nix build .#{attr}"),
+        },
         // (b) Nix's own remote builds: evaluated here, every derivation built there.
         "b" => {
             format!("nix build --builders 'ssh://bench x86_64-linux - 2 1' --max-jobs 0 .#{attr}")
@@ -302,6 +306,11 @@ fn one_run(args: &Args, workload: &str, m: &str, flake: &Path) -> Result<Sample,
     let start = Instant::now();
     let (ok, log) = ctx.sh(&method(m, attr));
     let secs = start.elapsed().as_secs_f64();
+    if m == "a" && std::env::var_os("EDICT_BENCH_TIMELINE").is_some() {
+        for l in log.lines().filter(|l| l.starts_with("edict: [")) {
+            eprintln!("  {l}");
+        }
+    }
     let sample = Sample {
         secs,
         bytes: lab.host("bench").link_bytes() - bytes0,
@@ -439,6 +448,7 @@ fn write_report(
     md.push_str(&format!(
         "- Machine: {} cores, {cpu}; Debian 12 client ({nix_local}), remote: lab host (Debian 13, Nix 2.26) in its own network namespace.\n\
          - Link: veth shaped with `tc tbf` to {} Mbit/s each way; {} ms round trip added by a delay line in the ssh path (ProxyCommand).\n\
+         - Storage: sources, both stores and the host's files on a tmpfs (see bench/run): the link is measured, not this VM's disk.\n\
          - Every run: a fresh remote store and a fresh local store. Sizes are the issue's times `--scale` (30 steps of {} MB; {} files of 40 KB; {} leaves).\n\
          - Time: median (min–max) of the runs. Bytes: both directions on the veth. Logins: ssh connections the host accepted.\n\n",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),

@@ -121,7 +121,8 @@ pub fn run(
             o.took.as_secs_f64()
         ));
     }
-    if !matches!(code, 0) || crate::exec::verbosity() > 0 || outcomes.len() > 1 {
+    // For a single host the table repeats what its output said, unless it failed or -v.
+    if outcomes.len() > 1 || code != 0 || crate::exec::verbosity() > 0 {
         for line in table.lines() {
             crate::exec::info(line);
         }

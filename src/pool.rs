@@ -416,16 +416,24 @@ pub fn load(
     local: &LocalNix,
     machines_file: &Path,
 ) -> Result<Vec<Machine>> {
+    let fix = |e: anyhow::Error| {
+        anyhow!(
+            "{e:#}\n  fix: correct that entry (a line is `URI SYSTEMS SSH-KEY MAX-JOBS SPEED-FACTOR FEATURES MANDATORY-FEATURES HOST-KEY`, `-` for a default; Lix also reads TOML), or name the machines to use with --builders"
+        )
+    };
     if let Some(spec) = cli_builders {
-        return parse(spec, "--builders", &local.system);
+        return parse(spec, "--builders", &local.system).map_err(fix);
     }
     if let Some(builders) = local.builders.as_deref().filter(|b| !b.trim().is_empty()) {
-        return parse(builders, "nix's builders setting", &local.system);
+        return parse(builders, "nix's builders setting", &local.system).map_err(fix);
     }
     match std::fs::read_to_string(machines_file) {
-        Ok(text) => parse(&text, &machines_file.display().to_string(), &local.system),
+        Ok(text) => parse(&text, &machines_file.display().to_string(), &local.system).map_err(fix),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(anyhow!("reading {}: {e}", machines_file.display())),
+        Err(e) => Err(anyhow!(
+            "reading {}: {e}\n  fix: make it readable (`ls -l {0}`), or name the machines to use with --builders",
+            machines_file.display()
+        )),
     }
 }
 
@@ -518,6 +526,25 @@ mod tests {
 
     fn names(ms: &[Machine]) -> Vec<&str> {
         ms.iter().map(|m| m.name.as_str()).collect()
+    }
+
+    #[test]
+    fn a_malformed_pool_names_the_place_and_a_fix() {
+        let local = LocalNix {
+            system: SYS.into(),
+            builders: None,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("machines");
+        std::fs::write(&file, "ssh://a x86_64-linux - many\n").unwrap();
+        let e = format!("{:#}", load(None, &local, &file).unwrap_err());
+        assert!(e.contains(&format!("{}:1", file.display())), "{e}");
+        assert!(e.contains("MAX-JOBS") && e.contains("\n  fix: "), "{e}");
+        let e = format!(
+            "{:#}",
+            load(Some("ssh://b x86_64-linux - 1 zero"), &local, &file).unwrap_err()
+        );
+        assert!(e.contains("--builders") && e.contains("\n  fix: "), "{e}");
     }
 
     /// The Lix manual's TOML example.

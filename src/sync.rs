@@ -152,10 +152,9 @@ pub fn upload(conn: &Connection, env: &RemoteEnv, plan: &Plan) -> Result<Vec<Upl
                 // The index goes as .git/edict-index, and HOST keeps its own .git/index (see
                 // `adopt_index_script`): one with HOST's file stats, so git and nix there need
                 // not re-read every file to know the tree is clean.
-                index = match with_git_dir {
-                    true => IndexCopy::new(&dot_git.join("index"))?,
-                    false => None,
-                };
+                if with_git_dir {
+                    index = IndexCopy::new(&dot_git.join("index"))?;
+                }
                 if index.is_some() {
                     cmd = cmd.args(["--filter=-s /.git/index", "--filter=P /.git/index"]);
                 }
@@ -358,15 +357,16 @@ impl IndexCopy {
 /// `.git/edict-index`, keeping HOST's file stats for entries that did not change. Sent as
 /// is, the local index has this machine's inode numbers and ctimes, so git (and nix through
 /// libgit2) on HOST would re-read and hash every tracked file to see the tree is clean:
-/// 1.3 s for 200 MB, every run. `read-tree -m` keeps the stats of unchanged entries and
-/// `update-index --refresh` hashes only what rsync rewrote. When that cannot reproduce the
+/// 1.3 s for 200 MB, every run. `read-tree --reset` keeps the stats of unchanged entries
+/// (`-m` would refuse: rsync has just changed files under it) and `update-index --refresh`
+/// hashes only what rsync rewrote. When that cannot reproduce the
 /// index exactly (intent-to-add or conflicted entries, no git there), the copy is used.
 pub fn adopt_index_script(mirror: &str) -> String {
     // write-tree may add a cache to the index it reads, so it reads a scratch copy: the
     // sent copy must stay as sent, or rsync would send it again next time.
     format!(
         "(cd {} && [ -f .git/edict-index ] || exit 0; g='git -c core.fsmonitor=false'; i=.git/edict-index; \
-         if command -v git >/dev/null && cp $i $i.w && t=$(GIT_INDEX_FILE=$i.w $g write-tree) && $g read-tree -m \"$t\" \
+         if command -v git >/dev/null && cp $i $i.w && t=$(GIT_INDEX_FILE=$i.w $g write-tree) && $g read-tree --reset \"$t\" \
          && [ \"$($g ls-files -s -t)\" = \"$(GIT_INDEX_FILE=$i $g ls-files -s -t)\" ]; \
          then $g update-index -q --refresh >/dev/null; else cp $i .git/index; fi; rm -f $i.w) 2>/dev/null; ",
         quote(mirror)

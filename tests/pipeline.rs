@@ -151,6 +151,65 @@ fn git_flake_sends_exactly_what_nix_sees() {
         let rev = std::fs::read_to_string(dir.join("result/rev")).unwrap();
         assert_eq!(rev.trim(), head);
 
+        // A committed change: HOST keeps its own index, with its own file stats for the
+        // changed and the unchanged files, so git and nix there need not hash every file
+        // again: each entry's inode is the mirror file's, not this machine's.
+        std::fs::write(dir.join("tracked.txt"), "committed again\n").unwrap();
+        assert!(
+            Command::new("git")
+                .arg("-C")
+                .arg(&dir)
+                .args([
+                    "-c",
+                    "user.name=t",
+                    "-c",
+                    "user.email=t@t",
+                    "commit",
+                    "-qam",
+                    "two"
+                ])
+                .status()
+                .unwrap()
+                .success()
+        );
+        ok(lab.edict(&dir).args([host, "nix", "build", ".#default"]));
+        let mirror = lab.mirror_of(host, &name);
+        let ino = |index_of: &Path, file: &str| {
+            let out = Command::new("git")
+                .arg("-C")
+                .arg(index_of)
+                .args(["ls-files", "--debug", file])
+                .output()
+                .unwrap();
+            let debug = stdout(&out);
+            debug
+                .split_whitespace()
+                .skip_while(|w| *w != "ino:")
+                .nth(1)
+                .unwrap_or_else(|| panic!("no ino in {debug}"))
+                .to_string()
+        };
+        use std::os::unix::fs::MetadataExt;
+        for file in ["flake.nix", "tracked.txt"] {
+            let there = std::fs::metadata(mirror.join(file))
+                .unwrap()
+                .ino()
+                .to_string();
+            assert_eq!(ino(&mirror, file), there, "{file}");
+            assert_ne!(ino(&dir, file), there, "{file}");
+        }
+        let status = Command::new("git")
+            .arg("-C")
+            .arg(&mirror)
+            .args(["status", "--porcelain", "--untracked-files=no"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            stdout(&status),
+            "",
+            "the mirror is as clean as the work tree here"
+        );
+
         // Dirty tree: uncommitted changes go, untracked and ignored files never do.
         std::fs::write(dir.join("tracked.txt"), "uncommitted\n").unwrap();
         std::fs::write(dir.join("secret.txt"), "untracked secret\n").unwrap();
@@ -162,7 +221,6 @@ fn git_flake_sends_exactly_what_nix_sees() {
             std::fs::read_to_string(dir.join("result/rev")).unwrap(),
             "dirty\n"
         );
-        let mirror = lab.mirror_of(host, &name);
         assert_eq!(
             std::fs::read_to_string(mirror.join("tracked.txt")).unwrap(),
             "uncommitted\n"
@@ -184,28 +242,6 @@ fn git_flake_sends_exactly_what_nix_sees() {
             !mirror.join("doomed.txt").exists(),
             "files deleted here disappear there"
         );
-
-        // HOST keeps its own index, with its own file stats, so git and nix there need not
-        // hash every file again: the entry's inode is the mirror file's, not this machine's.
-        let ino = |index_of: &Path, file: &str| {
-            let out = Command::new("git")
-                .arg("-C")
-                .arg(index_of)
-                .args(["ls-files", "--debug", file])
-                .output()
-                .unwrap();
-            let debug = stdout(&out);
-            debug
-                .split_whitespace()
-                .skip_while(|w| *w != "ino:")
-                .nth(1)
-                .unwrap_or_else(|| panic!("no ino in {debug}"))
-                .to_string()
-        };
-        use std::os::unix::fs::MetadataExt;
-        let there = std::fs::metadata(mirror.join("flake.nix")).unwrap().ino();
-        assert_eq!(ino(&mirror, "flake.nix"), there.to_string());
-        assert_ne!(ino(&dir, "flake.nix"), there.to_string());
 
         // Staged and intent-to-add files are tracked; names that are wildcards, not UTF-8 or
         // inside an untracked repository are not. The exclude list is used here (few
@@ -271,6 +307,46 @@ fn git_flake_sends_exactly_what_nix_sees() {
             );
         }
     });
+}
+
+/// Without git on HOST, the index sent is used as is (Nix 2.26 reads the repository with
+/// libgit2): self.rev and dirtiness still match this machine's.
+#[test]
+fn a_host_without_git_sees_the_same_tree() {
+    let mut lab = Lab::new();
+    lab.start(HostSpec::new("nogit", Flavour::Trixie).without_git());
+    assert!(!lab.ssh("nogit", "command -v git").status.success());
+    let dir = lab.workdir("nogit");
+    lab::write_rich_flake(&dir, &lab::unique_tag());
+    lab::git_init(&dir);
+    let head = Command::new("git")
+        .arg("-C")
+        .arg(&dir)
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .unwrap();
+    ok(lab.edict(&dir).args(["nogit", "nix", "build", ".#default"]));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("result/rev"))
+            .unwrap()
+            .trim(),
+        stdout(&head).trim()
+    );
+    let mirror = lab.mirror_of("nogit", "nogit");
+    assert_eq!(
+        std::fs::read(mirror.join(".git/index")).unwrap(),
+        std::fs::read(dir.join(".git/index")).unwrap()
+    );
+    std::fs::write(
+        dir.join("flake.nix"),
+        std::fs::read_to_string(dir.join("flake.nix")).unwrap() + "\n",
+    )
+    .unwrap();
+    ok(lab.edict(&dir).args(["nogit", "nix", "build", ".#default"]));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("result/rev")).unwrap(),
+        "dirty\n"
+    );
 }
 
 #[test]

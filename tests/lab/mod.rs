@@ -68,6 +68,8 @@ pub struct HostSpec {
     pub nix: bool,
     /// Whether rsync is installed.
     pub rsync: bool,
+    /// Whether git is installed (Nix ≥ 2.20 reads git flakes with libgit2, without it).
+    pub git: bool,
     /// Give root's home a tmpfs of this many KiB (a disk that fills up).
     pub home_kib: Option<u32>,
     /// Log in as this unprivileged user, with a nix-daemon owning the store (a multi-user
@@ -109,6 +111,7 @@ impl HostSpec {
             nix_on_path: true,
             nix: true,
             rsync: true,
+            git: true,
             home_kib: None,
             user: None,
             banner: None,
@@ -136,6 +139,11 @@ impl HostSpec {
 
     pub fn without_rsync(mut self) -> Self {
         self.rsync = false;
+        self
+    }
+
+    pub fn without_git(mut self) -> Self {
+        self.git = false;
         self
     }
 
@@ -596,6 +604,9 @@ fn start_sshd(
     }
     if !spec.rsync {
         hide.push_str("rm -f $B/rsync\n");
+    }
+    if !spec.git {
+        hide.push_str("rm -f $B/git\n");
     }
     // A multi-user host: the login user's private home, and a nix-daemon owning the store
     // (it dies with sshd through the parent-death signal). Ready once its socket exists.
