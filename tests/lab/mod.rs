@@ -772,6 +772,7 @@ fn make_link(name: &str, link: &Link) -> (String, String, Ipv4Addr) {
     let (va, vb) = (format!("elab{n}a"), format!("elab{n}b"));
     let host_addr = Ipv4Addr::new(10, 213, n as u8, 2);
     let _ = name;
+    // (A veth of the same name may be left by a run that was killed: it is replaced.)
     // tbf needs a burst of at least rate/HZ; 64 KiB covers every rate used here.
     let tbf = format!(
         "root tbf rate {}mbit burst 64kb latency 200ms",
@@ -780,6 +781,7 @@ fn make_link(name: &str, link: &Link) -> (String, String, Ipv4Addr) {
     let script = format!(
         "set -e\n\
          ip netns add {ns}\n\
+         ip link del {va} 2>/dev/null || true\n\
          ip link add {va} type veth peer name {vb}\n\
          ip link set {vb} netns {ns}\n\
          ip addr add 10.213.{n}.1/30 dev {va}\n\
