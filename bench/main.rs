@@ -277,20 +277,7 @@ fn one_run(args: &Args, workload: &str, m: &str, flake: &Path) -> Result<Sample,
             let mut bytes = std::fs::read(&f).unwrap();
             bytes[0] ^= 0xff;
             std::fs::write(&f, bytes).unwrap();
-            Command::new("git")
-                .arg("-C")
-                .arg(flake)
-                .args([
-                    "-c",
-                    "user.name=b",
-                    "-c",
-                    "user.email=b@e",
-                    "commit",
-                    "-qam",
-                    "one change",
-                ])
-                .status()
-                .unwrap();
+            lab::git(flake, &["commit", "-qam", "one change"]);
         }
         "w4" => {
             let (ok, log) = ctx.sh(&method(m, attr));

@@ -138,13 +138,7 @@ fn git_flake_sends_exactly_what_nix_sees() {
         std::fs::create_dir_all(dir.join("odd dir")).unwrap();
         std::fs::write(dir.join("odd dir/it's [a] *file*"), "hostile name\n").unwrap();
         lab::git_init(&dir);
-        let head = Command::new("git")
-            .arg("-C")
-            .arg(&dir)
-            .args(["rev-parse", "HEAD"])
-            .output()
-            .unwrap();
-        let head = stdout(&head).trim().to_string();
+        let head = lab::git(&dir, &["rev-parse", "HEAD"]).trim().to_string();
 
         // Clean tree: self.rev on HOST is the local HEAD, so .git came along intact.
         ok(lab.edict(&dir).args([host, "nix", "build", ".#default"]));
@@ -155,33 +149,11 @@ fn git_flake_sends_exactly_what_nix_sees() {
         // changed and the unchanged files, so git and nix there need not hash every file
         // again: each entry's inode is the mirror file's, not this machine's.
         std::fs::write(dir.join("tracked.txt"), "committed again\n").unwrap();
-        assert!(
-            Command::new("git")
-                .arg("-C")
-                .arg(&dir)
-                .args([
-                    "-c",
-                    "user.name=t",
-                    "-c",
-                    "user.email=t@t",
-                    "commit",
-                    "-qam",
-                    "two"
-                ])
-                .status()
-                .unwrap()
-                .success()
-        );
+        lab::git(&dir, &["commit", "-qam", "two"]);
         ok(lab.edict(&dir).args([host, "nix", "build", ".#default"]));
         let mirror = lab.mirror_of(host, &name);
         let ino = |index_of: &Path, file: &str| {
-            let out = Command::new("git")
-                .arg("-C")
-                .arg(index_of)
-                .args(["ls-files", "--debug", file])
-                .output()
-                .unwrap();
-            let debug = stdout(&out);
+            let debug = lab::git(index_of, &["ls-files", "--debug", file]);
             debug
                 .split_whitespace()
                 .skip_while(|w| *w != "ino:")
@@ -198,14 +170,8 @@ fn git_flake_sends_exactly_what_nix_sees() {
             assert_eq!(ino(&mirror, file), there, "{file}");
             assert_ne!(ino(&dir, file), there, "{file}");
         }
-        let status = Command::new("git")
-            .arg("-C")
-            .arg(&mirror)
-            .args(["status", "--porcelain", "--untracked-files=no"])
-            .output()
-            .unwrap();
         assert_eq!(
-            stdout(&status),
+            lab::git(&mirror, &["status", "--porcelain", "--untracked-files=no"]),
             "",
             "the mirror is as clean as the work tree here"
         );
@@ -246,21 +212,10 @@ fn git_flake_sends_exactly_what_nix_sees() {
         // Staged and intent-to-add files are tracked; names that are wildcards, not UTF-8 or
         // inside an untracked repository are not. The exclude list is used here (few
         // untracked entries); with many untracked files the include list is, same result.
-        let git = |args: &[&str]| {
-            assert!(
-                Command::new("git")
-                    .arg("-C")
-                    .arg(&dir)
-                    .args(args)
-                    .status()
-                    .unwrap()
-                    .success()
-            )
-        };
         std::fs::write(dir.join("staged.txt"), "staged\n").unwrap();
         std::fs::write(dir.join("ita.txt"), "intent to add\n").unwrap();
-        git(&["add", "staged.txt"]);
-        git(&["add", "-N", "ita.txt"]);
+        lab::git(&dir, &["add", "staged.txt"]);
+        lab::git(&dir, &["add", "-N", "ita.txt"]);
         std::fs::write(dir.join("*"), "star\n").unwrap();
         std::fs::write(dir.join(std::ffi::OsStr::from_bytes(b"s\xffcret")), "x\n").unwrap();
         std::fs::create_dir_all(dir.join("nested/.git")).unwrap();
@@ -287,18 +242,11 @@ fn git_flake_sends_exactly_what_nix_sees() {
                 .filter(|n| n != ".git")
                 .collect();
             there.sort();
-            let mut tracked: Vec<String> = stdout(
-                &Command::new("git")
-                    .arg("-C")
-                    .arg(&dir)
-                    .args(["ls-files"])
-                    .output()
-                    .unwrap(),
-            )
-            .lines()
-            .map(|l| l.split('/').next().unwrap().trim_matches('"').to_string())
-            .filter(|n| n != "doomed.txt")
-            .collect();
+            let mut tracked: Vec<String> = lab::git(&dir, &["ls-files"])
+                .lines()
+                .map(|l| l.split('/').next().unwrap().trim_matches('"').to_string())
+                .filter(|n| n != "doomed.txt")
+                .collect();
             tracked.sort();
             tracked.dedup();
             assert_eq!(there, tracked, "the mirror holds exactly the tracked files");
@@ -319,18 +267,13 @@ fn a_host_without_git_sees_the_same_tree() {
     let dir = lab.workdir("nogit");
     lab::write_rich_flake(&dir, &lab::unique_tag());
     lab::git_init(&dir);
-    let head = Command::new("git")
-        .arg("-C")
-        .arg(&dir)
-        .args(["rev-parse", "HEAD"])
-        .output()
-        .unwrap();
+    let head = lab::git(&dir, &["rev-parse", "HEAD"]);
     ok(lab.edict(&dir).args(["nogit", "nix", "build", ".#default"]));
     assert_eq!(
         std::fs::read_to_string(dir.join("result/rev"))
             .unwrap()
             .trim(),
-        stdout(&head).trim()
+        head.trim()
     );
     let mirror = lab.mirror_of("nogit", "nogit");
     assert_eq!(
@@ -618,12 +561,7 @@ fn sync_back_brings_new_changed_and_deleted_files() {
         std::fs::write(dir.join("untracked-here.txt"), "mine\n").unwrap();
         lab::git_init(&dir);
         std::fs::write(dir.join("untracked-here.txt"), "still mine\n").unwrap();
-        std::process::Command::new("git")
-            .arg("-C")
-            .arg(&dir)
-            .args(["rm", "-q", "--cached", "untracked-here.txt"])
-            .status()
-            .unwrap();
+        lab::git(&dir, &["rm", "-q", "--cached", "untracked-here.txt"]);
 
         let out = ok(lab.edict(&dir).args([host, "nix", "run", ".#bump"]));
         assert_eq!(
@@ -1071,16 +1009,7 @@ fn a_commit_there_comes_back_as_uncommitted_changes() {
         lab::write_rich_flake(&dir, &lab::unique_tag());
         std::fs::write(dir.join("tracked.txt"), "original\n").unwrap();
         lab::git_init(&dir);
-        let head = || {
-            stdout(
-                &Command::new("git")
-                    .arg("-C")
-                    .arg(&dir)
-                    .args(["rev-parse", "HEAD"])
-                    .output()
-                    .unwrap(),
-            )
-        };
+        let head = || lab::git(&dir, &["rev-parse", "HEAD"]);
         let before = head();
         let out = ok(lab.edict(&dir).args([host, "nix", "run", ".#commit"]));
         assert_eq!(
@@ -1096,13 +1025,7 @@ fn a_commit_there_comes_back_as_uncommitted_changes() {
         // The next run sends the local .git again: the remote commit is gone there.
         ok(lab.edict(&dir).args([host, "nix", "build", ".#dep"]));
         let mirror = lab.mirror_of(host, &format!("commit-{host}"));
-        let remote_head = Command::new("git")
-            .arg("-C")
-            .arg(&mirror)
-            .args(["rev-parse", "HEAD"])
-            .output()
-            .unwrap();
-        assert_eq!(stdout(&remote_head), before);
+        assert_eq!(lab::git(&mirror, &["rev-parse", "HEAD"]), before);
     });
 }
 

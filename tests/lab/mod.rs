@@ -1043,28 +1043,27 @@ const RICH_FLAKE: &str = r#"{
 
 /// `git init` + commit of everything in `dir` (with a lab identity).
 pub fn git_init(dir: &Path) {
-    for args in [
-        vec!["init", "-q", "-b", "main"],
-        vec!["add", "-A"],
-        vec![
-            "-c",
-            "user.name=lab",
-            "-c",
-            "user.email=lab@example.org",
-            "commit",
-            "-q",
-            "-m",
-            "init",
-        ],
-    ] {
-        let out = Command::new("git")
-            .arg("-C")
-            .arg(dir)
-            .args(&args)
-            .output()
-            .expect("running git");
-        assert!(out.status.success(), "git {args:?}: {}", describe(&out));
-    }
+    git(dir, &["init", "-q", "-b", "main"]);
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "-m", "init"]);
+}
+
+/// Runs git in `dir` (committing as "lab") and returns its stdout; git failing fails the test.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=lab", "-c", "user.email=lab@example.org"])
+        .args(args)
+        .output()
+        .expect("running git");
+    assert!(
+        out.status.success(),
+        "git {args:?} in {}: {}",
+        dir.display(),
+        describe(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Whether a store path is valid in this machine's store.
