@@ -74,11 +74,8 @@ impl Session {
     pub fn ask(&mut self, conn: &Connection, step: &str, script: &str) -> Result<Vec<u8>> {
         use std::io::Write as _;
         let host = &conn.transport.label;
-        let lost = || {
-            crate::ssh::SshError(format!(
-                "{host}: {step}: the ssh session holding the run was lost\n  fix: check the network to {host}; run `ssh -v {host} true` to see why"
-            ))
-        };
+        let lost =
+            || crate::ssh::connection_lost(host, step, "the ssh session holding the run was lost");
         let stdin = self.stdin.as_mut().ok_or_else(lost)?;
         stdin
             .write_all(ask_script(script).as_bytes())
@@ -369,16 +366,16 @@ pub fn inspect(
     if mirrors.is_empty() && (!want_links || plan.links.is_empty()) {
         return Ok(After::default());
     }
-    let script = inspect_script(&env.dirs.run, want_links, &mirrors);
+    let script = inspect_script(want_links, &mirrors);
     let out = session.ask(conn, "finding what the command made", &script)?;
     Ok(parse_after(&out))
 }
 
 /// The shell script behind [`inspect`]: NUL-separated records `L name target`, and per
-/// mirror `S index files… C changed… G git-changes… E`.
-fn inspect_script(run: &str, want_links: bool, mirrors: &[(usize, String)]) -> String {
-    // The run dir once, as $r: the script crosses the link, a path five times is 200 bytes.
-    let mut script = format!("r={}\n", quote(run));
+/// mirror `S index files… C changed… G git-changes… E`. It runs in the session's shell,
+/// where `$r` is the run dir (the script crosses the link: a path five times is 200 bytes).
+fn inspect_script(want_links: bool, mirrors: &[(usize, String)]) -> String {
+    let mut script = String::new();
     if want_links {
         script.push_str(
             "if cd \"$r/links\" 2>/dev/null; then for l in */result*; do [ -L \"$l\" ] && printf 'L\\0%s\\0%s\\0' \"$l\" \"$(readlink \"$l\")\"; done; fi\n",
@@ -544,9 +541,11 @@ pub fn run(
     }
     let code = exec::exit_code(status);
     if code == 255 && !conn.alive() {
-        bail!(crate::ssh::SshError(format!(
-            "{host}: running the command: the ssh connection was lost (ssh's message is above)\n  fix: check the network to {host}; run `ssh -v {host} true` to see why"
-        )));
+        bail!(crate::ssh::connection_lost(
+            host,
+            "running the command",
+            "the ssh connection was lost (ssh's message is above)"
+        ));
     }
     Ok(Outcome::Exited(code))
 }
@@ -599,10 +598,12 @@ mod tests {
             (0, m0.display().to_string()),
             (10, m1.display().to_string()),
         ];
+        // As in the session's shell: the run dir in $r.
         let sh = |script: &str| {
             let out = std::process::Command::new("/bin/sh")
                 .arg("-c")
                 .arg(script)
+                .env("r", &run)
                 .output()
                 .unwrap();
             assert!(
@@ -620,11 +621,7 @@ mod tests {
         std::fs::write(m0.join("sub/new file"), "n").unwrap();
         std::fs::remove_file(m0.join("sub/doomed file")).unwrap();
         std::os::unix::fs::symlink("/nix/store/abc-x", run.join("links/0/result")).unwrap();
-        let after = parse_after(&sh(&inspect_script(
-            &run.display().to_string(),
-            true,
-            &mirrors,
-        )));
+        let after = parse_after(&sh(&inspect_script(true, &mirrors)));
         assert_eq!(
             after.links,
             vec![("0/result".to_string(), "/nix/store/abc-x".to_string())]

@@ -331,6 +331,13 @@ fn socket_dir() -> Result<tempfile::TempDir> {
 #[derive(Debug)]
 pub struct SshError(pub String);
 
+/// The connection, or a session on it, went away in the middle of `step`.
+pub fn connection_lost(host: &str, step: &str, what: &str) -> SshError {
+    SshError(format!(
+        "{host}: {step}: {what}\n  fix: check the network to {host}; run `ssh -v {host} true` to see why"
+    ))
+}
+
 impl std::fmt::Display for SshError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)

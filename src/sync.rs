@@ -153,7 +153,12 @@ pub fn upload(conn: &Connection, env: &RemoteEnv, plan: &Plan) -> Result<Vec<Upl
                 // `adopt_index_script`): one with HOST's file stats, so git and nix there need
                 // not re-read every file to know the tree is clean.
                 if with_git_dir {
-                    index = IndexCopy::new(&dot_git.join("index"))?;
+                    index = IndexCopy::new(&dot_git.join("index")).with_context(|| {
+                        format!(
+                            "{}: {step}: copying the git index to send it\n  fix: check that .git/index is readable and that the temporary directory ($TMPDIR or /tmp) has space",
+                            conn.transport.label
+                        )
+                    })?;
                 }
                 if index.is_some() {
                     cmd = cmd.args(["--filter=-s /.git/index", "--filter=P /.git/index"]);
