@@ -53,10 +53,13 @@ pub struct Upload {
 /// rsync's options shared by every transfer: recursive, links, permissions, times, and
 /// times compared to the nanosecond (`--modify-window=-1`, rsync ≥ 3.1.3): by default rsync
 /// compares whole seconds, and a same-size edit within the same second would be skipped,
-/// leaving a mirror that is not what nix sees here.
+/// leaving a mirror that is not what nix sees here. `--no-inc-recursive`: with incremental
+/// recursion the sender sends each directory's list as the receiver asks for it, a round
+/// trip per batch; one list up front took W2's sync (5000 files in 50 directories, 40 ms
+/// round trips) from 0.93 s to 0.50 s, and a source tree's list is small enough to hold.
 fn rsync(conn: &Connection, env: &RemoteEnv) -> Cmd {
     Cmd::new("rsync")
-        .args(["-rlpt", "--modify-window=-1", "-e"])
+        .args(["-rlpt", "--modify-window=-1", "--no-inc-recursive", "-e"])
         .arg(conn.rsync_shell())
         .arg(format!(
             "--rsync-path={}",
