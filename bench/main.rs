@@ -396,6 +396,15 @@ fn main() {
     write_report(&args, &names, &results);
 }
 
+/// Bytes as a reader compares them: KB for control traffic, MB for payloads.
+fn size(bytes: f64) -> String {
+    if bytes >= 1e6 {
+        format!("{:.1} MB", bytes / 1e6)
+    } else {
+        format!("{:.1} KB", bytes / 1e3)
+    }
+}
+
 fn write_report(
     args: &Args,
     names: &BTreeMap<&str, &str>,
@@ -437,7 +446,7 @@ fn write_report(
          - Link: veth shaped with `tc tbf` to {} Mbit/s each way; {} ms round trip added by a delay line in the ssh path (ProxyCommand).\n\
          - Storage: sources, both stores and the host's files on a tmpfs (see bench/run): the link is measured, not this VM's disk.\n\
          - Every run: a fresh remote store and a fresh local store. Sizes are the issue's times `--scale` (30 steps of {} MB; {} files of 40 KB; {} leaves).\n\
-         - Time: median (min–max) of the runs. Bytes: both directions on the veth. Logins: ssh connections the host accepted.\n\n",
+         - Time: median (min–max) of the runs; vs (b), vs (d): that median over (b)'s or (d)'s, so below 1× is faster. Bytes: both directions on the veth. Logins: ssh connections the host accepted.\n\n",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         args.rate_mbit,
         args.rtt_ms,
@@ -447,7 +456,7 @@ fn write_report(
     ));
     let mut json = serde_json::Map::new();
     for (w, by_method) in results {
-        md.push_str(&format!("## {}\n\n| method | time (s) | vs (b) | vs (d) | MB on the link | ssh logins |\n|---|---|---|---|---|---|\n", titles.get(w.as_str()).unwrap_or(&w.as_str())));
+        md.push_str(&format!("## {}\n\n| method | time (s) | vs (b) | vs (d) | bytes on the link | ssh logins |\n|---|---|---|---|---|---|\n", titles.get(w.as_str()).unwrap_or(&w.as_str())));
         let med = |m: &str| {
             by_method
                 .get(m)
@@ -471,11 +480,11 @@ fn write_report(
                             .unwrap_or_else(|| "–".into())
                     };
                     md.push_str(&format!(
-                        "| {} | {tm:.2} ({min:.2}–{max:.2}) | {} | {} | {:.1} | {logins:.0} |\n",
+                        "| {} | {tm:.2} ({min:.2}–{max:.2}) | {} | {} | {} | {logins:.0} |\n",
                         names[m.as_str()],
                         ratio(base_b),
                         ratio(base_d),
-                        bytes / 1e6
+                        size(bytes)
                     ));
                     wj.insert(m.clone(), serde_json::json!({ "median": tm, "min": min, "max": max, "bytes": bytes, "logins": logins }));
                 }
