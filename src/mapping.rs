@@ -95,6 +95,8 @@ pub struct Plan {
     pub words: Vec<Word>,
     pub cwd: RemoteCwd,
     pub links: Vec<LinkSpec>,
+    /// Every local flake the command names: (source, the flake's directory in it).
+    pub flakes: Vec<(usize, String)>,
     /// Warnings for the user about what edict could not carry over.
     pub notes: Vec<String>,
 }
@@ -122,6 +124,7 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
         words: Vec::new(),
         cwd: RemoteCwd::Run,
         links: Vec::new(),
+        flakes: Vec::new(),
         notes: Vec::new(),
     };
     let sub_refs = args.subcommand();
@@ -131,7 +134,6 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
         .iter()
         .rposition(|a| a.role == Role::Command)
         .map_or(0, |i| i + 1);
-    let mut flake_dirs: Vec<(usize, String)> = Vec::new(); // (source, flake dir in it) for lock scanning
     let mut output_file_sources = Vec::new();
 
     for arg in &args.args {
@@ -144,7 +146,7 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
                     if let Some(d) = lref.dir_param() {
                         dir = join_rel(&dir, &d);
                     }
-                    flake_dirs.push((src, dir));
+                    p.flakes.push((src, dir));
                     Word::Ref {
                         local: lref,
                         src,
@@ -181,7 +183,7 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
                     local.cwd.display()
                 )
             })?;
-        flake_dirs.push((src, rel));
+        p.flakes.push((src, rel));
     }
 
     // `nix build` makes `./result` unless told otherwise; edict has it made in the run's
@@ -197,7 +199,7 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
     // Local path inputs recorded in flake.lock would name paths HOST does not have.
     let updating = matches!(sub_refs.as_slice(), ["flake", "update" | "lock", ..]);
     let mut overrides = Vec::new();
-    for (src, dir) in flake_dirs.clone() {
+    for (src, dir) in p.flakes.clone() {
         let lock = p.sources[src].root.join(&dir).join("flake.lock");
         for (input, path, kind) in local_inputs(&lock)? {
             if p.sources

@@ -197,6 +197,7 @@ mod tests {
                     local_base: "/tmp/my out".into(),
                 },
             ],
+            flakes: vec![],
             notes: vec![],
         };
         let found: Vec<(String, String)> = [

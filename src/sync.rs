@@ -4,7 +4,7 @@
 //!
 //! For a git work tree, "what nix sees" is the tracked files with their uncommitted changes,
 //! plus `.git` so that `self.rev` and dirtiness match: untracked and ignored files (build
-//! output, secrets) never leave this machine. rsync gets an exact include list (NUL-separated,
+//! output, secrets) never leave this machine. rsync gets an exact filter list (NUL-separated,
 //! wildcards escaped, so any file name works) and `--delete-excluded`, so the mirror holds
 //! that set and nothing else; files deleted here disappear there.
 
@@ -117,6 +117,7 @@ pub fn upload(conn: &Connection, env: &RemoteEnv, plan: &Plan) -> Result<Vec<Upl
             plan.mirror(i, &env.dirs)
         );
         let step = format!("syncing {}", src.root.display());
+        let host = &conn.transport.label;
         let mut upload = Upload::default();
         let tmp = tempfile::NamedTempFile::new()?;
         // Lives until rsync has run.
@@ -124,6 +125,13 @@ pub fn upload(conn: &Connection, env: &RemoteEnv, plan: &Plan) -> Result<Vec<Upl
         let cmd = match src.kind {
             SourceKind::Git => {
                 let tracked = tracked_files(&src.root)?;
+                if let Some(f) = untracked_flake_nix(plan, i, &tracked) {
+                    bail!(
+                        "{host}: {step}: {f} is not tracked by git, and nix (here as on {host}) reads only the files git tracks\n  fix: git -C {} add {}",
+                        quote(&src.root.display().to_string()),
+                        quote(&f)
+                    );
+                }
                 let dot_git = src.root.join(".git");
                 let with_git_dir = dot_git.is_dir();
                 if !with_git_dir {
@@ -143,7 +151,7 @@ pub fn upload(conn: &Connection, env: &RemoteEnv, plan: &Plan) -> Result<Vec<Upl
                     "{}: {} tracked files, {} rules ({})",
                     src.root.display(),
                     tracked.files.len(),
-                    rules.count,
+                    rules.count(),
                     if rules.exclude {
                         "the untracked ones excluded"
                     } else {
@@ -250,6 +258,30 @@ pub fn tracked_files(root: &Path) -> Result<Tracked> {
     })
 }
 
+/// The first `flake.nix` of a flake in source `src` that exists but that git does not track.
+/// Nix would refuse it here too; on HOST, where it is not sent, nix's error would name the
+/// mirror and miss the fix.
+fn untracked_flake_nix(plan: &Plan, src: usize, tracked: &Tracked) -> Option<String> {
+    let root = &plan.sources[src].root;
+    plan.flakes
+        .iter()
+        .filter(|(s, _)| *s == src)
+        .filter_map(|(_, dir)| {
+            // As git names it: `a/b/flake.nix`, whatever `./` or `//` the ref was written with.
+            let mut parts = Vec::new();
+            for c in Path::new(dir).components() {
+                match c {
+                    std::path::Component::Normal(n) => parts.push(n.to_str()?),
+                    std::path::Component::CurDir => {}
+                    _ => return None, // `..` or absolute: not a path inside the work tree
+                }
+            }
+            parts.push("flake.nix");
+            Some(parts.join("/"))
+        })
+        .find(|f| root.join(f).is_file() && tracked.files.binary_search(f).is_err())
+}
+
 /// Everything in the work tree git does not track, ignored or not, a wholly untracked
 /// directory as one `dir/` entry. Raw bytes: a name that is not UTF-8 must still match.
 fn untracked(root: &Path) -> Result<Vec<Vec<u8>>> {
@@ -280,10 +312,15 @@ fn git_ls_files(root: &Path, args: &[&str]) -> Result<Vec<u8>> {
 /// rsync filter rules that send exactly the tracked files (plus `.git`), NUL-separated.
 struct Rules {
     list: Vec<u8>,
-    count: usize,
     /// `list` excludes what is not tracked (everything else goes); otherwise it includes
     /// what is tracked and the caller adds `--exclude=*`.
     exclude: bool,
+}
+
+impl Rules {
+    fn count(&self) -> usize {
+        self.list.iter().filter(|b| **b == 0).count()
+    }
 }
 
 /// rsync tries every rule on every file, so a list as long as the tree costs time that
@@ -318,7 +355,6 @@ fn git_rules(tracked: &Tracked, untracked: &[Vec<u8>], with_git_dir: bool) -> Ru
         }
         return Rules {
             list,
-            count: excludes,
             exclude: true,
         };
     }
@@ -333,7 +369,6 @@ fn git_rules(tracked: &Tracked, untracked: &[Vec<u8>], with_git_dir: bool) -> Ru
     }
     Rules {
         list,
-        count: includes,
         exclude: false,
     }
 }
@@ -593,6 +628,38 @@ fn place(from: &Path, to: &Path) -> Result<()> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn an_untracked_flake_nix_is_found_however_its_directory_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("sub/deep")).unwrap();
+        for f in ["flake.nix", "sub/flake.nix", "sub/deep/flake.nix"] {
+            std::fs::write(dir.path().join(f), "{}").unwrap();
+        }
+        let plan = |flakes: &[&str]| Plan {
+            sources: vec![crate::mapping::Source {
+                root: dir.path().to_path_buf(),
+                kind: SourceKind::Git,
+                name: "m".into(),
+                sync_back: false,
+            }],
+            words: vec![],
+            cwd: crate::mapping::RemoteCwd::Run,
+            links: vec![],
+            flakes: flakes.iter().map(|d| (0, d.to_string())).collect(),
+            notes: vec![],
+        };
+        let tracked = Tracked {
+            files: vec!["flake.nix".into(), "sub/deep/flake.nix".into()],
+            submodules: vec![],
+        };
+        let found = |flakes: &[&str]| untracked_flake_nix(&plan(flakes), 0, &tracked);
+        assert_eq!(found(&["", ".", "sub/deep", "./sub//deep/"]), None);
+        assert_eq!(found(&["", "./sub/"]).as_deref(), Some("sub/flake.nix"));
+        assert_eq!(found(&["sub"]).as_deref(), Some("sub/flake.nix"));
+        // Not a directory of this work tree, or no flake.nix at all: nix will say.
+        assert_eq!(found(&["../sub", "/abs", "nowhere"]), None);
+    }
+
     fn rules_of(r: &Rules) -> Vec<&str> {
         r.list
             .split(|b| *b == 0)
@@ -616,7 +683,7 @@ mod tests {
         let few = vec![b"result".to_vec(), b"target/".to_vec(), b"*".to_vec()];
         let r = git_rules(&tracked, &few, true);
         assert!(r.exclude);
-        assert_eq!(r.count, 4);
+        assert_eq!(r.count(), 4);
         assert_eq!(
             rules_of(&r),
             vec!["/result", "/target/", "/\\*", "/vendor/lib/"]

@@ -150,3 +150,56 @@ fn a_login_shell_that_prints_text() {
         );
     }
 }
+
+/// The classic first-flake slip: flake.nix written but never `git add`ed. Nix reads only
+/// tracked files (so it would fail here too); edict says which file and how to fix it before
+/// sending anything, for the flake at the root, in a subdirectory, and named by `?dir=`, then
+/// builds once the file is added (not committed).
+#[test]
+fn a_flake_git_does_not_track() {
+    let mut lab = Lab::new();
+    lab.start(HostSpec::new("untracked", Flavour::Trixie));
+    let dir = lab.workdir("untracked");
+    std::fs::write(dir.join("README"), "hello\n").unwrap();
+    lab::git_init(&dir);
+    lab::write_flake(&dir, &lab::unique_tag());
+    lab::write_flake(&dir.join("sub"), &lab::unique_tag());
+    let url = format!("git+file://{}?dir=sub#default", dir.display());
+    for (cwd, installable, file) in [
+        (dir.clone(), ".#default", "flake.nix"),
+        (dir.clone(), "./sub#default", "sub/flake.nix"),
+        (dir.join("sub"), ".#default", "sub/flake.nix"),
+        (dir.join("sub"), url.as_str(), "sub/flake.nix"),
+    ] {
+        let out = lab
+            .edict(&cwd)
+            .args(["untracked", "nix", "build", installable])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        lab::assert_mentions(
+            &String::from_utf8_lossy(&out.stderr),
+            &[
+                "untracked: syncing",
+                &format!("{file} is not tracked by git"),
+                "fix: git -C",
+                &format!("add {file}"),
+            ],
+        );
+        for m in lab.mirrors("untracked") {
+            let sent: Vec<_> = std::fs::read_dir(&m).unwrap().flatten().collect();
+            assert!(
+                sent.is_empty(),
+                "nothing was sent, but {m:?} holds {sent:?}"
+            );
+        }
+    }
+    lab::git(&dir, &["add", "flake.nix", "sub/flake.nix"]);
+    let out = lab
+        .edict(&dir)
+        .args(["untracked", "nix", "build", "./sub#default"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(dir.join("result").exists());
+}
