@@ -73,9 +73,7 @@ impl Session {
     /// its stdout.
     pub fn ask(&mut self, conn: &Connection, step: &str, script: &str) -> Result<Vec<u8>> {
         use std::io::Write as _;
-        let host = &conn.transport.label;
-        let lost =
-            || crate::ssh::connection_lost(host, step, "the ssh session holding the run was lost");
+        let lost = || conn.lost(step, "the ssh session holding the run was lost");
         let stdin = self.stdin.as_mut().ok_or_else(lost)?;
         stdin
             .write_all(ask_script(script).as_bytes())
@@ -541,10 +539,9 @@ pub fn run(
     }
     let code = exec::exit_code(status);
     if code == 255 && !conn.alive() {
-        bail!(crate::ssh::connection_lost(
-            host,
+        bail!(conn.lost(
             "running the command",
-            "the ssh connection was lost (ssh's message is above)"
+            "the ssh connection was lost while the command ran (it may still be running there)"
         ));
     }
     Ok(Outcome::Exited(code))

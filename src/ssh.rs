@@ -199,11 +199,16 @@ impl Connection {
             _dir: dir,
         };
         // -f: return once authenticated (prompts happen first, on the terminal);
-        // ControlPersist: if edict dies without closing it, it exits when idle.
+        // ControlPersist: if edict dies without closing it, it exits when idle. -E: once
+        // in the background the master's stderr is /dev/null, and its last words (why the
+        // connection died) belong in edict's error.
         let cmd = Cmd::new("ssh")
             .args(conn.transport.user_opts.clone())
+            .args(conn.keepalive())
             .args(["-o", "ControlMaster=yes", "-o"])
             .arg(format!("ControlPath={}", conn.socket.display()))
+            .arg("-E")
+            .arg(log.display().to_string())
             .args([
                 "-o",
                 "ControlPersist=15",
@@ -214,7 +219,10 @@ impl Connection {
                 "--",
             ])
             .arg(conn.transport.dest.target());
-        let log_file = std::fs::File::create(&log)?;
+        let log_file = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&log)?;
         let status = cmd
             .spawn(|c| {
                 c.stdin(std::process::Stdio::null())
@@ -227,6 +235,54 @@ impl Connection {
             return Err(ssh_failure(&conn.transport.label, "connecting", &stderr));
         }
         Ok(conn)
+    }
+
+    /// Keepalives for the master unless the user's ssh config sets them: without, a link
+    /// that drops silently (a suspended laptop, a Wi-Fi change) leaves edict waiting for
+    /// hours; with them, the master gives up after about a minute and edict says so. A
+    /// command-line `-o` would override the user's own setting, hence `ssh -G` first.
+    fn keepalive(&self) -> Vec<String> {
+        let config = Cmd::new("ssh")
+            .args(self.transport.user_opts.clone())
+            .args(["-G", "--"])
+            .arg(self.transport.dest.target())
+            .output();
+        let config = config
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        if sets_keepalive(&config) {
+            return Vec::new();
+        }
+        [
+            "-o",
+            "ServerAliveInterval=15",
+            "-o",
+            "ServerAliveCountMax=4",
+        ]
+        .map(str::to_string)
+        .to_vec()
+    }
+
+    /// The connection, or a session on it, went away in the middle of `step`: the error,
+    /// with what the master said (its stderr goes to a log, not the terminal).
+    pub fn lost(&self, step: &str, what: &str) -> SshError {
+        let host = &self.transport.label;
+        let log =
+            std::fs::read_to_string(self.socket.with_file_name("master.log")).unwrap_or_default();
+        let said = log
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("\n  ");
+        let said = if said.is_empty() {
+            String::new()
+        } else {
+            format!("\n  ssh said: {said}")
+        };
+        SshError(format!(
+            "{host}: {step}: {what}{said}\n  fix: check the network to {host}; run `ssh -v {host} true` to see why"
+        ))
     }
 
     /// ssh options for every client of the master.
@@ -331,11 +387,12 @@ fn socket_dir() -> Result<tempfile::TempDir> {
 #[derive(Debug)]
 pub struct SshError(pub String);
 
-/// The connection, or a session on it, went away in the middle of `step`.
-pub fn connection_lost(host: &str, step: &str, what: &str) -> SshError {
-    SshError(format!(
-        "{host}: {step}: {what}\n  fix: check the network to {host}; run `ssh -v {host} true` to see why"
-    ))
+/// Whether `ssh -G` output has keepalives on (`serveraliveinterval` above 0).
+fn sets_keepalive(config: &str) -> bool {
+    config.lines().any(|l| {
+        l.strip_prefix("serveraliveinterval ")
+            .is_some_and(|v| v.trim() != "0")
+    })
 }
 
 impl std::fmt::Display for SshError {
@@ -436,6 +493,14 @@ pub fn chatty_shell(host: &str, stderr: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keepalives_are_left_to_a_config_that_sets_them() {
+        let g = |v: &str| format!("user root\nserveraliveinterval {v}\nserveralivecountmax 3\n");
+        assert!(!sets_keepalive(&g("0")), "ssh's default: off");
+        assert!(sets_keepalive(&g("30")));
+        assert!(!sets_keepalive(""), "no ssh -G output: edict's default");
+    }
 
     fn d(user: Option<&str>, host: &str, port: Option<u16>) -> Destination {
         Destination {

@@ -1052,6 +1052,139 @@ fn after_kill_9_the_next_run_just_works() {
     });
 }
 
+/// The network goes away mid-run (here: edict's ssh master connection dies, as it does when
+/// the link drops and ssh gives up): edict says so with host, step and a fix, exits 255 as ssh
+/// does, leaves the local tree alone, and the next run neither waits for a lock nor fails.
+#[test]
+fn a_connection_lost_mid_run_is_reported_and_the_next_run_works() {
+    each_host(|lab, host, _| {
+        let dir = lab.workdir(&format!("lost-{host}"));
+        lab::write_rich_flake(&dir, &lab::unique_tag());
+        let listing = || {
+            let mut names: Vec<String> = std::fs::read_dir(&dir)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            (
+                names,
+                std::fs::read_to_string(dir.join("flake.nix")).unwrap(),
+            )
+        };
+        let before = listing();
+        let pidfile = format!("/root/lost-{host}.pid");
+        let child = lab
+            .edict(&dir)
+            .args([host, "nix", "run", ".#sleeper", "--", &pidfile])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let remote_pid = wait_for_file(&lab.host(host).local_path(&pidfile));
+        // This lab's master: the one ssh with ControlMaster=yes and this lab's ssh config.
+        let config = lab.ssh_config().display().to_string();
+        let masters: Vec<i32> = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let cmd = String::from_utf8_lossy(&cmd);
+                cmd.contains("ControlMaster=yes") && cmd.contains(&config)
+            })
+            .collect();
+        assert_eq!(masters.len(), 1, "one master for this run: {masters:?}");
+        unsafe { libc::kill(masters[0], libc::SIGKILL) };
+        let out = child.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(255), "{err}");
+        lab::assert_mentions(
+            &err,
+            &[host, "lost", &format!("fix: check the network to {host}")],
+        );
+        assert_eq!(listing(), before, "nothing local changed");
+        let out = ok(lab.edict(&dir).args([host, "nix", "build", ".#default"]));
+        assert!(!stderr(&out).contains("waiting"), "{}", describe(&out));
+        assert!(dir.join("result/greeting").exists());
+        unsafe { libc::kill(remote_pid.parse().unwrap(), libc::SIGKILL) };
+    });
+}
+
+/// The link goes silent mid-run (the host's sshd stops answering, as when a laptop changes
+/// networks): with keepalives from the user's ssh options, edict's master gives up, and edict
+/// says so with ssh's own words, host, step and fix, instead of waiting forever.
+#[test]
+fn a_silent_link_ends_the_run_with_ssh_s_words() {
+    each_host(|lab, host, _| {
+        let dir = lab.workdir(&format!("silent-{host}"));
+        lab::write_rich_flake(&dir, &lab::unique_tag());
+        let pidfile = format!("/root/silent-{host}.pid");
+        let child = lab
+            .edict(&dir)
+            .env(
+                "EDICT_SSH_OPTS",
+                format!(
+                    "{} -o ServerAliveInterval=1 -o ServerAliveCountMax=2",
+                    lab.ssh_opts()
+                ),
+            )
+            .args([host, "nix", "run", ".#sleeper", "--", &pidfile])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let remote_pid = wait_for_file(&lab.host(host).local_path(&pidfile));
+        // Freeze every sshd serving a connection on this host (not the listener itself).
+        let sessions = sshd_sessions(lab.host(host).pid() as i32);
+        assert!(!sessions.is_empty());
+        for pid in &sessions {
+            unsafe { libc::kill(*pid, libc::SIGSTOP) };
+        }
+        let out = child.wait_with_output().unwrap();
+        for pid in &sessions {
+            unsafe { libc::kill(*pid, libc::SIGCONT) };
+        }
+        unsafe { libc::kill(remote_pid.parse().unwrap(), libc::SIGKILL) };
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(255), "{err}");
+        lab::assert_mentions(
+            &err,
+            &[
+                &format!("{host}: running the command: the ssh connection was lost"),
+                "ssh said: Timeout, server",
+                "not responding",
+                "fix: check the network",
+            ],
+        );
+    });
+}
+
+/// The processes below the sshd listener `listener` whose name starts with sshd: one or two
+/// per connection (`sshd: root@notty`, OpenSSH ≥ 9.8's `sshd-session`).
+fn sshd_sessions(listener: i32) -> Vec<i32> {
+    let parent = |pid: i32| -> Option<(i32, String)> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (name, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
+        Some((rest.split(' ').nth(1)?.parse().ok()?, name.to_string()))
+    };
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            let Some((mut up, name)) = parent(pid) else {
+                return false;
+            };
+            while up > 1 {
+                if up == listener {
+                    return name.starts_with("sshd");
+                }
+                up = parent(up).map_or(0, |p| p.0);
+            }
+            false
+        })
+        .collect()
+}
+
 #[test]
 fn multi_user_hosts_reached_as_an_ordinary_user() {
     let mut lab = Lab::new();
