@@ -257,6 +257,23 @@ fn git_flake_sends_exactly_what_nix_sees() {
     });
 }
 
+/// The first minutes of every flake: `git init`, `git add flake.nix`, build, with nothing
+/// committed yet (no HEAD). Nix builds that here (a dirty tree); so must HOST.
+#[test]
+fn a_new_repo_with_nothing_committed_builds() {
+    each_host(|lab, host, _| {
+        let dir = lab.workdir(&format!("fresh-{host}"));
+        lab::write_rich_flake(&dir, &lab::unique_tag());
+        std::fs::write(dir.join("notes.txt"), "not added\n").unwrap();
+        lab::git(&dir, &["init", "-q", "-b", "main"]);
+        lab::git(&dir, &["add", "flake.nix"]);
+        ok(lab.edict(&dir).args([host, "nix", "build", ".#default"]));
+        assert!(dir.join("result/greeting").exists());
+        let mirror = lab.mirror_of(host, &format!("fresh-{host}"));
+        assert!(!mirror.join("notes.txt").exists(), "an untracked file was sent");
+    });
+}
+
 /// Without git on HOST, the index sent is used as is (Nix 2.26 reads the repository with
 /// libgit2): self.rev and dirtiness still match this machine's.
 #[test]
