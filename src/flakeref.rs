@@ -54,10 +54,19 @@ impl LocalRef {
 
     /// The `dir=` query parameter (a flake in a subdirectory of the source), if any.
     pub fn dir_param(&self) -> Option<String> {
+        self.param("dir")
+    }
+
+    /// Whether the ref asks nix for the git submodules too (`?submodules=1`).
+    pub fn wants_submodules(&self) -> bool {
+        matches!(self.param("submodules").as_deref(), Some("1" | "true"))
+    }
+
+    fn param(&self, name: &str) -> Option<String> {
         self.query
             .trim_start_matches('?')
             .split('&')
-            .find_map(|kv| kv.strip_prefix("dir="))
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
             .map(percent_decode)
     }
 }
@@ -271,6 +280,11 @@ mod tests {
             (LocalKind::GitFile, "/home/me/r", "?ref=main&dir=sub")
         );
         assert_eq!(l.dir_param().as_deref(), Some("sub"));
+        assert!(!l.wants_submodules());
+        assert!(local(".?submodules=1#x").wants_submodules());
+        assert!(local("git+file:///r?dir=a&submodules=true").wants_submodules());
+        assert!(!local(".?submodules=0&dirx=1").wants_submodules());
+        assert_eq!(local(".?dirx=1").dir_param(), None);
         let l = local("git+file:/home/me/r");
         assert_eq!(
             (l.kind.clone(), l.path.as_str()),

@@ -9,7 +9,7 @@
 //! that set and nothing else; files deleted here disappear there.
 
 use crate::exec::{self, Cmd, quote};
-use crate::mapping::{Plan, SourceKind};
+use crate::mapping::{Plan, SourceKind, Word};
 use crate::remote::{After, RemoteEnv};
 use crate::ssh::{Connection, ssh_failure};
 use anyhow::{Context, Result, bail};
@@ -124,7 +124,10 @@ pub fn upload(conn: &Connection, env: &RemoteEnv, plan: &Plan) -> Result<Vec<Upl
         let mut index = None;
         let cmd = match src.kind {
             SourceKind::Git => {
-                let tracked = tracked_files(&src.root)?;
+                let mut tracked = tracked_files(&src.root)?;
+                if wants_submodules(plan, i) {
+                    with_submodules(&src.root, &mut tracked)?;
+                }
                 if let Some(f) = untracked_flake_nix(plan, i, &tracked) {
                     bail!(
                         "{host}: {step}: {f} is not tracked by git, and nix (here as on {host}) reads only the files git tracks\n  fix: git -C {} add {}",
@@ -235,6 +238,38 @@ pub fn stats_summary(stats: &str) -> String {
 pub struct Tracked {
     pub files: Vec<String>,
     pub submodules: Vec<String>,
+    /// `files` holds the submodules' tracked files too (see [`with_submodules`]).
+    pub nested: bool,
+}
+
+/// Whether a ref to source `src` asks nix for the submodules (`?submodules=1`).
+fn wants_submodules(plan: &Plan, src: usize) -> bool {
+    plan.words.iter().any(
+        |w| matches!(w, Word::Ref { local, src: s, .. } if *s == src && local.wants_submodules()),
+    )
+}
+
+/// Adds the tracked files of every checked-out submodule, at any depth, and each one's
+/// `.git` file (it points into the superproject's `.git/modules`, which is sent): what nix
+/// reads with `?submodules=1`. A submodule that is not checked out stays out, as for nix.
+fn with_submodules(root: &Path, tracked: &mut Tracked) -> Result<()> {
+    for sub in std::mem::take(&mut tracked.submodules) {
+        let dir = root.join(&sub);
+        if !dir.join(".git").exists() {
+            continue;
+        }
+        let mut inner = tracked_files(&dir)?;
+        with_submodules(&dir, &mut inner)?;
+        tracked
+            .files
+            .extend(inner.files.iter().map(|f| format!("{sub}/{f}")));
+        if dir.join(".git").is_file() {
+            tracked.files.push(format!("{sub}/.git"));
+        }
+    }
+    tracked.files.sort();
+    tracked.nested = true;
+    Ok(())
 }
 
 pub fn tracked_files(root: &Path) -> Result<Tracked> {
@@ -255,6 +290,7 @@ pub fn tracked_files(root: &Path) -> Result<Tracked> {
     Ok(Tracked {
         files: files.into_iter().collect(),
         submodules,
+        nested: false,
     })
 }
 
@@ -343,7 +379,8 @@ fn git_rules(tracked: &Tracked, untracked: &[Vec<u8>], with_git_dir: bool) -> Ru
         list.extend_from_slice(&escape_pattern(r));
         list.push(0);
     };
-    if excludes <= includes {
+    // Untracked files inside submodules are not in `untracked`: only an include list is exact.
+    if excludes <= includes && !tracked.nested {
         for u in untracked {
             rule(u);
         }
@@ -651,6 +688,7 @@ mod tests {
         let tracked = Tracked {
             files: vec!["flake.nix".into(), "sub/deep/flake.nix".into()],
             submodules: vec![],
+            nested: false,
         };
         let found = |flakes: &[&str]| untracked_flake_nix(&plan(flakes), 0, &tracked);
         assert_eq!(found(&["", ".", "sub/deep", "./sub//deep/"]), None);
@@ -678,6 +716,7 @@ mod tests {
                 "flake.nix".to_string(),
             ],
             submodules: vec!["vendor/lib".to_string()],
+            nested: false,
         };
         // Few untracked entries: exclude them (and the submodule), send the rest.
         let few = vec![b"result".to_vec(), b"target/".to_vec(), b"*".to_vec()];
@@ -706,6 +745,23 @@ mod tests {
                 "/flake.nix",
                 "/.git/***"
             ]
+        );
+    }
+
+    #[test]
+    fn with_submodules_only_an_include_list_is_exact() {
+        // An untracked file inside a submodule is not in the superproject's list of
+        // untracked ones, so excluding could send it: include the tracked files instead.
+        let tracked = Tracked {
+            files: vec!["flake.nix".into(), "sub/.git".into(), "sub/data".into()],
+            submodules: vec![],
+            nested: true,
+        };
+        let r = git_rules(&tracked, &[], true);
+        assert!(!r.exclude);
+        assert_eq!(
+            rules_of(&r),
+            vec!["/sub/", "/flake.nix", "/sub/.git", "/sub/data", "/.git/***"]
         );
     }
 

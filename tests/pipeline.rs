@@ -270,7 +270,73 @@ fn a_new_repo_with_nothing_committed_builds() {
         ok(lab.edict(&dir).args([host, "nix", "build", ".#default"]));
         assert!(dir.join("result/greeting").exists());
         let mirror = lab.mirror_of(host, &format!("fresh-{host}"));
-        assert!(!mirror.join("notes.txt").exists(), "an untracked file was sent");
+        assert!(
+            !mirror.join("notes.txt").exists(),
+            "an untracked file was sent"
+        );
+    });
+}
+
+/// `?submodules=1`: the submodule's tracked files (and its `.git` file) go too, never its
+/// untracked ones; without it nix leaves the submodule out, here and there alike.
+#[test]
+fn submodules_go_when_the_ref_asks_for_them() {
+    each_host(|lab, host, _| {
+        let base = lab.workdir(&format!("subm-{host}"));
+        let inner = base.join("inner");
+        std::fs::create_dir_all(&inner).unwrap();
+        std::fs::write(inner.join("data.txt"), "from the submodule\n").unwrap();
+        lab::git_init(&inner);
+        let top = base.join("top");
+        std::fs::create_dir_all(&top).unwrap();
+        std::fs::write(
+            top.join("flake.nix"),
+            r#"{
+  outputs = { self }: {
+    packages.x86_64-linux.default = derivation {
+      name = "subm"; system = "x86_64-linux"; builder = "/bin/sh";
+      args = [ "-c" "read -r l < ${./sub/data.txt}; echo \"$l\" > $out" ];
+    };
+  };
+}
+"#,
+        )
+        .unwrap();
+        lab::git_init(&top);
+        let inner_path = inner.display().to_string();
+        lab::git(
+            &top,
+            &[
+                "-c",
+                "protocol.file.allow=always",
+                "submodule",
+                "add",
+                "-q",
+                &inner_path,
+                "sub",
+            ],
+        );
+        lab::git(&top, &["commit", "-qm", "sub"]);
+        std::fs::write(top.join("sub/untracked.txt"), "stays here\n").unwrap();
+        std::fs::write(top.join("sub/data.txt"), "edited, not committed\n").unwrap();
+
+        ok(lab
+            .edict(&top)
+            .args([host, "nix", "build", ".?submodules=1#default"]));
+        let out = std::fs::read_to_string(top.join("result")).unwrap();
+        assert_eq!(out, "edited, not committed\n");
+        let mirror = lab.mirror_of(host, "top");
+        assert!(mirror.join("sub/.git").is_file());
+        assert!(
+            !mirror.join("sub/untracked.txt").exists(),
+            "an untracked file was sent"
+        );
+
+        // Without `?submodules=1` the submodule is not part of the flake: nix fails the
+        // same way it would here, and the mirror drops the submodule again.
+        let out = run(lab.edict(&top).args([host, "nix", "build", ".#default"]));
+        assert!(!out.status.success(), "{}", describe(&out));
+        assert!(!mirror.join("sub/data.txt").exists());
     });
 }
 
