@@ -27,7 +27,7 @@ pub fn describe(plan: &Plan, host: &str, no_link: bool) -> String {
     let mut s = format!("edict --dry-run: the plan for {host} (nothing is sent)\n");
     for (i, src) in plan.sources.iter().enumerate() {
         let what = match src.kind {
-            SourceKind::Git => match sync::tracked_files(&src.root) {
+            SourceKind::Git => match sync::sent_files(plan, i) {
                 Ok(t) => format!("git work tree: {} tracked files and .git", t.files.len()),
                 Err(e) => format!("git work tree ({e:#})"),
             },

@@ -124,10 +124,7 @@ pub fn upload(conn: &Connection, env: &RemoteEnv, plan: &Plan) -> Result<Vec<Upl
         let mut index = None;
         let cmd = match src.kind {
             SourceKind::Git => {
-                let mut tracked = tracked_files(&src.root)?;
-                if wants_submodules(plan, i) {
-                    with_submodules(&src.root, &mut tracked)?;
-                }
+                let tracked = sent_files(plan, i)?;
                 if let Some(f) = untracked_flake_nix(plan, i, &tracked) {
                     bail!(
                         "{host}: {step}: {f} is not tracked by git, and nix (here as on {host}) reads only the files git tracks\n  fix: git -C {} add {}",
@@ -242,6 +239,16 @@ pub struct Tracked {
     pub nested: bool,
 }
 
+/// What goes of git source `src`: its tracked files, and its submodules' when a ref asks.
+pub fn sent_files(plan: &Plan, src: usize) -> Result<Tracked> {
+    let root = &plan.sources[src].root;
+    let mut tracked = tracked_files(root)?;
+    if wants_submodules(plan, src) {
+        with_submodules(root, &mut tracked)?;
+    }
+    Ok(tracked)
+}
+
 /// Whether a ref to source `src` asks nix for the submodules (`?submodules=1`).
 fn wants_submodules(plan: &Plan, src: usize) -> bool {
     plan.words.iter().any(
@@ -272,7 +279,7 @@ fn with_submodules(root: &Path, tracked: &mut Tracked) -> Result<()> {
     Ok(())
 }
 
-pub fn tracked_files(root: &Path) -> Result<Tracked> {
+fn tracked_files(root: &Path) -> Result<Tracked> {
     let out = git_ls_files(root, &["-s"])?;
     let mut files = BTreeSet::new();
     let mut submodules = Vec::new();
