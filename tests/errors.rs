@@ -194,6 +194,20 @@ fn a_flake_git_does_not_track() {
             );
         }
     }
+    // `git init` and nothing added yet: no index at all.
+    let fresh = lab.workdir("untracked-fresh");
+    lab::write_flake(&fresh, &lab::unique_tag());
+    lab::git(&fresh, &["init", "-q"]);
+    let out = lab
+        .edict(&fresh)
+        .args(["untracked", "nix", "build"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    lab::assert_mentions(
+        &String::from_utf8_lossy(&out.stderr),
+        &["flake.nix is not tracked by git", "add flake.nix"],
+    );
     lab::git(&dir, &["add", "flake.nix", "sub/flake.nix"]);
     let out = lab
         .edict(&dir)
