@@ -39,8 +39,25 @@ pub fn debug(msg: impl std::fmt::Display) {
 
 /// Quotes one word for a POSIX shell: any string, including spaces, quotes, `$()`, `;`,
 /// newlines and the empty string, comes out as exactly one word with the same bytes.
+///
+/// Backslashes go outside the quotes, as `\\`: the login shell on HOST reads ssh's command
+/// line first, and fish (unlike sh, bash, zsh) takes `\\` and `\'` inside single quotes as
+/// escapes. `\\` unquoted means one backslash to all of them.
 pub fn quote(word: &str) -> String {
-    shell_escape::unix::escape(word.into()).into_owned()
+    let escape = |w: &str| shell_escape::unix::escape(w.into()).into_owned();
+    if !word.contains('\\') {
+        return escape(word);
+    }
+    word.split('\\')
+        .map(|piece| {
+            if piece.is_empty() {
+                String::new()
+            } else {
+                escape(piece)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\\\\")
 }
 
 /// Quotes every word and joins them with spaces: a command line for a POSIX shell.
@@ -196,6 +213,9 @@ mod tests {
         "'",
         "''",
         "\\'",
+        "x\\\\y",
+        "trailing\\",
+        "\\",
     ];
 
     /// Round trip through a real /bin/sh: every hostile word arrives as exactly itself.
@@ -237,6 +257,24 @@ mod tests {
         for (g, e) in got.iter().zip(HOSTILE) {
             assert_eq!(*g, e.as_bytes());
         }
+    }
+
+    /// What fish would read differently never appears: no backslash inside single quotes.
+    #[test]
+    fn no_backslash_inside_single_quotes() {
+        for w in HOSTILE {
+            let q = quote(w);
+            let (mut quoted, mut chars) = (false, q.chars());
+            while let Some(c) = chars.next() {
+                match c {
+                    '\'' => quoted = !quoted,
+                    '\\' if quoted => panic!("{w:?} quoted as {q}"),
+                    '\\' => _ = chars.next(), // an escape outside quotes
+                    _ => {}
+                }
+            }
+        }
+        assert_eq!(quote("a\\b c"), "a\\\\'b c'");
     }
 
     #[test]

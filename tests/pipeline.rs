@@ -1268,6 +1268,42 @@ fn sshd_sessions(listener: i32) -> Vec<i32> {
         .collect()
 }
 
+/// root's login shell is fish, which reads ssh's command line with its own quoting rules
+/// (`\\` and `\'` inside single quotes are escapes there): builds, arguments with
+/// backslashes and quotes, and sync-back all work as with sh.
+#[test]
+fn a_fish_login_shell_changes_nothing() {
+    let mut lab = Lab::new();
+    lab.start(HostSpec::new("fish", Flavour::Bookworm).login_shell("/usr/bin/fish"));
+    let shell = lab.ssh_ok("fish", "echo fish $FISH_VERSION");
+    assert!(shell.trim().len() > "fish ".len(), "not fish: {shell:?}");
+    let dir = lab.workdir("fish");
+    lab::write_rich_flake(&dir, &lab::unique_tag());
+    std::fs::write(dir.join("version.txt"), "1\n").unwrap();
+    ok(lab.edict(&dir).args(["fish", "nix", "build", ".#default"]));
+    assert!(dir.join("result/greeting").exists());
+    let args = [
+        "a\\b",
+        "x\\\\y",
+        "it's",
+        "\\'",
+        "trailing\\",
+        "$HOME",
+        "(echo hi)",
+    ];
+    let out = ok(lab
+        .edict(&dir)
+        .args(["fish", "nix", "run", ".#args", "--"])
+        .args(args));
+    let expected: String = args.iter().map(|a| format!("<{a}>\n")).collect();
+    assert_eq!(stdout(&out), expected);
+    ok(lab.edict(&dir).args(["fish", "nix", "run", ".#bump"]));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("version.txt")).unwrap(),
+        "2\n"
+    );
+}
+
 #[test]
 fn multi_user_hosts_reached_as_an_ordinary_user() {
     let mut lab = Lab::new();

@@ -78,6 +78,9 @@ pub struct HostSpec {
     /// A line the login shell prints for every session (in ~/.bashrc), which breaks the
     /// rsync and nix protocols.
     pub banner: Option<String>,
+    /// root's login shell (bookworm hosts only: /etc/passwd is replaced in the host's mount
+    /// namespace), e.g. `/usr/bin/fish`, which reads quotes differently from sh.
+    pub login_shell: Option<String>,
     /// Extra lines for the host's nix.conf.
     pub extra_nix_conf: String,
     /// Put the host behind a constrained link (its own network namespace) instead of
@@ -115,6 +118,7 @@ impl HostSpec {
             home_kib: None,
             user: None,
             banner: None,
+            login_shell: None,
             extra_nix_conf: String::new(),
             link: None,
         }
@@ -150,6 +154,15 @@ impl HostSpec {
     /// A multi-user host reached as `user` (lower case, created here if needed).
     pub fn user(mut self, user: &str) -> Self {
         self.user = Some(user.to_string());
+        self
+    }
+
+    pub fn login_shell(mut self, shell: &str) -> Self {
+        assert!(
+            self.flavour == Flavour::Bookworm && self.user.is_none(),
+            "a login shell is set for root on bookworm hosts only"
+        );
+        self.login_shell = Some(shell.to_string());
         self
     }
 
@@ -649,8 +662,25 @@ fn start_sshd(
                     "mount -t overlay overlay -o lowerdir=/usr/bin,upperdir=$D/usrbin-upper,workdir=$D/usrbin-work /usr/bin\nB=/usr/bin\n{hide}"
                 )
             };
+            let passwd = match &spec.login_shell {
+                Some(shell) => {
+                    let text = std::fs::read_to_string("/etc/passwd").map_err(|e| e.to_string())?;
+                    let text: String = text
+                        .lines()
+                        .map(|l| match l.rsplit_once(':') {
+                            Some((head, _)) if l.starts_with("root:") => {
+                                format!("{head}:{shell}\n")
+                            }
+                            _ => format!("{l}\n"),
+                        })
+                        .collect();
+                    std::fs::write(dir.join("passwd"), text).map_err(|e| e.to_string())?;
+                    "mount --bind $D/passwd /etc/passwd\n"
+                }
+                None => "",
+            };
             let script = format!(
-                "set -e\nD={d}\n{home_mount}\
+                "set -e\nD={d}\n{home_mount}{passwd}\
                  mount --bind $D/nix /nix\n\
                  mount --bind $D/etc-nix /etc/nix\n\
                  mount --bind $D/home /root\n\
