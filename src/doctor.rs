@@ -244,12 +244,13 @@ pub fn check(transport: Transport, machine: Option<&Machine>) -> Report {
         machine,
     );
 
-    // 4. A non-interactive login (BatchMode: a password prompt would hang Nix's builds).
+    // 4. A non-interactive login (BatchMode: a password prompt would hang Nix's builds),
+    // running a two-line script quoted as edict's are, which csh and tcsh refuse.
     let login = Cmd::new("ssh")
         .args(transport.opts().iter().cloned())
         .args(["-o", "BatchMode=yes", "-T", "--"])
         .arg(transport.dest.target())
-        .arg("true")
+        .arg(crate::exec::quote_words(&["sh", "-c", "true\ntrue"]))
         .output();
     let login = match login {
         Ok(out) => out,
@@ -258,7 +259,8 @@ pub fn check(transport: Transport, machine: Option<&Machine>) -> Report {
             return r.report();
         }
     };
-    if !login.status.success() {
+    let csh = ssh::csh_shell(&host, &String::from_utf8_lossy(&login.stderr));
+    if !login.status.success() && csh.is_none() {
         let err = format!(
             "{:#}",
             ssh::ssh_failure(&host, "logging in", &String::from_utf8_lossy(&login.stderr))
@@ -271,6 +273,13 @@ pub fn check(transport: Transport, machine: Option<&Machine>) -> Report {
         return r.report();
     }
     r.ok("login", "key login without a prompt works");
+    if let Some(explained) = csh {
+        let (what, fix) = explained
+            .split_once("\n  fix: ")
+            .unwrap_or((&explained, ""));
+        r.fail("quiet-shell", what, fix);
+        return r.report();
+    }
 
     // 5. The shell must print nothing in non-interactive sessions.
     let noise = [&login.stdout[..], &login.stderr[..]].concat();

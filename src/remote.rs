@@ -167,6 +167,9 @@ pub fn prepare(conn: &Connection, plan: &Plan, run_id: &str) -> Result<(RemoteEn
                     .map_or("the cache directory", |s| s.as_str())
             );
         }
+        if let Some(explained) = crate::ssh::csh_shell(host, &stderr) {
+            bail!("{host}: preparing the run: {explained}");
+        }
         bail!(
             "{host}: preparing the run: the remote shell stopped early ({status}): {}",
             stderr.trim()

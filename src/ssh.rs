@@ -475,6 +475,17 @@ pub fn ssh_failure(host: &str, step: &str, stderr: &str) -> anyhow::Error {
     )))
 }
 
+/// When the login shell is csh or tcsh: they reject a quoted string over several lines
+/// (`Unmatched '''.`), and every edict command but the simplest is one. The explanation and
+/// fix, or None.
+pub fn csh_shell(host: &str, stderr: &str) -> Option<String> {
+    stderr.contains("Unmatched '''.").then(|| {
+        format!(
+            "the login shell on {host} is csh or tcsh, which cannot run the multi-line sh scripts edict sends (it said: Unmatched ''')\n  fix: give your user on {host} a POSIX login shell or fish: `chsh -s /bin/sh` there (or bash, zsh, fish)"
+        )
+    })
+}
+
 /// When a remote protocol (rsync's, nix's) fails because the login shell printed text:
 /// the explanation and fix, or None if that is not what happened.
 pub fn chatty_shell(host: &str, stderr: &str) -> Option<String> {

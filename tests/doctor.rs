@@ -90,6 +90,7 @@ fn broken_hosts_show_the_right_failure_and_fix() {
     lab.start(HostSpec::new("hidden", Flavour::Trixie).nix_on_path(false));
     lab.start(HostSpec::new("norsync", Flavour::Trixie).without_rsync());
     lab.start(HostSpec::new("chatty", Flavour::Bookworm).banner("Welcome to the farm"));
+    lab.start(HostSpec::new("tcsh", Flavour::Bookworm).login_shell("/usr/bin/tcsh"));
     lab.start(HostSpec::new("noflakes", Flavour::Trixie).flakes(false));
     lab.stop("down");
     // rekeyed: known_hosts holds another key for it.
@@ -109,7 +110,7 @@ fn broken_hosts_show_the_right_failure_and_fix() {
     std::fs::write(lab.known_hosts(), kh).unwrap();
 
     let hosts = [
-        "healthy", "rekeyed", "down", "hidden", "norsync", "chatty", "noflakes",
+        "healthy", "rekeyed", "down", "hidden", "norsync", "chatty", "noflakes", "tcsh",
     ];
     let out = lab
         .edict(lab.dir())
@@ -162,6 +163,8 @@ fn broken_hosts_show_the_right_failure_and_fix() {
     assert_eq!(status(&json, "hidden", "build").0, "ok");
     expect("norsync", "rsync", "fail", "install rsync on norsync");
     expect("chatty", "quiet-shell", "fail", "[[ $- == *i* ]] || return");
+    expect("tcsh", "quiet-shell", "fail", "chsh -s /bin/sh");
+    assert_eq!(status(&json, "tcsh", "login").0, "ok");
     assert!(
         status(&json, "chatty", "quiet-shell").1["detail"]
             .as_str()

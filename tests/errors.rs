@@ -217,3 +217,12 @@ fn a_flake_git_does_not_track() {
     assert!(out.status.success(), "{}", describe(&out));
     assert!(dir.join("result").exists());
 }
+
+/// csh and tcsh cannot take a quoted string over several lines, which edict's commands are:
+/// edict says that the login shell is the problem and how to fix it, before sending anything.
+#[test]
+fn a_csh_login_shell_is_named_with_a_fix() {
+    let mut lab = Lab::new();
+    lab.start(HostSpec::new("tcsh", Flavour::Bookworm).login_shell("/usr/bin/tcsh"));
+    fails(&lab, "tcsh", 1, &["login shell", "csh", "chsh -s /bin/sh"]);
+}
