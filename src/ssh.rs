@@ -192,12 +192,12 @@ impl Connection {
     pub fn open(transport: Transport) -> Result<Self> {
         let dir = socket_dir()?;
         let socket = dir.path().join("ssh");
-        let log = dir.path().join("master.log");
         let conn = Connection {
             transport,
             socket,
             _dir: dir,
         };
+        let log = conn.log();
         // -f: return once authenticated (prompts happen first, on the terminal);
         // ControlPersist: if edict dies without closing it, it exits when idle. -E: once
         // in the background the master's stderr is /dev/null, and its last words (why the
@@ -267,14 +267,14 @@ impl Connection {
     /// with what the master said (its stderr goes to a log, not the terminal).
     pub fn lost(&self, step: &str, what: &str) -> SshError {
         let host = &self.transport.label;
-        let log =
-            std::fs::read_to_string(self.socket.with_file_name("master.log")).unwrap_or_default();
-        let said = log
+        let log = std::fs::read_to_string(self.log()).unwrap_or_default();
+        // The last words: earlier lines are from connecting (e.g. "Permanently added").
+        let lines: Vec<&str> = log
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty())
-            .collect::<Vec<_>>()
-            .join("\n  ");
+            .collect();
+        let said = lines[lines.len().saturating_sub(3)..].join("\n  ");
         let said = if said.is_empty() {
             String::new()
         } else {
@@ -283,6 +283,11 @@ impl Connection {
         SshError(format!(
             "{host}: {step}: {what}{said}\n  fix: check the network to {host}; run `ssh -v {host} true` to see why"
         ))
+    }
+
+    /// The master's log: its stderr while connecting, then (`-E`) everything it says.
+    fn log(&self) -> PathBuf {
+        self.socket.with_file_name("master.log")
     }
 
     /// ssh options for every client of the master.
