@@ -29,6 +29,10 @@ fn main() -> ExitCode {
     exec::set_verbosity(cli.verbose, cli.quiet);
     match run(&cli) {
         Ok(code) => ExitCode::from(code),
+        Err(e) if e.is::<signals::Interrupted>() => {
+            eprintln!("edict: {e}");
+            ExitCode::from(130)
+        }
         Err(e) => {
             eprintln!("edict: error: {e:#}");
             ExitCode::from(ssh::exit_code_for(&e))
@@ -104,13 +108,21 @@ pub(crate) fn pipeline(
     io: &remote::Io,
 ) -> Result<u8> {
     let host = conn.transport.label.clone();
-    let (env, mut session) = remote::prepare(&conn, plan, &run_id())?;
+    let (env, mut session) = signals.step(
+        &host,
+        "preparing",
+        remote::prepare(&conn, plan, &run_id(), signals),
+    )?;
 
     // 3. Sync up.
     exec::debug(format_args!("{host}: prepared; syncing"));
-    let uploads = sync::upload(&conn, &env, plan)?;
+    let uploads = signals.step(&host, "syncing", sync::upload(&conn, &env, plan))?;
     if signals.caught() {
-        return Ok(130);
+        return Err(signals::Interrupted {
+            host,
+            step: "syncing",
+        }
+        .into());
     }
 
     // 4. Run, with our streams and exit code.
@@ -124,15 +136,27 @@ pub(crate) fn pipeline(
     exec::debug(format_args!(
         "{host}: the command exited with {code}; inspecting"
     ));
-    let after = remote::inspect(&mut session, &conn, &env, plan, !cli.no_link)?;
+    let after = signals.step(
+        &host,
+        "inspecting",
+        remote::inspect(&mut session, &conn, &env, plan, !cli.no_link),
+    )?;
 
     // 6. Results back, as GC roots. Even after a failure: `--keep-going` builds some.
     exec::debug(format_args!("{host}: fetching results"));
-    results::fetch(&conn, &env, &results::links(plan, &after.links))?;
+    signals.step(
+        &host,
+        "fetching results",
+        results::fetch(&conn, &env, &results::links(plan, &after.links)),
+    )?;
 
     // 7. Bring back what the command changed, without overwriting local edits.
     exec::debug(format_args!("{host}: syncing back"));
-    let changes = sync::back(&conn, &env, plan, &uploads, &after)?;
+    let changes = signals.step(
+        &host,
+        "syncing back",
+        sync::back(&conn, &env, plan, &uploads, &after),
+    )?;
     let conflicts = report(&changes, &host);
 
     drop(session);

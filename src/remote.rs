@@ -13,6 +13,7 @@ use crate::signals::Signals;
 use crate::ssh::{Connection, Tty, ssh_failure};
 use anyhow::{Context, Result, bail};
 use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt as _;
 use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 use std::time::{Duration, Instant};
 
@@ -107,23 +108,57 @@ impl Drop for Session {
 
 /// Probes HOST, prepares its directories and takes the locks of every mirror the plan uses.
 /// One round trip; waits (with a message) while another edict run holds a lock.
-pub fn prepare(conn: &Connection, plan: &Plan, run_id: &str) -> Result<(RemoteEnv, Session)> {
+pub fn prepare(
+    conn: &Connection,
+    plan: &Plan,
+    run_id: &str,
+    signals: &Signals,
+) -> Result<(RemoteEnv, Session)> {
     let host = &conn.transport.label;
     let names: Vec<String> = plan.sources.iter().map(|s| s.name.clone()).collect();
     let script = prepare_script(&names, run_id);
+    // Its own process group: Ctrl-C at a terminal must not end this session, whose end
+    // makes HOST remove the run dir (and the pid that `interrupt` needs) while the command
+    // may still run there. edict ends the session itself.
     let mut child = conn.ssh(Tty::No, &script).spawn(|c| {
         c.stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::piped())
+            .process_group(0);
     })?;
     let stdin = child.stdin.take();
-    let mut stdout = BufReader::new(child.stdout.take().context("ssh stdout")?);
-    let mut lines = stdout.by_ref().lines();
+    let stdout = BufReader::new(child.stdout.take().context("ssh stdout")?);
+    // The lines are read on a thread so that Ctrl-C can end a wait for another run's lock:
+    // killing our ssh would not do it (a mux client hands its pipes to the master, which
+    // keeps them open while HOST waits). The thread hands the reader back once locked.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        let mut stdout = stdout;
+        let mut line = String::new();
+        while matches!(stdout.read_line(&mut line), Ok(n) if n > 0) {
+            let l = line.trim_end_matches('\n').to_string();
+            let last = matches!(l.as_str(), "EDICT-locked" | "EDICT-nolock");
+            if tx.send(l).is_err() || last {
+                break;
+            }
+            line.clear();
+        }
+        stdout
+    });
 
     let mut fields = std::collections::HashMap::new();
     let mut locked = false;
     let mut waited = false;
-    while let Some(Ok(line)) = lines.next() {
+    loop {
+        let line = match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(line) => line,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if signals.caught() => {
+                let _ = child.kill();
+                bail!("{host}: preparing the run: interrupted");
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         // Anything else is stray output of the login shell (rc files), which edict ignores.
         let Some(rest) = line.strip_prefix("EDICT-") else {
             continue;
@@ -150,6 +185,9 @@ pub fn prepare(conn: &Connection, plan: &Plan, run_id: &str) -> Result<(RemoteEn
             }
         }
     }
+    let stdout = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("{host}: preparing the run: the reader failed"))?;
     if !locked {
         let mut stderr = String::new();
         if let Some(mut e) = child.stderr.take() {
@@ -537,7 +575,13 @@ pub fn run(
     for c in copiers {
         let _ = c.join();
     }
-    if interrupted || signals.caught() {
+    // Ctrl-C from a terminal also reaches our ssh (without a tty it dies of it before the
+    // loop sees the flag): the command there must still be stopped.
+    if !interrupted && signals.caught() {
+        exec::info(format_args!("{host}: interrupting the command there"));
+        interrupt(conn, env);
+    }
+    if signals.caught() {
         return Ok(Outcome::Interrupted);
     }
     let code = exec::exit_code(status);

@@ -26,3 +26,34 @@ impl Signals {
         self.caught.load(Ordering::Relaxed)
     }
 }
+
+/// A step cut short by Ctrl-C (or SIGTERM, SIGHUP). A terminal sends SIGINT to rsync, ssh and
+/// `nix copy` as well, and what they say as they die is the interruption, not an error to
+/// explain: edict exits 130 and names the step.
+#[derive(Debug)]
+pub struct Interrupted {
+    pub host: String,
+    pub step: &'static str,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: interrupted while {}", self.host, self.step)
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+impl Signals {
+    /// `r`, unless a signal came while it ran: then the interruption, whatever the step said.
+    pub fn step<T>(&self, host: &str, step: &'static str, r: Result<T>) -> Result<T> {
+        match r {
+            Err(_) if self.caught() => Err(Interrupted {
+                host: host.to_string(),
+                step,
+            }
+            .into()),
+            r => r,
+        }
+    }
+}

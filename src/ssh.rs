@@ -408,9 +408,12 @@ impl std::fmt::Display for SshError {
 
 impl std::error::Error for SshError {}
 
-/// The exit code for an edict error: 255 when ssh itself failed (as ssh exits), else 1.
+/// The exit code for an edict error: 130 when interrupted, 255 when ssh itself failed (as
+/// ssh exits), else 1.
 pub fn exit_code_for(e: &anyhow::Error) -> u8 {
-    if e.chain().any(|c| c.is::<SshError>()) {
+    if e.chain().any(|c| c.is::<crate::signals::Interrupted>()) {
+        130
+    } else if e.chain().any(|c| c.is::<SshError>()) {
         255
     } else {
         1

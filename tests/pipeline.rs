@@ -842,46 +842,56 @@ fn one_ssh_connection_per_run_and_nothing_left_behind() {
     });
 }
 
+/// Ctrl-C during the command, sent to edict alone (`kill -INT`) and, as a terminal does, to
+/// its whole process group (then our ssh, having no tty, dies of it first).
 #[test]
 fn ctrl_c_stops_the_remote_command() {
+    use std::os::unix::process::CommandExt as _;
     each_host(|lab, host, _| {
-        let dir = lab.workdir(&format!("intr-{host}"));
-        lab::write_rich_flake(&dir, &lab::unique_tag());
-        let pidfile = format!("/root/sleeper-{host}.pid");
-        let child = lab
-            .edict(&dir)
-            .args([host, "nix", "run", ".#sleeper", "--", &pidfile])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let pid = wait_for_file(&lab.host(host).local_path(&pidfile));
-        // The host shares this machine's pid namespace, so its processes are visible here.
-        assert!(Path::new(&format!("/proc/{pid}")).exists());
-        let mut child = child;
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-        // Within 15 s both the remote command and edict must be gone (nothing keeps running).
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
+        for group in [false, true] {
+            let dir = lab.workdir(&format!("intr-{host}-{group}"));
+            lab::write_rich_flake(&dir, &lab::unique_tag());
+            let pidfile = format!("/root/sleeper-{host}-{group}.pid");
+            let child = lab
+                .edict(&dir)
+                .args([host, "nix", "run", ".#sleeper", "--", &pidfile])
+                .stderr(Stdio::piped())
+                .process_group(0)
+                .spawn()
+                .unwrap();
+            let pid = wait_for_file(&lab.host(host).local_path(&pidfile));
+            // The host shares this machine's pid namespace, so its processes are visible here.
+            assert!(Path::new(&format!("/proc/{pid}")).exists());
+            let mut child = child;
+            if group {
+                unsafe { libc::killpg(child.id() as i32, libc::SIGINT) };
+            } else {
+                unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
             }
-            if std::time::Instant::now() > deadline {
-                let _ = child.kill();
-                panic!(
-                    "edict did not stop within 15 s of SIGINT (remote pid {pid} alive: {})",
-                    Path::new(&format!("/proc/{pid}")).exists()
-                );
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        };
-        let mut err = String::new();
-        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-        assert_eq!(status.code(), Some(130), "{err}");
-        assert!(err.contains("interrupting"), "{err}");
-        assert!(
-            !Path::new(&format!("/proc/{pid}")).exists(),
-            "the remote command {pid} kept running after Ctrl-C"
-        );
+            // Within 15 s both the remote command and edict must be gone (nothing keeps running).
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+            let status = loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    break status;
+                }
+                if std::time::Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!(
+                        "edict did not stop within 15 s of SIGINT (remote pid {pid} alive: {})",
+                        Path::new(&format!("/proc/{pid}")).exists()
+                    );
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            };
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            assert_eq!(status.code(), Some(130), "{err}");
+            assert!(err.contains("interrupting"), "{err}");
+            assert!(
+                !Path::new(&format!("/proc/{pid}")).exists(),
+                "the remote command {pid} kept running after Ctrl-C (to the group: {group}): {err}"
+            );
+        }
     });
 }
 
@@ -1302,6 +1312,117 @@ fn a_fish_login_shell_changes_nothing() {
         std::fs::read_to_string(dir.join("version.txt")).unwrap(),
         "2\n"
     );
+}
+
+/// Ctrl-C while the source is still on its way (a terminal sends SIGINT to rsync too, so
+/// rsync dies first): edict reports an interruption with 130, not an rsync failure to debug,
+/// and the next run sends the source whole.
+#[test]
+fn ctrl_c_while_syncing_is_an_interruption_not_an_error() {
+    use std::io::BufRead as _;
+    use std::os::unix::process::CommandExt as _;
+    let mut lab = Lab::new();
+    // 4 MB at 8 Mbit/s: four seconds of rsync to interrupt.
+    lab.start(HostSpec::new("slow", Flavour::Bookworm).link(lab::Link {
+        rate_mbit: 8,
+        proxy: None,
+    }));
+    let dir = lab.workdir("slow");
+    lab::write_rich_flake(&dir, &lab::unique_tag());
+    let noise: Vec<u8> = (0..4u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(dir.join("big.bin"), &noise).unwrap();
+    let mut child = lab
+        .edict(&dir)
+        .args(["-vv", "slow", "nix", "build", ".#default"])
+        .stderr(Stdio::piped())
+        .process_group(0) // its own group, as a terminal's foreground job is
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut err = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        err.push_str(&line);
+        err.push('\n');
+        if line.contains("prepared; syncing") {
+            break;
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    unsafe { libc::killpg(child.id() as i32, libc::SIGINT) };
+    for line in lines {
+        err.push_str(&line.unwrap());
+        err.push('\n');
+    }
+    let status = child.wait().unwrap();
+    assert!(
+        !err.contains("synced; running"),
+        "the sync was not interrupted: {err}"
+    );
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert!(!err.contains("edict: error"), "{err}");
+    assert!(!dir.join("result").exists());
+    let out = ok(lab.edict(&dir).args(["slow", "nix", "build", ".#default"]));
+    assert!(dir.join("result/greeting").exists(), "{}", describe(&out));
+    let mirror = lab.mirror_of("slow", "slow");
+    assert_eq!(std::fs::read(mirror.join("big.bin")).unwrap(), noise);
+}
+
+/// Ctrl-C while waiting for another run's lock on the same flake ends the wait at once
+/// (130, "interrupted while preparing"); the other run is untouched.
+#[test]
+fn ctrl_c_while_waiting_for_the_lock() {
+    use std::io::BufRead as _;
+    use std::os::unix::process::CommandExt as _;
+    let lab = Lab::both();
+    let host = lab::default_name(Flavour::Bookworm);
+    let dir = lab.workdir("lockwait");
+    lab::write_rich_flake(&dir, &lab::unique_tag());
+    let pidfile = "/root/lockwait.pid";
+    let mut first = lab
+        .edict(&dir)
+        .args([host, "nix", "run", ".#sleeper", "--", pidfile])
+        .spawn()
+        .unwrap();
+    let remote_pid = wait_for_file(&lab.host(host).local_path(pidfile));
+    let mut second = lab
+        .edict(&dir)
+        .args([host, "nix", "build", ".#default"])
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(second.stderr.take().unwrap()).lines();
+    let mut err = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        err.push_str(&line);
+        err.push('\n');
+        if line.contains("waiting for it to finish") {
+            break;
+        }
+    }
+    assert!(err.contains("waiting"), "{err}");
+    let sent = std::time::Instant::now();
+    unsafe { libc::killpg(second.id() as i32, libc::SIGINT) };
+    for line in lines {
+        err.push_str(&line.unwrap());
+        err.push('\n');
+    }
+    let status = second.wait().unwrap();
+    assert!(sent.elapsed() < std::time::Duration::from_secs(5), "{err}");
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted while preparing"), "{err}");
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "the first run was disturbed"
+    );
+    assert!(Path::new(&format!("/proc/{remote_pid}")).exists());
+    unsafe { libc::kill(remote_pid.parse().unwrap(), libc::SIGKILL) };
+    first.wait().unwrap();
 }
 
 #[test]
