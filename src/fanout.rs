@@ -107,8 +107,7 @@ pub fn run(
         let (this, exit) = match &o.result {
             Ok(c) => (*c, c.to_string()),
             Err(e) => {
-                eprintln!("edict: error: {e:#}");
-                let c = crate::ssh::exit_code_for(e);
+                let c = crate::report_error(e);
                 (c, format!("{c}!"))
             }
         };

@@ -29,15 +29,20 @@ fn main() -> ExitCode {
     exec::set_verbosity(cli.verbose, cli.quiet);
     match run(&cli) {
         Ok(code) => ExitCode::from(code),
-        Err(e) if e.is::<signals::Interrupted>() => {
-            eprintln!("edict: {e}");
-            ExitCode::from(130)
-        }
-        Err(e) => {
-            eprintln!("edict: error: {e:#}");
-            ExitCode::from(ssh::exit_code_for(&e))
-        }
+        Err(e) => ExitCode::from(report_error(&e)),
     }
+}
+
+/// Prints an error the way edict does (an interruption is not called an error) and returns
+/// the exit code for it.
+pub(crate) fn report_error(e: &anyhow::Error) -> u8 {
+    let code = ssh::exit_code_for(e);
+    if code == 130 {
+        eprintln!("edict: {e:#}");
+    } else {
+        eprintln!("edict: error: {e:#}");
+    }
+    code
 }
 
 fn run(cli: &cli::Cli) -> Result<u8> {
