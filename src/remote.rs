@@ -285,8 +285,13 @@ fn prepare_script(mirror_names: &[String], run_id: &str) -> String {
         "find \"$c/runs\" -mindepth 1 -maxdepth 1 -mtime +2 -exec rm -rf {} + 2>/dev/null\n",
     );
     // The holder: a shell reading edict's scripts (with the run dir in $r) until edict
-    // closes its end, then the cleanup.
-    let hold = "printf \"%s\\nEDICT-$2\\n\" \"$3\"; r=$1 sh; rm -rf \"$1\"";
+    // closes its end (also when edict was killed, or its connection dropped), then the
+    // cleanup: a command still running is stopped, the run dir removed.
+    let hold = format!(
+        "printf \"%s\\nEDICT-$2\\n\" \"$3\"; r=$1 sh; {}; rm -rf \"$1\"",
+        stop_script("\"$1/pid\"")
+    );
+    let hold = hold.as_str();
     if mirror_names.is_empty() {
         s.push_str(&format!(
             "sh -c {} sh \"$run\" locked \"$o\"\n",
@@ -313,7 +318,7 @@ fn prepare_script(mirror_names: &[String], run_id: &str) -> String {
     s
 }
 
-/// The remote command: `cd` to the mapped cwd, record the pid (for Ctrl-C), exec nix.
+/// The remote command's words: nix, flakes on, the rewritten arguments.
 pub fn command_words(env: &RemoteEnv, plan: &Plan) -> Vec<String> {
     std::iter::once(env.nix.clone())
         .chain(FLAKE_FLAGS.iter().map(|s| s.to_string()))
@@ -328,8 +333,12 @@ fn run_script(env: &RemoteEnv, plan: &Plan) -> String {
     // One line, so that `-v` prints it as one pasteable line (the pid and marker files are
     // gone after the run; a pasted copy still works without them: `true`, not the special
     // builtin `:`, whose failed redirection would end the shell).
+    // nix runs as a child, not exec'd, so that the pid file goes the moment it ends: the
+    // lock session, when it ends early (edict killed, the connection dropped), stops a
+    // command whose pid file is still there. The trap keeps this shell alive through a
+    // Ctrl-C (nix still gets it) to pass nix's exit code on.
     format!(
-        "{index}{snapshot}cd {cwd} || exit 127; {{ echo $$ > {pid}; true > {start}; }} 2>/dev/null; exec {cmd}",
+        "{index}{snapshot}cd {cwd} || exit 127; {{ echo $$ > {pid}; true > {start}; }} 2>/dev/null; trap true INT TERM HUP; {cmd}; rc=$?; rm -f {pid}; exit $rc",
         index = (0..plan.sources.len())
             .filter(|&i| plan.sources[i].kind == crate::mapping::SourceKind::Git)
             .map(|i| crate::sync::adopt_index_script(&plan.mirror(i, &env.dirs)))
@@ -597,17 +606,22 @@ pub fn run(
 /// Stops the remote command: SIGINT to its process group (as a terminal's Ctrl-C would),
 /// then SIGKILL if it is still there after 5 s. (No `kill --`: dash rejects it.)
 fn interrupt(conn: &Connection, env: &RemoteEnv) {
-    let script = format!(
-        "pid=$(cat {pidfile} 2>/dev/null) || exit 0\n\
+    let pidfile = quote(&format!("{}/pid", env.dirs.run));
+    let _ = conn.ssh(Tty::No, &stop_script(&pidfile)).output();
+}
+
+/// A subshell that stops the command whose pid is in `pidfile` (a shell word), if the file
+/// is there: the command removes it when it ends, so a stale pid is never signalled.
+fn stop_script(pidfile: &str) -> String {
+    format!(
+        "(pid=$(cat {pidfile} 2>/dev/null) || exit 0\n\
          pg=$(ps -o pgid= -p \"$pid\" 2>/dev/null | tr -d ' ')\n\
          [ -n \"$pg\" ] || pg=$(sed 's/.*) //' /proc/\"$pid\"/stat 2>/dev/null | cut -d' ' -f3)\n\
          if [ -n \"$pg\" ] && [ \"$pg\" != 0 ]; then t=-$pg; else t=$pid; fi\n\
          kill -INT \"$t\" 2>/dev/null\n\
          i=0; while kill -0 \"$pid\" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done\n\
-         kill -KILL \"$t\" 2>/dev/null; true",
-        pidfile = quote(&format!("{}/pid", env.dirs.run))
-    );
-    let _ = conn.ssh(Tty::No, &script).output();
+         kill -KILL \"$t\" 2>/dev/null; true)"
+    )
 }
 
 #[cfg(test)]
