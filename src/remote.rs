@@ -597,7 +597,7 @@ pub fn run(
     if code == 255 && !conn.alive() {
         bail!(conn.lost(
             "running the command",
-            "the ssh connection was lost while the command ran (it may still be running there)"
+            &format!("the ssh connection was lost while the command ran ({host} stops the command once its sshd sees the connection gone)")
         ));
     }
     Ok(Outcome::Exited(code))
