@@ -45,7 +45,10 @@ pub fn describe(plan: &Plan, host: &str, no_link: bool) -> String {
         s.push_str("sync up:   nothing (no local flakes or files in the command)\n");
     }
     let _ = writeln!(s, "run in:    {}", plan.render_cwd(&dirs));
-    let words: Vec<String> = std::iter::once("nix".to_string())
+    let words: Vec<String> = plan
+        .env_words()
+        .into_iter()
+        .chain(std::iter::once("nix".to_string()))
         .chain(FLAKE_FLAGS.iter().map(|w| w.to_string()))
         .chain(plan.render_words(&dirs))
         .collect();

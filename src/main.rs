@@ -61,9 +61,11 @@ fn run(cli: &cli::Cli) -> Result<u8> {
     // 2. Map every local source to its mirror on HOST and rewrite the command.
     let cwd = std::env::current_dir().context("the current directory is not accessible")?;
     let machine_id = machine_id();
+    let env: Vec<(String, String)> = std::env::vars().collect();
     let local = mapping::Local {
         cwd: &cwd,
         machine_id: &machine_id,
+        env: &env,
     };
     let plan = mapping::plan(&args, &local, cli.sync_mode())
         .with_context(|| format!("{}: mapping local sources", cli.host))?;

@@ -97,6 +97,8 @@ pub struct Plan {
     pub links: Vec<LinkSpec>,
     /// Every local flake the command names: (source, the flake's directory in it).
     pub flakes: Vec<(usize, String)>,
+    /// Variables the remote command gets from here (see [`forwarded_env`]).
+    pub env: Vec<(String, String)>,
     /// Warnings for the user about what edict could not carry over.
     pub notes: Vec<String>,
 }
@@ -116,6 +118,8 @@ pub enum SyncMode {
 pub struct Local<'a> {
     pub cwd: &'a Path,
     pub machine_id: &'a str,
+    /// This process's environment (name, value).
+    pub env: &'a [(String, String)],
 }
 
 pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
@@ -125,6 +129,7 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
         cwd: RemoteCwd::Run,
         links: Vec::new(),
         flakes: Vec::new(),
+        env: forwarded_env(local.env),
         notes: Vec::new(),
     };
     let sub_refs = args.subcommand();
@@ -380,6 +385,26 @@ fn is_local_file_arg(s: &str) -> bool {
 }
 
 /// The stable mirror directory name: readable base name + hash of (machine, kind, path).
+/// nixpkgs' switches (`NIXPKGS_ALLOW_UNFREE=1` and its siblings): read with `--impure`,
+/// they must mean there what they mean here. Other variables (PATH, HOME, NIX_PATH) name
+/// this machine's things, so they stay.
+fn forwarded_env(env: &[(String, String)]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = env
+        .iter()
+        .filter(|(k, _)| {
+            k.strip_prefix("NIXPKGS_ALLOW_").is_some_and(|rest| {
+                !rest.is_empty()
+                    && rest
+                        .chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            })
+        })
+        .cloned()
+        .collect();
+    out.sort();
+    out
+}
+
 pub fn mirror_name(root: &Path, kind: SourceKind, machine_id: &str) -> String {
     let base = root
         .file_name()
@@ -558,6 +583,16 @@ impl Plan {
         }
     }
 
+    /// `env NAME=VALUE…` before the command, for the variables it gets from here; or nothing.
+    pub fn env_words(&self) -> Vec<String> {
+        if self.env.is_empty() {
+            return Vec::new();
+        }
+        std::iter::once("env".to_string())
+            .chain(self.env.iter().map(|(k, v)| format!("{k}={v}")))
+            .collect()
+    }
+
     /// The remote nix arguments with every mirror and scratch path filled in.
     pub fn render_words(&self, dirs: &RemoteDirs) -> Vec<String> {
         self.words
@@ -611,10 +646,36 @@ mod tests {
                 &Local {
                     cwd: &cwd,
                     machine_id: "m1",
+                    env: &[],
                 },
                 sync,
             )
         }
+    }
+
+    #[test]
+    fn only_nixpkgs_switches_are_forwarded() {
+        let env: Vec<(String, String)> = [
+            ("PATH", "/usr/bin"),
+            ("NIXPKGS_ALLOW_UNFREE", "1"),
+            ("NIXPKGS_CONFIG", "/home/me/config.nix"),
+            ("NIXPKGS_ALLOW_INSECURE", "1"),
+            ("NIXPKGS_ALLOW_", "x"),
+            ("NIXPKGS_ALLOW_odd", "1"),
+            ("NIX_PATH", "nixpkgs=/home/me/nixpkgs"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .to_vec();
+        let fwd = forwarded_env(&env);
+        assert_eq!(
+            fwd,
+            [
+                ("NIXPKGS_ALLOW_INSECURE", "1"),
+                ("NIXPKGS_ALLOW_UNFREE", "1")
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .to_vec()
+        );
     }
 
     fn dirs() -> RemoteDirs {

@@ -320,7 +320,9 @@ fn prepare_script(mirror_names: &[String], run_id: &str) -> String {
 
 /// The remote command's words: nix, flakes on, the rewritten arguments.
 pub fn command_words(env: &RemoteEnv, plan: &Plan) -> Vec<String> {
-    std::iter::once(env.nix.clone())
+    plan.env_words()
+        .into_iter()
+        .chain(std::iter::once(env.nix.clone()))
         .chain(FLAKE_FLAGS.iter().map(|s| s.to_string()))
         .chain(plan.render_words(&env.dirs))
         .collect()

@@ -198,6 +198,7 @@ mod tests {
                 },
             ],
             flakes: vec![],
+            env: vec![],
             notes: vec![],
         };
         let found: Vec<(String, String)> = [

@@ -690,6 +690,7 @@ mod tests {
             cwd: crate::mapping::RemoteCwd::Run,
             links: vec![],
             flakes: flakes.iter().map(|d| (0, d.to_string())).collect(),
+            env: vec![],
             notes: vec![],
         };
         let tracked = Tracked {

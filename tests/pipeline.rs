@@ -352,6 +352,41 @@ fn submodules_go_when_the_ref_asks_for_them() {
     });
 }
 
+/// `NIXPKGS_ALLOW_UNFREE=1 … --impure`: nixpkgs' switches reach the evaluation there as
+/// they would here; without `--impure` nix ignores them, there as here.
+#[test]
+fn nixpkgs_switches_reach_an_impure_evaluation() {
+    each_host(|lab, host, _| {
+        let dir = lab.workdir(&format!("impure-{host}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("flake.nix"),
+            r#"{
+  outputs = { self }: {
+    packages.x86_64-linux.default = derivation {
+      name = "env"; system = "x86_64-linux"; builder = "/bin/sh";
+      args = [ "-c" "echo '<${builtins.getEnv "NIXPKGS_ALLOW_UNFREE"}>' > $out" ];
+    };
+  };
+}
+"#,
+        )
+        .unwrap();
+        let build = |impure: bool| {
+            let mut cmd = lab.edict(&dir);
+            cmd.env("NIXPKGS_ALLOW_UNFREE", "1")
+                .args([host, "nix", "build", ".#default"]);
+            if impure {
+                cmd.arg("--impure");
+            }
+            ok(&mut cmd);
+            std::fs::read_to_string(dir.join("result")).unwrap()
+        };
+        assert_eq!(build(true), "<1>\n");
+        assert_eq!(build(false), "<>\n");
+    });
+}
+
 /// Without git on HOST, the index sent is used as is (Nix 2.26 reads the repository with
 /// libgit2): self.rev and dirtiness still match this machine's.
 #[test]
