@@ -124,7 +124,7 @@ pub fn upload(conn: &Connection, env: &RemoteEnv, plan: &Plan) -> Result<Vec<Upl
         let mut index = None;
         let cmd = match src.kind {
             SourceKind::Git => {
-                let tracked = sent_files(plan, i)?;
+                let tracked = sent_files(plan, i).with_context(|| format!("{host}: {step}"))?;
                 if let Some(f) = untracked_flake_nix(plan, i, &tracked) {
                     bail!(
                         "{host}: {step}: {f} is not tracked by git, and nix (here as on {host}) reads only the files git tracks\n  fix: git -C {} add {}",
@@ -146,7 +146,8 @@ pub fn upload(conn: &Connection, env: &RemoteEnv, plan: &Plan) -> Result<Vec<Upl
                         upload.files.insert(f.clone(), s);
                     }
                 }
-                let rules = git_rules(&tracked, &untracked(&src.root)?, with_git_dir);
+                let untracked = untracked(&src.root).with_context(|| format!("{host}: {step}"))?;
+                let rules = git_rules(&tracked, &untracked, with_git_dir);
                 exec::debug(format_args!(
                     "{}: {} tracked files, {} rules ({})",
                     src.root.display(),
@@ -337,16 +338,30 @@ fn untracked(root: &Path) -> Result<Vec<Vec<u8>>> {
 }
 
 fn git_ls_files(root: &Path, args: &[&str]) -> Result<Vec<u8>> {
-    let out = Cmd::new("git")
-        .args(["-C", &root.display().to_string(), "ls-files", "-z"])
+    let dir = root.display().to_string();
+    let Ok(out) = Cmd::new("git")
+        .args(["-C", &dir, "ls-files", "-z"])
         .args(args.iter().copied())
         .output()
-        .context("reading the tracked files needs git on this machine")?;
-    if !out.status.success() {
+    else {
         bail!(
-            "listing the files of {}: git ls-files failed: {}",
-            root.display(),
-            exec::stderr_tail(&out)
+            "{dir} is a git work tree, and edict lists its files with git, as nix does, but git is not installed here\n  fix: install git on this machine"
+        );
+    };
+    if !out.status.success() {
+        let said = exec::stderr_tail(&out);
+        // Git refuses a repository another user owns (since 2.35.2); nix here would too.
+        let fix = if said.contains("dubious ownership") {
+            format!(
+                "if you trust it: git config --global --add safe.directory {}",
+                quote(&dir)
+            )
+        } else {
+            format!("run `git -C {} status` to see what git says", quote(&dir))
+        };
+        bail!(
+            "git ls-files failed in {dir}:\n  {}\n  fix: {fix}",
+            said.replace('\n', "\n  ")
         );
     }
     Ok(out.stdout)

@@ -226,3 +226,42 @@ fn a_csh_login_shell_is_named_with_a_fix() {
     lab.start(HostSpec::new("tcsh", Flavour::Bookworm).login_shell("/usr/bin/tcsh"));
     fails(&lab, "tcsh", 1, &["login shell", "csh", "chsh -s /bin/sh"]);
 }
+
+/// A repository another user owns: git (and nix) here refuse it since git 2.35.2. edict
+/// says so with host, step and the `safe.directory` line, and sends nothing.
+#[test]
+fn a_repository_owned_by_someone_else() {
+    let mut lab = Lab::new();
+    lab.start(HostSpec::new("owner", Flavour::Bookworm));
+    let dir = lab.workdir("owner");
+    lab::write_flake(&dir, &lab::unique_tag());
+    lab::git_init(&dir);
+    let chown = std::process::Command::new("chown")
+        .args(["-R", "nobody:nogroup"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let out = lab
+        .edict(&dir)
+        .env("HOME", lab.dir()) // no safe.directory from the real ~/.gitconfig
+        .args(["owner", "nix", "build", ".#default"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    lab::assert_mentions(
+        &String::from_utf8_lossy(&out.stderr),
+        &[
+            "owner: syncing",
+            "dubious ownership",
+            "fix: if you trust it: git config --global --add safe.directory",
+        ],
+    );
+    for m in lab.mirrors("owner") {
+        assert_eq!(
+            std::fs::read_dir(&m).unwrap().count(),
+            0,
+            "nothing was sent"
+        );
+    }
+}
