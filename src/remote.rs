@@ -287,16 +287,12 @@ fn prepare_script(mirror_names: &[String], run_id: &str) -> String {
     // The holder: a shell reading edict's scripts (with the run dir in $r) until edict
     // closes its end (also when edict was killed, or its connection dropped), then the
     // cleanup: a command still running is stopped, the run dir removed.
-    let hold = format!(
+    let hold = quote(&format!(
         "printf \"%s\\nEDICT-$2\\n\" \"$3\"; r=$1 sh; {}; rm -rf \"$1\"",
         stop_script("\"$1/pid\"")
-    );
-    let hold = hold.as_str();
+    ));
     if mirror_names.is_empty() {
-        s.push_str(&format!(
-            "sh -c {} sh \"$run\" locked \"$o\"\n",
-            quote(hold)
-        ));
+        s.push_str(&format!("sh -c {hold} sh \"$run\" locked \"$o\"\n"));
         return s;
     }
     s.push_str("if command -v flock >/dev/null; then\n  busy=\n");
@@ -308,12 +304,10 @@ fn prepare_script(mirror_names: &[String], run_id: &str) -> String {
     }
     s.push_str("  [ -n \"$busy\" ] && echo EDICT-waiting\n");
     s.push_str(&format!(
-        "  exec {nested}sh -c {} sh \"$run\" locked \"$o\"\n",
-        quote(hold)
+        "  exec {nested}sh -c {hold} sh \"$run\" locked \"$o\"\n"
     ));
     s.push_str(&format!(
-        "else\n  exec sh -c {} sh \"$run\" nolock \"$o\"\nfi\n",
-        quote(hold)
+        "else\n  exec sh -c {hold} sh \"$run\" nolock \"$o\"\nfi\n"
     ));
     s
 }
@@ -347,7 +341,7 @@ fn run_script(env: &RemoteEnv, plan: &Plan) -> String {
             .collect::<String>(),
         snapshot = snapshot_script(&env.dirs.run, &sync_back_mirrors(env, plan)),
         cwd = quote(&cwd),
-        pid = quote(&format!("{}/pid", env.dirs.run)),
+        pid = pid_file(env),
         start = quote(&format!("{}/start", env.dirs.run)),
         cmd = quote_words(&command_words(env, plan)),
     )
@@ -608,8 +602,13 @@ pub fn run(
 /// Stops the remote command: SIGINT to its process group (as a terminal's Ctrl-C would),
 /// then SIGKILL if it is still there after 5 s. (No `kill --`: dash rejects it.)
 fn interrupt(conn: &Connection, env: &RemoteEnv) {
-    let pidfile = quote(&format!("{}/pid", env.dirs.run));
-    let _ = conn.ssh(Tty::No, &stop_script(&pidfile)).output();
+    let _ = conn.ssh(Tty::No, &stop_script(&pid_file(env))).output();
+}
+
+/// The run's pid file on HOST, quoted: the run shell writes it, [`stop_script`] reads it.
+/// (The lock session's shell, where the run dir is `$1`, names it `"$1/pid"`.)
+fn pid_file(env: &RemoteEnv) -> String {
+    quote(&format!("{}/pid", env.dirs.run))
 }
 
 /// A subshell that stops the command whose pid is in `pidfile` (a shell word), if the file
@@ -717,7 +716,6 @@ mod tests {
         assert!(after.trees[1].deleted.is_empty() && !after.trees[1].git_changed);
     }
 
-    /// The probe script is valid sh and, with no flock, prints the fields and waits.
     /// The holder's shell answers each script with its output and END, also when the run
     /// dir cannot be written; `exit` and `cd` in a script do not end or move the holder.
     #[test]
@@ -747,6 +745,7 @@ mod tests {
         }
     }
 
+    /// The probe script is valid sh and, with no flock, prints the fields and waits.
     #[test]
     fn prepare_script_runs_in_sh() {
         let home = tempfile::tempdir().unwrap();
