@@ -100,6 +100,14 @@ impl Run {
     fn fail(&mut self, id: &'static str, detail: impl Into<String>, fix: impl Into<String>) {
         self.set(id, Status::Fail, detail, Some(fix.into()));
     }
+    /// A FAIL from one of edict's own error messages (`what…\n  fix: …`): the detail on one
+    /// line, and its fix, or `fallback` if it has none.
+    fn fail_with(&mut self, id: &'static str, message: &str, fallback: String) {
+        let (what, fix) = message
+            .split_once("\n  fix: ")
+            .map_or((message, fallback), |(a, b)| (a, b.to_string()));
+        self.fail(id, what.replace('\n', " "), fix);
+    }
     fn skip_rest(&mut self, why: &str) {
         for (id, _) in CHECKS {
             self.checks.entry(id).or_insert_with(|| Check {
@@ -265,19 +273,12 @@ pub fn check(transport: Transport, machine: Option<&Machine>) -> Report {
             "{:#}",
             ssh::ssh_failure(&host, "logging in", &String::from_utf8_lossy(&login.stderr))
         );
-        let (what, fix) = err
-            .split_once("\n  fix: ")
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .unwrap_or((err.clone(), format!("run `ssh -v {host} true`")));
-        r.fail("login", what.replace('\n', " "), fix);
+        r.fail_with("login", &err, format!("run `ssh -v {host} true`"));
         return r.report();
     }
     r.ok("login", "key login without a prompt works");
     if let Some(explained) = csh {
-        let (what, fix) = explained
-            .split_once("\n  fix: ")
-            .unwrap_or((&explained, ""));
-        r.fail("quiet-shell", what, fix);
+        r.fail_with("quiet-shell", &explained, String::new());
         return r.report();
     }
 
