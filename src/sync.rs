@@ -136,9 +136,8 @@ pub fn upload(conn: &Connection, env: &RemoteEnv, plan: &Plan) -> Result<Vec<Upl
                 let with_git_dir = dot_git.is_dir();
                 if !with_git_dir {
                     exec::info(format_args!(
-                        "{} is a linked git worktree or submodule: its .git is not sent, so nix on {} sees the tracked files as a plain directory (no self.rev)",
-                        src.root.display(),
-                        conn.transport.label
+                        "{} is a linked git worktree or submodule: its .git is not sent, so nix on {host} sees the tracked files as a plain directory (no self.rev)",
+                        src.root.display()
                     ));
                 }
                 for f in &tracked.files {
@@ -167,8 +166,7 @@ pub fn upload(conn: &Connection, env: &RemoteEnv, plan: &Plan) -> Result<Vec<Upl
                 if with_git_dir {
                     index = IndexCopy::new(&dot_git.join("index")).with_context(|| {
                         format!(
-                            "{}: {step}: copying the git index to send it\n  fix: check that .git/index is readable and that the temporary directory ($TMPDIR or /tmp) has space",
-                            conn.transport.label
+                            "{host}: {step}: copying the git index to send it\n  fix: check that .git/index is readable and that the temporary directory ($TMPDIR or /tmp) has space"
                         )
                     })?;
                 }
