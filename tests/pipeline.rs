@@ -52,6 +52,24 @@ fn wait_for_file(path: &Path) -> String {
     }
 }
 
+/// Runs `cmd` (a `lab.edict(dir)`, adjusted by the caller) as `HOST nix run .#sleeper --
+/// /root/NAME.pid`, stderr piped, and waits until the sleeper runs there; returns edict and
+/// the sleeper's pid (the hosts share this machine's pid namespace).
+fn start_sleeper(
+    lab: &Lab,
+    host: &str,
+    cmd: &mut Command,
+    name: &str,
+) -> (std::process::Child, String) {
+    let pidfile = format!("/root/{name}.pid");
+    let child = cmd
+        .args([host, "nix", "run", ".#sleeper", "--", &pidfile])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    (child, wait_for_file(&lab.host(host).local_path(&pidfile)))
+}
+
 /// Waits (up to 15 s) until process `pid` (of a lab host: same pid namespace) is gone.
 fn wait_gone(pid: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
@@ -898,15 +916,12 @@ fn ctrl_c_stops_the_remote_command() {
         for group in [false, true] {
             let dir = lab.workdir(&format!("intr-{host}-{group}"));
             lab::write_rich_flake(&dir, &lab::unique_tag());
-            let pidfile = format!("/root/sleeper-{host}-{group}.pid");
-            let child = lab
-                .edict(&dir)
-                .args([host, "nix", "run", ".#sleeper", "--", &pidfile])
-                .stderr(Stdio::piped())
-                .process_group(0)
-                .spawn()
-                .unwrap();
-            let pid = wait_for_file(&lab.host(host).local_path(&pidfile));
+            let (child, pid) = start_sleeper(
+                lab,
+                host,
+                lab.edict(&dir).process_group(0),
+                &format!("sleeper-{host}-{group}"),
+            );
             // The host shares this machine's pid namespace, so its processes are visible here.
             assert!(Path::new(&format!("/proc/{pid}")).exists());
             let mut child = child;
@@ -1174,14 +1189,8 @@ fn after_kill_9_the_next_run_just_works() {
     each_host(|lab, host, _| {
         let dir = lab.workdir(&format!("kill9-{host}"));
         lab::write_rich_flake(&dir, &lab::unique_tag());
-        let pidfile = format!("/root/kill9-{host}.pid");
-        let mut child = lab
-            .edict(&dir)
-            .args([host, "nix", "run", ".#sleeper", "--", &pidfile])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let remote_pid = wait_for_file(&lab.host(host).local_path(&pidfile));
+        let (mut child, remote_pid) =
+            start_sleeper(lab, host, &mut lab.edict(&dir), &format!("kill9-{host}"));
         child.kill().unwrap(); // SIGKILL: no cleanup of its own
         child.wait().unwrap();
         // Its lock session ended with it, and HOST stopped the command.
@@ -1195,7 +1204,7 @@ fn after_kill_9_the_next_run_just_works() {
 
 /// The network goes away mid-run (here: edict's ssh master connection dies, as it does when
 /// the link drops and ssh gives up): edict says so with host, step and a fix, exits 255 as ssh
-/// does, leaves the local tree alone, and the next run neither waits for a lock nor fails.
+/// does, leaves the local tree alone, the host stops the command, and the next run works.
 #[test]
 fn a_connection_lost_mid_run_is_reported_and_the_next_run_works() {
     each_host(|lab, host, _| {
@@ -1214,20 +1223,12 @@ fn a_connection_lost_mid_run_is_reported_and_the_next_run_works() {
             )
         };
         let before = listing();
-        let pidfile = format!("/root/lost-{host}.pid");
-        let child = lab
-            .edict(&dir)
-            .args([host, "nix", "run", ".#sleeper", "--", &pidfile])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let remote_pid = wait_for_file(&lab.host(host).local_path(&pidfile));
+        let (child, remote_pid) =
+            start_sleeper(lab, host, &mut lab.edict(&dir), &format!("lost-{host}"));
         // This lab's master: the one ssh with ControlMaster=yes and this lab's ssh config.
         let config = lab.ssh_config().display().to_string();
-        let masters: Vec<i32> = std::fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        let masters: Vec<i32> = pids()
+            .into_iter()
             .filter(|pid| {
                 let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
                 let cmd = String::from_utf8_lossy(&cmd);
@@ -1259,21 +1260,18 @@ fn a_silent_link_ends_the_run_with_ssh_s_words() {
     each_host(|lab, host, _| {
         let dir = lab.workdir(&format!("silent-{host}"));
         lab::write_rich_flake(&dir, &lab::unique_tag());
-        let pidfile = format!("/root/silent-{host}.pid");
-        let child = lab
-            .edict(&dir)
-            .env(
+        let (child, remote_pid) = start_sleeper(
+            lab,
+            host,
+            lab.edict(&dir).env(
                 "EDICT_SSH_OPTS",
                 format!(
                     "{} -o ServerAliveInterval=1 -o ServerAliveCountMax=2",
                     lab.ssh_opts()
                 ),
-            )
-            .args([host, "nix", "run", ".#sleeper", "--", &pidfile])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let remote_pid = wait_for_file(&lab.host(host).local_path(&pidfile));
+            ),
+            &format!("silent-{host}"),
+        );
         // Freeze every sshd serving a connection on this host (not the listener itself).
         let sessions = sshd_sessions(lab.host(host).pid() as i32);
         assert!(!sessions.is_empty());
@@ -1300,6 +1298,15 @@ fn a_silent_link_ends_the_run_with_ssh_s_words() {
     });
 }
 
+/// Every process of this machine (the lab hosts' too: they share its pid namespace).
+fn pids() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .collect()
+}
+
 /// The processes below the sshd listener `listener` whose name starts with sshd: one or two
 /// per connection (`sshd: root@notty`, OpenSSH ≥ 9.8's `sshd-session`).
 fn sshd_sessions(listener: i32) -> Vec<i32> {
@@ -1308,10 +1315,8 @@ fn sshd_sessions(listener: i32) -> Vec<i32> {
         let (name, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
         Some((rest.split(' ').nth(1)?.parse().ok()?, name.to_string()))
     };
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+    pids()
+        .into_iter()
         .filter(|&pid| {
             let Some((mut up, name)) = parent(pid) else {
                 return false;
@@ -1430,13 +1435,7 @@ fn ctrl_c_while_waiting_for_the_lock() {
     let host = lab::default_name(Flavour::Bookworm);
     let dir = lab.workdir("lockwait");
     lab::write_rich_flake(&dir, &lab::unique_tag());
-    let pidfile = "/root/lockwait.pid";
-    let mut first = lab
-        .edict(&dir)
-        .args([host, "nix", "run", ".#sleeper", "--", pidfile])
-        .spawn()
-        .unwrap();
-    let remote_pid = wait_for_file(&lab.host(host).local_path(pidfile));
+    let (mut first, remote_pid) = start_sleeper(&lab, host, &mut lab.edict(&dir), "lockwait");
     let mut second = lab
         .edict(&dir)
         .args([host, "nix", "build", ".#default"])
