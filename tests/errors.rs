@@ -5,22 +5,40 @@
 mod lab;
 
 use lab::{Flavour, HostSpec, Lab, describe};
-use std::process::Output;
+use std::process::{Command, Output};
 
+/// `edict HOST nix build .#default` on a fresh flake fails with `code`, saying `needles`,
+/// the host and a fix, and makes no result link.
 fn fails(lab: &Lab, host: &str, code: i32, needles: &[&str]) -> Output {
     let dir = lab.workdir(&format!("err-{host}-{}", lab::unique_tag()));
     lab::write_rich_flake(&dir, &lab::unique_tag());
-    let out = lab
-        .edict(&dir)
-        .args([host, "nix", "build", ".#default"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(code), "{}", describe(&out));
-    lab::assert_mentions(&err, needles);
-    lab::assert_mentions(&err, &[host, "fix:"]);
+    let out = fails_with(
+        lab.edict(&dir).args([host, "nix", "build", ".#default"]),
+        code,
+        needles,
+    );
+    lab::assert_mentions(&String::from_utf8_lossy(&out.stderr), &[host, "fix:"]);
     assert!(!dir.join("result").exists());
     out
+}
+
+/// Runs `cmd` (edict with its arguments), which must fail with `code`, saying `needles`.
+fn fails_with(cmd: &mut Command, code: i32, needles: &[&str]) -> Output {
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(code), "{}", describe(&out));
+    lab::assert_mentions(&String::from_utf8_lossy(&out.stderr), needles);
+    out
+}
+
+/// Nothing reached `host`: the mirrors its probe made are empty.
+fn nothing_sent(lab: &Lab, host: &str) {
+    for m in lab.mirrors(host) {
+        let sent: Vec<_> = std::fs::read_dir(&m).unwrap().flatten().collect();
+        assert!(
+            sent.is_empty(),
+            "nothing was sent, but {m:?} holds {sent:?}"
+        );
+    }
 }
 
 #[test]
@@ -117,15 +135,9 @@ fn disk_full_there() {
     let dir = lab.workdir("full");
     lab::write_rich_flake(&dir, &lab::unique_tag());
     std::fs::write(dir.join("big.bin"), vec![7u8; 2 << 20]).unwrap();
-    let out = lab
-        .edict(&dir)
-        .args(["full", "nix", "build", ".#default"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
-    lab::assert_mentions(
-        &err,
+    fails_with(
+        lab.edict(&dir).args(["full", "nix", "build", ".#default"]),
+        1,
         &[
             "full",
             "syncing",
@@ -171,14 +183,10 @@ fn a_flake_git_does_not_track() {
         (dir.join("sub"), ".#default", "sub/flake.nix"),
         (dir.join("sub"), url.as_str(), "sub/flake.nix"),
     ] {
-        let out = lab
-            .edict(&cwd)
-            .args(["untracked", "nix", "build", installable])
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
-        lab::assert_mentions(
-            &String::from_utf8_lossy(&out.stderr),
+        fails_with(
+            lab.edict(&cwd)
+                .args(["untracked", "nix", "build", installable]),
+            1,
             &[
                 "untracked: syncing",
                 &format!("{file} is not tracked by git"),
@@ -186,26 +194,15 @@ fn a_flake_git_does_not_track() {
                 &format!("add {file}"),
             ],
         );
-        for m in lab.mirrors("untracked") {
-            let sent: Vec<_> = std::fs::read_dir(&m).unwrap().flatten().collect();
-            assert!(
-                sent.is_empty(),
-                "nothing was sent, but {m:?} holds {sent:?}"
-            );
-        }
+        nothing_sent(&lab, "untracked");
     }
     // `git init` and nothing added yet: no index at all.
     let fresh = lab.workdir("untracked-fresh");
     lab::write_flake(&fresh, &lab::unique_tag());
     lab::git(&fresh, &["init", "-q"]);
-    let out = lab
-        .edict(&fresh)
-        .args(["untracked", "nix", "build"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
-    lab::assert_mentions(
-        &String::from_utf8_lossy(&out.stderr),
+    fails_with(
+        lab.edict(&fresh).args(["untracked", "nix", "build"]),
+        1,
         &["flake.nix is not tracked by git", "add flake.nix"],
     );
     lab::git(&dir, &["add", "flake.nix", "sub/flake.nix"]);
@@ -242,26 +239,16 @@ fn a_repository_owned_by_someone_else() {
         .status()
         .unwrap();
     assert!(chown.success());
-    let out = lab
-        .edict(&dir)
-        .env("HOME", lab.dir()) // no safe.directory from the real ~/.gitconfig
-        .args(["owner", "nix", "build", ".#default"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
-    lab::assert_mentions(
-        &String::from_utf8_lossy(&out.stderr),
+    fails_with(
+        lab.edict(&dir)
+            .env("HOME", lab.dir()) // no safe.directory from the real ~/.gitconfig
+            .args(["owner", "nix", "build", ".#default"]),
+        1,
         &[
             "owner: syncing",
             "dubious ownership",
             "fix: if you trust it: git config --global --add safe.directory",
         ],
     );
-    for m in lab.mirrors("owner") {
-        assert_eq!(
-            std::fs::read_dir(&m).unwrap().count(),
-            0,
-            "nothing was sent"
-        );
-    }
+    nothing_sent(&lab, "owner");
 }
