@@ -1051,6 +1051,18 @@ fn dry_run_prints_the_plan_without_connecting() {
         text.contains(&format!("sync back: {}", dir.display())),
         "{text}"
     );
+    // nixpkgs' switches go along, and the plan shows them.
+    let out = ok(lab.edict(&dir).env("NIXPKGS_ALLOW_UNFREE", "1").args([
+        "--dry-run",
+        "no-such-host.invalid",
+        "nix",
+        "build",
+    ]));
+    let text = stdout(&out);
+    assert!(
+        text.contains("command:   env NIXPKGS_ALLOW_UNFREE=1 nix --extra-experimental-features"),
+        "{text}"
+    );
 }
 
 #[test]
