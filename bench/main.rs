@@ -187,7 +187,8 @@ impl Ctx<'_> {
                 "private",
                 "sh",
                 "-c",
-                "mount --bind \"$0\" /nix && cd \"$1\" && exec sh -c \"$2\"",
+                // (a fresh Debian 12 has no /nix to mount on)
+                "mkdir -p /nix && mount --bind \"$0\" /nix && cd \"$1\" && exec sh -c \"$2\"",
             ])
             .arg(&self.local_nix)
             .arg(&self.flake)
@@ -229,7 +230,7 @@ fn method(m: &str, attr: &str) -> String {
         ),
         // (d) the floor by hand: one shared connection, rsync, one remote build, one copy.
         "d" => format!(
-            "S=/tmp/edict-bench-floor-$$; ssh -F \"$CFG\" -o ControlMaster=yes -o ControlPath=$S -o ControlPersist=30 -fN bench && \
+            "S=${{TMPDIR:-/tmp}}/edict-bench-floor-$$; ssh -F \"$CFG\" -o ControlMaster=yes -o ControlPath=$S -o ControlPersist=30 -fN bench && \
              rsync -a --delete -e \"ssh -F $CFG -o ControlPath=$S\" ./ bench:/root/bench-src/ && \
              out=$(ssh -F \"$CFG\" -o ControlPath=$S bench 'nix build /root/bench-src#{attr} --no-link && nix path-info /root/bench-src#{attr}') && \
              NIX_SSHOPTS=\"-F $CFG -o ControlPath=$S\" nix copy --no-check-sigs --from ssh://bench \"$out\" && \
@@ -257,7 +258,7 @@ fn one_run(args: &Args, workload: &str, m: &str, flake: &Path) -> Result<Sample,
     }));
     let local = tempfile::Builder::new()
         .prefix("edict-bench-local-")
-        .tempdir_in("/tmp")
+        .tempdir_in(lab::scratch())
         .unwrap();
     let ctx = Ctx {
         lab: &lab,
@@ -340,7 +341,7 @@ fn main() {
                 // W2 changes its source: every method and run starts from the same repo.
                 let work = tempfile::Builder::new()
                     .prefix("edict-bench-src-")
-                    .tempdir_in("/tmp")
+                    .tempdir_in(lab::scratch())
                     .unwrap();
                 let flake = work.path().join("src");
                 write_flake(&flake, args.scale);

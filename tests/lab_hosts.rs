@@ -200,3 +200,115 @@ fn multi_user_hosts_build_through_their_daemon() {
         );
     }
 }
+
+/// README's first command, `cargo run --example lab -- --demo`, on a machine as fresh as
+/// Debian 12 leaves it: this machine's root seen through an overlay in which `/nix` and
+/// `/etc/nix` do not exist (nix-bin creates neither), entered with pivot_root so that nix,
+/// which re-enters its mount namespace before it runs ssh, stays inside. The demo must make
+/// what its hosts mount on, build on a host with edict and leave a valid `./result` here.
+#[test]
+fn the_demo_runs_on_a_machine_without_nix_directories() {
+    lab::require();
+    let exe = std::env::current_exe().unwrap();
+    let target = exe.parent().unwrap().parent().unwrap();
+    let example = target.join("examples/lab");
+    assert!(
+        example.exists() && target.join("edict").exists(),
+        "{} and edict are built by `cargo test`; with a filter, `cargo build --examples --bins` first",
+        example.display()
+    );
+    let scratch = tempfile::Builder::new()
+        .prefix("edict-fresh-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    // Whiteouts (character devices 0/0 in the upper dir) hide /nix and /etc/nix.
+    let script = r#"set -e
+T=$1; EXAMPLE=$2
+mount -t tmpfs tmpfs "$T"
+mkdir -p "$T/upper/etc" "$T/work" "$T/root"
+mknod "$T/upper/nix" c 0 0
+mknod "$T/upper/etc/nix" c 0 0
+mount -t overlay overlay -o "lowerdir=/,upperdir=$T/upper,workdir=$T/work" "$T/root"
+R=$T/root
+mount -t proc proc "$R/proc"
+mount --rbind /dev "$R/dev"
+mount --rbind /sys "$R/sys"
+mount -t tmpfs tmpfs "$R/tmp"
+mount -t tmpfs tmpfs "$R/run"
+mkdir -p "$R/.oldroot"
+cd "$R"
+pivot_root . .oldroot
+exec chroot . sh -c 'umount -l /.oldroot && rmdir /.oldroot
+  for d in /nix /etc/nix; do if [ -e $d ]; then echo "$d exists: the overlay did not hide it" >&2; exit 99; fi; done
+  cd / && exec "$0" --demo' "$EXAMPLE"
+"#;
+    let out = std::process::Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ])
+        .arg(scratch.path())
+        .arg(&example)
+        .env_remove("CARGO") // use the edict binary cargo test built, build nothing
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "the demo failed: {}", describe(&out));
+    lab::assert_mentions(
+        &stdout,
+        &[
+            "$ edict nix28 nix build .#default",
+            "result -> /nix/store/",
+            "hello",
+            "copied into this machine's store (valid here)",
+        ],
+    );
+}
+
+/// `cargo test` as a user who is not root: the first lab test ends the test process with one
+/// message that says what is missing, the command that fixes it and the tests that need no
+/// root, instead of a panic per test. (A copy of this very test binary, run as `nobody`.)
+#[test]
+fn without_root_the_lab_tests_stop_with_one_clear_message() {
+    lab::require();
+    let dir = tempfile::Builder::new()
+        .prefix("edict-noroot-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let copy = dir.path().join("lab_hosts");
+    std::fs::copy(std::env::current_exe().unwrap(), &copy).unwrap();
+    for p in [dir.path(), copy.as_path()] {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let out = std::process::Command::new("runuser")
+        .args(["-u", "nobody", "--"])
+        .arg(&copy)
+        .args(["--test-threads", "4", "round_trip"])
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert_eq!(
+        stderr.matches("cannot start its test hosts").count(),
+        1,
+        "{}",
+        describe(&out)
+    );
+    lab::assert_mentions(
+        &stderr,
+        &[
+            "it is not root",
+            "tests/lab/install.sh",
+            "cargo test --bins --test cli",
+        ],
+    );
+    assert!(!stderr.contains("panicked"), "{}", describe(&out));
+}

@@ -275,13 +275,88 @@ pub struct Lab {
     hosts: Vec<Host>,
 }
 
+/// The packages the lab needs, each with a program that shows it is installed.
+const PACKAGES: &str = include_str!("packages");
+
+/// The packages of `tests/lab/packages` whose program this machine lacks.
+pub fn missing_packages() -> Vec<&'static str> {
+    PACKAGES
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once(char::is_whitespace))
+        .filter(|(_, program)| {
+            let program = program.trim();
+            if program.starts_with('/') {
+                !Path::new(program).exists()
+            } else {
+                which::which(program).is_err()
+            }
+        })
+        .map(|(package, _)| package)
+        .collect()
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// What keeps the lab from starting hosts here, and the command that fixes it; `None` when
+/// nothing does.
+pub fn not_ready() -> Option<String> {
+    let missing = missing_packages();
+    if is_root() && missing.is_empty() {
+        return None;
+    }
+    let install = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/lab/install.sh");
+    let mut msg = String::from("edict's lab cannot start its test hosts on this machine:\n");
+    if !is_root() {
+        msg.push_str("  - it is not root (each host is an sshd in its own mount namespace, with a private /nix)\n");
+    }
+    if !missing.is_empty() {
+        writeln!(msg, "  - missing Debian packages: {}", missing.join(" ")).expect("formatting");
+    }
+    write!(
+        msg,
+        "  fix: as root, run {} (it installs what is missing and builds the cached Debian 13 root), then run the tests as root\n  \
+         The tests that need neither root nor the lab: cargo test --bins --test cli\n",
+        install.display()
+    )
+    .expect("formatting");
+    Some(msg)
+}
+
+/// Ends this test process with one message, instead of a panic in every test, when the lab
+/// cannot start here. Written to the real stderr: the test harness captures `eprintln!`.
+pub fn require() {
+    static CHECKED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    CHECKED.get_or_init(|| {
+        if let Some(msg) = not_ready() {
+            let _ =
+                std::io::Write::write_all(&mut std::io::stderr(), format!("\n{msg}\n").as_bytes());
+            std::process::exit(1);
+        }
+    });
+}
+
+/// Where labs and their files go: `$TMPDIR` (the bench points it at a tmpfs of its own), or
+/// /tmp when it is unset or too long: ssh control sockets under it must fit in sun_path
+/// (108 bytes).
+pub fn scratch() -> PathBuf {
+    match std::env::var_os("TMPDIR").map(PathBuf::from) {
+        Some(t) if t.is_absolute() && t.as_os_str().len() <= 24 => t,
+        _ => PathBuf::from("/tmp"),
+    }
+}
+
 impl Lab {
     pub fn new() -> Self {
-        // Short path: ssh control sockets under it must fit in sun_path (108 bytes).
+        require();
         let dir = tempfile::Builder::new()
             .prefix("edict-lab-")
-            .tempdir_in("/tmp")
-            .expect("creating the lab directory in /tmp");
+            .tempdir_in(scratch())
+            .expect("creating the lab directory");
         let lab = Lab {
             dir,
             hosts: Vec::new(),
@@ -679,12 +754,14 @@ fn start_sshd(
                 }
                 None => "",
             };
+            // A fresh Debian 12 has neither /nix nor /etc/nix (nix-bin creates neither):
+            // every directory mounted on is made first.
             let script = format!(
                 "set -e\nD={d}\n{home_mount}{passwd}\
+                 mkdir -p /nix /etc/nix /root /run/sshd\n\
                  mount --bind $D/nix /nix\n\
                  mount --bind $D/etc-nix /etc/nix\n\
                  mount --bind $D/home /root\n\
-                 mkdir -p /run/sshd\n\
                  {hide}{multi_bookworm}\
                  exec /usr/sbin/sshd -D -E $D/ssh/sshd.log -f $D/ssh/sshd_config\n"
             );
@@ -711,9 +788,9 @@ fn start_sshd(
                  mount --bind $D/etc-nix $M/etc/nix\n\
                  mount --bind $D/home $M/root\n\
                  mount --bind $D/ssh $M/etc/edict-lab\n\
+                 mkdir -p $M/proc $M/dev $M/run/sshd\n\
                  mount -t proc proc $M/proc\n\
                  mount --rbind /dev $M/dev\n\
-                 mkdir -p $M/run/sshd\n\
                  B=$M/usr/bin\n{hide}{multi_trixie}\
                  exec chroot $M /usr/sbin/sshd -D -E /etc/edict-lab/sshd.log -f /etc/edict-lab/sshd_config\n",
                 root = root.display()
