@@ -40,6 +40,10 @@ pub struct Cli {
     /// Don't copy results back or create result links.
     #[arg(long)]
     pub no_link: bool,
+    /// The largest file that sync-back brings back (bytes, or with K, M, G: powers of
+    /// 1024); a larger one stays on HOST and is reported.
+    #[arg(long, value_name = "SIZE", default_value = "100M")]
+    pub max_sync_size: Size,
     /// Print each command edict runs (-v), and more detail (-vv).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -70,6 +74,33 @@ pub struct Cli {
         allow_hyphen_values = true
     )]
     pub command: Vec<String>,
+}
+
+/// A size in bytes, written `1000`, `512K`, `100M` or `2G` (powers of 1024, as rsync reads them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl std::str::FromStr for Size {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (digits, shift) = match s.strip_suffix(['K', 'k']) {
+            Some(d) => (d, 10),
+            None => match s.strip_suffix(['M', 'm']) {
+                Some(d) => (d, 20),
+                None => match s.strip_suffix(['G', 'g']) {
+                    Some(d) => (d, 30),
+                    None => (s, 0),
+                },
+            },
+        };
+        digits
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(1 << shift))
+            .map(Size)
+            .ok_or_else(|| format!("`{s}` is not a size: write bytes, or a number with K, M or G"))
+    }
 }
 
 /// `edict machines`: the pool and the choice `auto` would make.
@@ -220,6 +251,28 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("edict").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn sizes_read_as_rsync_reads_them() {
+        let size = |s: &str| s.parse::<Size>().map(|s| s.0);
+        assert_eq!(size("1000"), Ok(1000));
+        assert_eq!(size("512K"), Ok(512 << 10));
+        assert_eq!(size("100M"), Ok(100 << 20));
+        assert_eq!(size("2g"), Ok(2 << 30));
+        for bad in ["", "M", "1.5M", "-1", "10T", "99999999999G"] {
+            assert!(size(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse(&["h", "nix", "build"]).unwrap().max_sync_size,
+            Size(100 << 20)
+        );
+        assert_eq!(
+            parse(&["--max-sync-size", "1G", "h", "nix", "build"])
+                .unwrap()
+                .max_sync_size,
+            Size(1 << 30)
+        );
     }
 
     #[test]

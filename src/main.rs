@@ -5,6 +5,7 @@
 //! and bring back what it changed (7). Each step is a module; they pass plain data.
 
 mod cli;
+mod contain;
 mod doctor;
 mod dryrun;
 mod exec;
@@ -162,7 +163,7 @@ pub(crate) fn pipeline(
     let changes = signals.step(
         &host,
         "syncing back",
-        sync::back(&conn, &env, plan, &uploads, &after),
+        sync::back(&conn, &env, plan, &uploads, &after, cli.max_sync_size.0),
     )?;
     let conflicts = report(&changes, &host);
 
@@ -273,6 +274,13 @@ fn report(changes: &[sync::Change], host: &str) -> bool {
                         path.display()
                     ),
                 }
+            }
+            sync::Change::Refused { path, why } => {
+                conflicts = true;
+                eprintln!(
+                    "edict: not brought back from {host}: {}: {why}; {host}'s version stays in its mirror there",
+                    path.display()
+                );
             }
             sync::Change::GitState => exec::info(format_args!(
                 "the command changed git state on {host} (a commit or branch); edict does not bring back .git: the changed files came back uncommitted, commit them here"

@@ -262,6 +262,8 @@ pub fn prepare(
 /// The probe-and-lock script. POSIX sh; prints `EDICT-key value` lines, then blocks on stdin.
 fn prepare_script(mirror_names: &[String], run_id: &str) -> String {
     let mut s = String::new();
+    // edict's cache there (mirrors with .git/config, run dirs) is for this user only.
+    s.push_str("umask 077\n");
     s.push_str(&format!("PATH=\"$PATH:{NIX_PLACES}\"\n"));
     // The findings go out in one write with EDICT-locked: one packet on the wire, not five.
     s.push_str(
@@ -278,7 +280,7 @@ fn prepare_script(mirror_names: &[String], run_id: &str) -> String {
         .map(|n| format!(" \"$c/mirrors/\"{}", quote(n)))
         .collect();
     s.push_str(&format!(
-        "err=$(mkdir -p \"$run/links\"{mirror_dirs} 2>&1) || {{ printf '%s\\nEDICT-error %s\\n' \"$o\" \"$err\"; exit 1; }}\n"
+        "err=$(mkdir -p \"$run/links\"{mirror_dirs} 2>&1) || {{ printf '%s\\nEDICT-error %s\\n' \"$o\" \"$err\"; exit 1; }}\nchmod 700 \"$c\" 2>/dev/null\n"
     ));
     // Scratch dirs of runs that died without cleaning up (edict killed with -9, host reboot).
     s.push_str(

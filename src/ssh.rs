@@ -123,9 +123,7 @@ impl Transport {
             t.user_opts.extend(["-i".to_string(), key]);
         }
         if let Some(host_key) = &machine.host_key {
-            let dir = tempfile::Builder::new()
-                .prefix("edict-hostkey-")
-                .tempdir()?;
+            let dir = crate::contain::private_tempdir("edict-hostkey-", None)?;
             let file = dir.path().join("known_hosts");
             std::fs::write(&file, format!("edict-pinned {host_key}\n"))?;
             t.user_opts.extend([
@@ -385,7 +383,7 @@ fn socket_dir() -> Result<tempfile::TempDir> {
         _ => PathBuf::from("/tmp"),
     };
     let base: &Path = &base;
-    Ok(tempfile::Builder::new().prefix("edict-").tempdir_in(base)?)
+    Ok(crate::contain::private_tempdir("edict-", Some(base))?)
 }
 
 /// A failure of ssh itself (not of the remote command): edict exits 255 for it, as ssh does.

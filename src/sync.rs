@@ -8,6 +8,7 @@
 //! wildcards escaped, so any file name works) and `--delete-excluded`, so the mirror holds
 //! that set and nothing else; files deleted here disappear there.
 
+use crate::contain::{Dir, Refusal};
 use crate::exec::{self, Cmd, quote};
 use crate::mapping::{Plan, SourceKind, Word};
 use crate::remote::{After, RemoteEnv};
@@ -68,8 +69,17 @@ fn rsync(conn: &Connection, env: &RemoteEnv) -> Cmd {
 }
 
 fn run_rsync(conn: &Connection, cmd: &Cmd, step: &str) -> Result<std::process::Output> {
+    run_rsync_checked(conn, cmd, step, cmd.output()?)
+}
+
+/// rsync's exit as edict's error: host, step, what rsync said and a fix.
+fn run_rsync_checked(
+    conn: &Connection,
+    cmd: &Cmd,
+    step: &str,
+    out: std::process::Output,
+) -> Result<std::process::Output> {
     let host = &conn.transport.label;
-    let out = cmd.output()?;
     let code = out.status.code();
     // 24: a file vanished while rsync read the tree (an editor's temp file): not an error.
     if out.status.success() || code == Some(24) {
@@ -441,7 +451,7 @@ impl IndexCopy {
         let Ok(meta) = std::fs::metadata(index) else {
             return Ok(None); // a new repository with nothing added yet
         };
-        let dir = tempfile::Builder::new().prefix("edict-index-").tempdir()?;
+        let dir = crate::contain::private_tempdir("edict-index-", None)?;
         std::fs::create_dir(dir.path().join(".git"))?;
         let copy = dir.path().join(".git/edict-index");
         std::fs::copy(index, &copy).with_context(|| format!("copying {}", index.display()))?;
@@ -528,6 +538,10 @@ pub enum Change {
         path: PathBuf,
         remote_copy: Option<PathBuf>,
     },
+    /// Changed on HOST but not brought back, and why: a symlink here on its way (see
+    /// `contain`), over `--max-sync-size`, or it could not be copied or placed. HOST's
+    /// version stays in the mirror there; counted as a conflict.
+    Refused { path: PathBuf, why: String },
     /// The command changed `.git` on HOST (a commit): not brought back.
     GitState,
 }
@@ -559,14 +573,16 @@ fn decide(sent: Option<&Stamp>, now: Option<&Stamp>, there: Option<bool>) -> Dec
 }
 
 /// Step 7: for every source marked for sync-back, brings back what the command changed on
-/// HOST (`after` says what). Returns what it did, conflicts included; the caller reports
-/// them and exits non-zero.
+/// HOST (`after` says what), each file no larger than `max_size` bytes. Returns what it did,
+/// conflicts and refusals included; the caller reports them and exits non-zero. One file
+/// that cannot come back never stops the others.
 pub fn back(
     conn: &Connection,
     env: &RemoteEnv,
     plan: &Plan,
     uploads: &[Upload],
     after: &After,
+    max_size: u64,
 ) -> Result<Vec<Change>> {
     let host = &conn.transport.label;
     let mut changes = Vec::new();
@@ -576,6 +592,12 @@ pub fn back(
         };
         let sent = &uploads[tree.src].files;
         let step = format!("bringing back changes to {}", src.root.display());
+        let here = Dir::open(&src.root)
+            .with_context(|| format!("{host}: {step}: opening {}", src.root.display()))?;
+        let refuse = |name: &str, why: String| Change::Refused {
+            path: src.root.join(name),
+            why,
+        };
         let mut take = Vec::new();
         let mut conflicts = Vec::new();
         let mut deletes = Vec::new();
@@ -587,6 +609,11 @@ pub fn back(
             .map(|f| (f, Some(true)))
             .chain(deleted.map(|f| (f, None)));
         for (name, there) in touched {
+            // A path through a symlink here is not the tree's: neither read nor written.
+            if let Err(why) = here.reachable(Path::new(name)) {
+                changes.push(refuse(name, why.to_string()));
+                continue;
+            }
             match decide(sent.get(name), stamp(&src.root.join(name)).as_ref(), there) {
                 Decision::Take => take.push(name.clone()),
                 Decision::Conflict if there.is_some() => conflicts.push(name.clone()),
@@ -603,15 +630,15 @@ pub fn back(
         }
         if !take.is_empty() || !conflicts.is_empty() {
             // Same file system as the tree, so each file lands with an atomic rename.
-            let staging = tempfile::Builder::new()
-                .prefix(".edict-sync-")
-                .tempdir_in(&src.root)
+            let staging = crate::contain::private_tempdir(".edict-sync-", Some(&src.root))
                 .with_context(|| {
                     format!(
-                        "{step}: creating a staging directory in {}",
+                        "{host}: {step}: creating a staging directory in {}\n  fix: check that you can write there",
                         src.root.display()
                     )
                 })?;
+            let staged = Dir::open(staging.path())
+                .with_context(|| format!("{host}: {step}: opening the staging directory"))?;
             let mut list = tempfile::NamedTempFile::new()?;
             for name in take.iter().chain(&conflicts) {
                 list.write_all(name.as_bytes())?;
@@ -624,61 +651,113 @@ pub fn back(
                 plan.mirror(tree.src, &env.dirs)
             );
             // --ignore-times: a same-size rewrite in the same second is still a change.
+            // --chmod=ug-s: nothing comes back setuid or setgid, whoever HOST's account is.
+            // --max-size: a bound on what lands here (a sparse 1 GiB file is 0 bytes there);
+            // rsync names each file it skips for it (`--info=skip1`).
             let pull = rsync(conn, env)
                 .args([
                     "--ignore-times",
+                    "--chmod=ug-s",
+                    "--info=skip1",
+                    &format!("--max-size={max_size}"),
                     "--from0",
                     &format!("--files-from={}", list.path().display()),
                 ])
                 .arg(&from)
                 .arg(format!("{}/", staging.path().display()));
-            run_rsync(conn, &pull, &step)?;
+            let out = run_rsync_partial(conn, &pull, &step)?;
+            let too_large: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| l.strip_suffix(" is over max-size"))
+                .map(str::to_string)
+                .collect();
+            let missing = |name: &str| {
+                if too_large.contains(name) {
+                    format!(
+                        "it is over --max-sync-size ({max_size} bytes) on {host}; raise the bound to bring it back"
+                    )
+                } else {
+                    format!(
+                        "rsync could not copy it from {host}: {}",
+                        exec::stderr_tail(&out).replace('\n', "; ")
+                    )
+                }
+            };
             for name in take {
                 let dest = src.root.join(&name);
+                let rel = Path::new(&name);
+                if std::fs::symlink_metadata(staging.path().join(rel)).is_err() {
+                    changes.push(refuse(&name, missing(&name)));
                 // Re-check: the file may have been edited here while it was on its way.
-                if stamp(&dest).as_ref() == sent.get(&name) {
-                    place(&staging.path().join(&name), &dest)?;
-                    changes.push(Change::Taken(dest));
-                } else {
+                } else if stamp(&dest).as_ref() != sent.get(&name) {
                     conflicts.push(name);
+                } else {
+                    changes.push(match here.replace(&staged, rel, rel) {
+                        Ok(()) => Change::Taken(dest),
+                        Err(why) => refuse(&name, why.to_string()),
+                    });
                 }
             }
             for name in conflicts {
-                let dest = src.root.join(&name);
-                let copy = beside(&dest, host);
-                place(&staging.path().join(&name), &copy)?;
-                changes.push(Change::Conflict {
-                    path: dest,
-                    remote_copy: Some(copy),
+                let rel = Path::new(&name);
+                if std::fs::symlink_metadata(staging.path().join(rel)).is_err() {
+                    changes.push(refuse(&name, missing(&name)));
+                    continue;
+                }
+                changes.push(match place_copy(&here, &staged, rel, host) {
+                    Ok(copy) => Change::Conflict {
+                        path: src.root.join(&name),
+                        remote_copy: Some(copy),
+                    },
+                    Err(why) => refuse(&name, why.to_string()),
                 });
             }
         }
         for name in deletes {
             let dest = src.root.join(&name);
             if stamp(&dest).as_ref() == sent.get(&name) {
-                std::fs::remove_file(&dest)
-                    .with_context(|| format!("{step}: removing {}", dest.display()))?;
-                changes.push(Change::Deleted(dest));
+                changes.push(match here.remove(Path::new(&name)) {
+                    Ok(()) => Change::Deleted(dest),
+                    Err(why) => refuse(&name, format!("removing it here failed: {why}")),
+                });
             }
         }
     }
     Ok(changes)
 }
 
-/// Where HOST's version of a conflicting file goes: `NAME.edict-HOST` beside it.
-fn beside(path: &Path, host: &str) -> PathBuf {
-    let name = path
+/// Runs the sync-back pull: like [`run_rsync`], except that rsync's "some files were not
+/// transferred" (23) is not an error of the whole step: the files it could copy still come
+/// back, and each missing one is reported by name.
+fn run_rsync_partial(conn: &Connection, cmd: &Cmd, step: &str) -> Result<std::process::Output> {
+    let out = cmd.output()?;
+    if out.status.code() == Some(23) {
+        return Ok(out);
+    }
+    run_rsync_checked(conn, cmd, step, out)
+}
+
+/// Puts HOST's version of a conflicting file beside the local one, as `NAME.edict-HOST`, or
+/// `NAME.edict-HOST-2`, `-3`… when that name is taken: never over an existing file (an
+/// earlier conflict's copy, a hand merge).
+fn place_copy(here: &Dir, staged: &Dir, rel: &Path, host: &str) -> Result<PathBuf, Refusal> {
+    let name = rel
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!("{name}.edict-{}", crate::mapping::safe_name(host)))
-}
-
-fn place(from: &Path, to: &Path) -> Result<()> {
-    if let Some(parent) = to.parent() {
-        std::fs::create_dir_all(parent)?;
+    let base = format!("{name}.edict-{}", crate::mapping::safe_name(host));
+    for n in 1..=100 {
+        let copy = match n {
+            1 => rel.with_file_name(&base),
+            n => rel.with_file_name(format!("{base}-{n}")),
+        };
+        match here.place_new(staged, rel, &copy) {
+            Ok(()) => return Ok(here.path().join(copy)),
+            Err(Refusal::Exists) => continue,
+            Err(e) => return Err(e),
+        }
     }
-    std::fs::rename(from, to).with_context(|| format!("moving {} into place", to.display()))
+    Err(Refusal::Exists)
 }
 
 #[cfg(test)]

@@ -1126,6 +1126,11 @@ const RICH_FLAKE: &str = r#"{
         echo $$ > "$1"
         exec /bin/sleep 300
       '';
+      # Runs its first argument as a shell script in the cwd: what a test's command does there.
+      shell = bin "shell" ''
+        #!/bin/sh
+        eval "$1"
+      '';
       app = drv: name: { type = "app"; program = "${drv}/bin/${name}"; };
     in {
       packages.${system} = { default = top; inherit dep multi; tool = args; };
@@ -1138,6 +1143,7 @@ const RICH_FLAKE: &str = r#"{
         sleeper = app sleeper "sleeper";
         tty = app tty "tty";
         commit = app commit "commit";
+        shell = app shell "shell";
       };
       devShells.${system}.default = derivation {
         name = "edict-shell"; inherit system; builder = "/bin/bash"; outputs = [ "out" ];

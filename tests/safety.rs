@@ -1,0 +1,256 @@
+//! Data safety of sync-back, against real lab hosts on Nix 2.8 and 2.26: what a command on
+//! HOST does to its mirror can never make edict write outside the local tree, replace a file
+//! it should not, plant setuid files or fill the local disk; a file that cannot come back is
+//! named, and the rest still comes back.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod lab;
+
+use lab::{Flavour, Lab, describe};
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+
+fn each_host(f: impl Fn(&Lab, &str, Flavour)) {
+    let lab = Lab::both();
+    for flavour in Flavour::ALL {
+        f(&lab, lab::default_name(flavour), flavour);
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// A git flake (the rich lab flake plus `files`, committed) in a fresh workdir.
+fn flake(lab: &Lab, name: &str, files: &[(&str, &str)]) -> PathBuf {
+    let dir = lab.workdir(name);
+    lab::write_rich_flake(&dir, &lab::unique_tag());
+    for (f, text) in files {
+        let p = dir.join(f);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    lab::git_init(&dir);
+    dir
+}
+
+/// `edict HOST nix run .#shell -- SCRIPT` in `dir`.
+fn shell(lab: &Lab, host: &str, dir: &Path, extra: &[&str], script: &str) -> Output {
+    lab.edict(dir)
+        .args(extra)
+        .args([host, "nix", "run", ".#shell", "--", script])
+        .output()
+        .unwrap()
+}
+
+/// Starts `edict HOST nix run .#shell` whose script waits at a gate before running `after`;
+/// returns edict and the gate (as a local path: write it to let the script go on).
+fn gated(
+    lab: &Lab,
+    host: &str,
+    dir: &Path,
+    name: &str,
+    after: &str,
+) -> (std::process::Child, PathBuf) {
+    let gate = format!("/root/gate-{name}-{host}");
+    let script = format!(
+        "echo started > {gate}.started; i=0; while [ ! -e {gate} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; {after}"
+    );
+    let child = lab
+        .edict(dir)
+        .args([host, "nix", "run", ".#shell", "--", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = lab.host(host).local_path(&format!("{gate}.started"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !started.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gated command never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    (child, lab.host(host).local_path(&gate))
+}
+
+/// Finding 1: sync-back never writes through a symlink here, whichever way it points and
+/// whenever it appeared; what it refuses is named, exit 1, the rest comes back.
+#[test]
+fn sync_back_never_writes_through_a_symlink() {
+    each_host(|lab, host, _| {
+        // A tracked relative symlink to a directory outside the tree, which HOST's command
+        // replaces with a real directory holding a new file.
+        let shared = lab.workdir(&format!("shared-docs-{host}"));
+        let dir = lab.workdir(&format!("links-{host}"));
+        lab::write_rich_flake(&dir, &lab::unique_tag());
+        symlink(format!("../shared-docs-{host}"), dir.join("docs")).unwrap();
+        // A tracked symlink to a file outside, which HOST replaces with a file.
+        let outside_file = lab.workdir(&format!("outside-{host}")).join("target.txt");
+        std::fs::write(&outside_file, "outside\n").unwrap();
+        symlink(&outside_file, dir.join("link.txt")).unwrap();
+        lab::git_init(&dir);
+
+        let out = shell(
+            lab,
+            host,
+            &dir,
+            &[],
+            "rm docs && mkdir docs && echo new > docs/new.md; rm link.txt && echo host > link.txt; echo ok > ok.txt",
+        );
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        assert!(
+            !shared.join("new.md").exists(),
+            "wrote through the docs symlink: {}",
+            describe(&out)
+        );
+        lab::assert_mentions(
+            &stderr(&out),
+            &["not brought back", "docs/new.md", "never writes through"],
+        );
+        // The link itself is replaced by HOST's file; its target is untouched.
+        assert_eq!(read(&outside_file), "outside\n");
+        assert!(!dir.join("link.txt").is_symlink());
+        assert_eq!(read(&dir.join("link.txt")), "host\n");
+        assert_eq!(read(&dir.join("ok.txt")), "ok\n");
+
+        // A directory replaced here by a symlink (absolute, to a directory elsewhere) while
+        // the command regenerates a file in it there.
+        let dir = flake(
+            lab,
+            &format!("late-link-{host}"),
+            &[("conf/app.conf", "v1\n")],
+        );
+        let elsewhere = lab.workdir(&format!("elsewhere-{host}"));
+        std::fs::write(elsewhere.join("app.conf"), "precious\n").unwrap();
+        let (child, gate) = gated(lab, host, &dir, "conf", "echo v2 > conf/app.conf");
+        std::fs::rename(dir.join("conf"), lab.workdir(&format!("moved-conf-{host}"))).unwrap();
+        symlink(&elsewhere, dir.join("conf")).unwrap();
+        std::fs::write(&gate, "go").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        assert_eq!(read(&elsewhere.join("app.conf")), "precious\n");
+        lab::assert_mentions(&stderr(&out), &["not brought back", "conf/app.conf"]);
+    });
+}
+
+/// Finding 4: a conflict copy never replaces a file: the second conflict on the same file
+/// gets a new name, and the first copy (perhaps hand-merged by now) stays as it is.
+#[test]
+fn conflict_copies_never_replace_a_file() {
+    each_host(|lab, host, _| {
+        let dir = flake(lab, &format!("copies-{host}"), &[("version.txt", "1\n")]);
+        for (round, edit) in [(1, "first local edit\n"), (2, "second local edit\n")] {
+            let (child, gate) = gated(
+                lab,
+                host,
+                &dir,
+                &format!("copy{round}"),
+                &format!("echo host {round} > version.txt"),
+            );
+            std::fs::write(dir.join("version.txt"), edit).unwrap();
+            std::fs::write(&gate, "go").unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+            assert_eq!(read(&dir.join("version.txt")), edit);
+            if round == 1 {
+                let first = dir.join(format!("version.txt.edict-{host}"));
+                assert_eq!(read(&first), "host 1\n");
+                std::fs::write(&first, "my hand merge\n").unwrap();
+            }
+        }
+        assert_eq!(
+            read(&dir.join(format!("version.txt.edict-{host}"))),
+            "my hand merge\n"
+        );
+        assert_eq!(
+            read(&dir.join(format!("version.txt.edict-{host}-2"))),
+            "host 2\n"
+        );
+    });
+}
+
+/// Findings 6, 7 and 9: nothing comes back setuid or setgid; a file over --max-sync-size
+/// (a sparse 1 GiB file, 0 bytes on HOST's disk) stays there and is named; a file whose
+/// directory is a file here is named; everything else still comes back, no staging
+/// directory stays in the tree, and HOST's cache is private (finding 11).
+#[test]
+fn what_comes_back_is_bounded_and_every_refusal_is_named() {
+    each_host(|lab, host, _| {
+        let dir = flake(lab, &format!("bounds-{host}"), &[]);
+        // Untracked here (never sent): HOST makes a directory of that name.
+        std::fs::write(dir.join("z"), "a local file\n").unwrap();
+        let out = shell(
+            lab,
+            host,
+            &dir,
+            &[],
+            "echo '#!/bin/sh' > suid.sh; chmod 6755 suid.sh; \
+             truncate -s 1G sparse.bin; mkdir z && echo x > z/x; echo ok > ok.txt",
+        );
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        let mode = std::fs::metadata(dir.join("suid.sh"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o7777,
+            0o755,
+            "setuid/setgid must be stripped: {mode:o}"
+        );
+        assert!(!dir.join("sparse.bin").exists(), "{}", describe(&out));
+        assert_eq!(read(&dir.join("z")), "a local file\n");
+        assert_eq!(read(&dir.join("ok.txt")), "ok\n");
+        let staging_left = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(".edict-sync-"));
+        assert!(!staging_left, "a staging directory was left in the tree");
+        // edict's cache on HOST (mirrors, with .git/config) is for its user only.
+        let cache = lab.host(host).local_path("/root/.cache/edict");
+        let mode = std::fs::metadata(&cache).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{}", cache.display());
+        let err = stderr(&out);
+        lab::assert_mentions(
+            &err,
+            &[
+                &format!("not brought back from {host}"),
+                "sparse.bin",
+                "--max-sync-size",
+                "z/x",
+                "not a directory",
+            ],
+        );
+        // Raised, the bound lets a big file come back.
+        let out = shell(
+            lab,
+            host,
+            &dir,
+            &["--max-sync-size", "2M"],
+            "head -c 1500000 /dev/zero > big.bin",
+        );
+        assert!(out.status.success(), "{}", describe(&out));
+        assert_eq!(
+            std::fs::metadata(dir.join("big.bin")).unwrap().len(),
+            1_500_000
+        );
+        let out = shell(
+            lab,
+            host,
+            &dir,
+            &["--max-sync-size", "1M"],
+            "echo more >> big.bin",
+        );
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        assert_eq!(
+            std::fs::metadata(dir.join("big.bin")).unwrap().len(),
+            1_500_000
+        );
+    });
+}
