@@ -157,13 +157,30 @@ pub(crate) fn pipeline(
         "fetching results",
         results::fetch(&conn, &env, &results::links(plan, &after.links)),
     )?;
+    // A signal that reached edict alone (SIGTERM, a Ctrl-C to its pid) while `nix copy`
+    // finished anyway: stop here, as after any other step, rather than sync back.
+    if signals.caught() {
+        return Err(signals::Interrupted {
+            host,
+            step: "fetching results",
+        }
+        .into());
+    }
 
     // 7. Bring back what the command changed, without overwriting local edits.
     exec::debug(format_args!("{host}: syncing back"));
     let changes = signals.step(
         &host,
         "syncing back",
-        sync::back(&conn, &env, plan, &uploads, &after, cli.max_sync_size.0),
+        sync::back(
+            &conn,
+            &env,
+            plan,
+            &uploads,
+            &after,
+            cli.max_sync_size.0,
+            signals,
+        ),
     )?;
     let conflicts = report(&changes, &host);
 

@@ -573,7 +573,8 @@ fn decide(sent: Option<&Stamp>, now: Option<&Stamp>, there: Option<bool>) -> Dec
 }
 
 /// Step 7: for every source marked for sync-back, brings back what the command changed on
-/// HOST (`after` says what), each file no larger than `max_size` bytes. Returns what it did,
+/// HOST (`after` says what), each file no larger than `max_size` bytes, none after a signal.
+/// Returns what it did,
 /// conflicts and refusals included; the caller reports them and exits non-zero. One file
 /// that cannot come back never stops the others.
 pub fn back(
@@ -583,6 +584,7 @@ pub fn back(
     uploads: &[Upload],
     after: &After,
     max_size: u64,
+    signals: &crate::signals::Signals,
 ) -> Result<Vec<Change>> {
     let host = &conn.transport.label;
     let mut changes = Vec::new();
@@ -666,6 +668,15 @@ pub fn back(
                 .arg(&from)
                 .arg(format!("{}/", staging.path().display()));
             let out = run_rsync_partial(conn, &pull, &step)?;
+            // Stopped (Ctrl-C, SIGTERM) while HOST's files were on their way: place none of
+            // them; the staging directory goes with this error.
+            if signals.caught() {
+                return Err(crate::signals::Interrupted {
+                    host: host.clone(),
+                    step: "syncing back",
+                }
+                .into());
+            }
             let too_large: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
                 .lines()
                 .filter_map(|l| l.strip_suffix(" is over max-size"))

@@ -254,3 +254,63 @@ fn what_comes_back_is_bounded_and_every_refusal_is_named() {
         );
     });
 }
+
+/// Finding 11: SIGTERM (or a Ctrl-C sent to edict's pid alone) while HOST's files are on
+/// their way: none of them is placed, no staging directory stays, and edict exits 130
+/// naming the step, as README says.
+#[test]
+fn a_signal_during_sync_back_places_nothing_and_exits_130() {
+    use std::io::BufRead as _;
+    let mut lab = Lab::new();
+    // 3 MB at 8 Mbit/s: three seconds of pull to interrupt.
+    lab.start(
+        lab::HostSpec::new("slowback", Flavour::Bookworm).link(lab::Link {
+            rate_mbit: 8,
+            proxy: None,
+        }),
+    );
+    let dir = flake(&lab, "slowback", &[]);
+    let mut child = lab
+        .edict(&dir)
+        .args([
+            "-vv",
+            "slowback",
+            "nix",
+            "run",
+            ".#shell",
+            "--",
+            "echo ok > ok.txt; head -c 3000000 /dev/urandom > big.bin",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut err = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        err.push_str(&line);
+        err.push('\n');
+        if line.contains("syncing back") {
+            break;
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    for line in lines {
+        err.push_str(&line.unwrap());
+        err.push('\n');
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    lab::assert_mentions(&err, &["slowback: interrupted while syncing back"]);
+    assert!(!err.contains("edict: error"), "{err}");
+    assert!(
+        !dir.join("ok.txt").exists() && !dir.join("big.bin").exists(),
+        "{err}"
+    );
+    let staging_left = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with(".edict-sync-"));
+    assert!(!staging_left, "{err}");
+}
