@@ -146,6 +146,10 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
             Role::FlakeRef => match flakeref::parse(&arg.text) {
                 FlakeRef::Remote => Word::Lit(arg.text.clone()),
                 FlakeRef::Local(lref) => {
+                    if lref.kind == LocalKind::PathLike {
+                        let path = absolute(local.cwd, Path::new(&lref.path));
+                        require_flake_nix(&path, lref.dir_param().as_deref())?;
+                    }
                     let (src, rel) = add_ref_source(&mut p, &lref, local)?;
                     let mut dir = rel.clone();
                     if let Some(d) = lref.dir_param() {
@@ -180,7 +184,10 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
         p.words.push(word);
     }
 
-    if args.implicit_cwd_flake() {
+    // `nix repl` without a flake is an empty repl: nothing to send when there is none.
+    let optional = args.subcommand() == ["repl"];
+    if args.implicit_cwd_flake() && !(optional && require_flake_nix(local.cwd, None).is_err()) {
+        require_flake_nix(local.cwd, None)?;
         let (src, rel) =
             add_dir_source(&mut p, local.cwd, true, local, ".").with_context(|| {
                 format!(
@@ -305,6 +312,43 @@ fn add_ref_source(p: &mut Plan, lref: &LocalRef, local: &Local) -> Result<(usize
             Ok((add_source(p, canon, SourceKind::File, local), String::new()))
         }
     }
+}
+
+/// Fails, before anything is sent, unless nix here would find a flake for a path-like ref
+/// to `dir`: its flake.nix (in the `?dir=` subdirectory when given) or, searching up as nix
+/// does, one in a directory above, up to a git work tree's top. Otherwise edict would send
+/// a whole directory nix never reads (in `~`, that is `~/.ssh`).
+fn require_flake_nix(dir: &Path, sub: Option<&str>) -> Result<()> {
+    // Searching up is about real parents: `repo/../home` is not inside repo.
+    let Ok(dir) = std::fs::canonicalize(dir) else {
+        return Ok(()); // not there: the next step says so
+    };
+    if !dir.is_dir() {
+        return Ok(());
+    }
+    let found = match sub {
+        Some(sub) => dir.join(sub).join("flake.nix").is_file(),
+        None => dir
+            .ancestors()
+            .find(|a| a.join("flake.nix").is_file() || a.join(".git").exists())
+            .is_some_and(|a| a.join("flake.nix").is_file()),
+    };
+    if found {
+        return Ok(());
+    }
+    let at = match sub {
+        Some(sub) => dir.join(sub),
+        None => dir,
+    };
+    bail!(
+        "{} holds no flake.nix, nor does a directory above it{}, so nix here would refuse it too (\"could not find a flake.nix file\"); nothing was sent\n  fix: run edict inside your flake, or name it: `edict HOST nix build /path/to/flake#pkg`",
+        at.display(),
+        if sub.is_some() {
+            ""
+        } else {
+            " (up to a git work tree's top)"
+        }
+    )
 }
 
 /// A directory source for `dir`: the git work tree around it when `git_aware`, else `dir`.
@@ -632,6 +676,9 @@ mod tests {
             std::fs::create_dir_all(root.join("plain dir $x")).unwrap();
             std::fs::create_dir_all(root.join("elsewhere")).unwrap();
             std::fs::write(root.join("repo/default.nix"), "{}").unwrap();
+            for flake in ["repo", "plain dir $x", "elsewhere"] {
+                std::fs::write(root.join(flake).join("flake.nix"), "{}").unwrap();
+            }
             std::fs::write(root.join("src.tar.gz"), "").unwrap();
             Fixture { dir }
         }
@@ -683,6 +730,43 @@ mod tests {
             mirrors: "/h/.cache/edict/mirrors".into(),
             run: "/h/.cache/edict/runs/r1".into(),
         }
+    }
+
+    #[test]
+    fn a_directory_nix_would_not_read_as_a_flake_is_never_sent() {
+        let f = Fixture::new();
+        std::fs::create_dir_all(f.root().join("home/.ssh")).unwrap();
+        for line in [
+            &["build"][..],
+            &["build", ".#x"],
+            &["develop"],
+            &["flake", "update"],
+        ] {
+            let e = f.plan("home", line, SyncMode::Auto).unwrap_err();
+            let e = format!("{e:#}");
+            assert!(
+                e.contains("holds no flake.nix") && e.contains("nothing was sent"),
+                "{line:?}: {e}"
+            );
+        }
+        let e = f
+            .plan("repo", &["build", "../home#x"], SyncMode::Auto)
+            .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("home holds no flake.nix"),
+            "{e:#}"
+        );
+        // `?dir=` names where the flake.nix must be.
+        assert!(
+            f.plan("repo", &["build", ".?dir=sub#x"], SyncMode::Auto)
+                .is_err()
+        );
+        // nix searches up: a subdirectory of a flake is the flake.
+        let p = f.plan("repo/sub", &["build"], SyncMode::Auto).unwrap();
+        assert_eq!(p.sources[0].root, f.root().join("repo"));
+        // An empty `nix repl` needs no flake, and gets nothing sent.
+        let p = f.plan("home", &["repl"], SyncMode::Auto).unwrap();
+        assert!(p.sources.is_empty());
     }
 
     #[test]

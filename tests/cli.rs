@@ -67,10 +67,13 @@ fn mistakes_are_explained_without_connecting() {
             "cannot be used with",
         ),
     ];
+    // Inside a flake, so that what is checked is the mistake, not a missing flake.nix.
+    let flake = tempfile::tempdir().unwrap();
+    std::fs::write(flake.path().join("flake.nix"), "{ outputs = _: {}; }").unwrap();
     for (args, needle) in cases {
         let out = edict()
             .args(*args)
-            .current_dir(std::env::temp_dir())
+            .current_dir(flake.path())
             .assert()
             .failure()
             .get_output()

@@ -314,3 +314,38 @@ fn a_signal_during_sync_back_places_nothing_and_exits_130() {
         .any(|e| e.file_name().to_string_lossy().starts_with(".edict-sync-"));
     assert!(!staging_left, "{err}");
 }
+
+/// Finding 2: a directory that nix would not read as a flake (no flake.nix in it or above
+/// it), such as a home directory with its ~/.ssh, is never sent: edict stops before it
+/// connects, with the fix; an empty `nix repl` there sends nothing and works.
+#[test]
+fn a_directory_without_flake_nix_is_never_sent() {
+    let mut lab = Lab::new();
+    lab.start(lab::HostSpec::new("nix28", Flavour::Bookworm));
+    let home = lab.workdir("home");
+    std::fs::create_dir_all(home.join(".ssh")).unwrap();
+    std::fs::write(home.join(".ssh/id_ed25519"), "secret key\n").unwrap();
+    for line in [
+        &["nix", "build"][..],
+        &["nix", "develop", "-c", "true"],
+        &["nix", "run", ".#x"],
+    ] {
+        let out = lab.edict(&home).arg("nix28").args(line).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{line:?}: {}", describe(&out));
+        lab::assert_mentions(
+            &stderr(&out),
+            &["nix28", "holds no flake.nix", "nothing was sent", "fix:"],
+        );
+    }
+    let out = lab
+        .edict(&home)
+        .args(["nix28", "nix", "repl"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        lab.mirrors("nix28").is_empty(),
+        "{:?}",
+        lab.mirrors("nix28")
+    );
+}
