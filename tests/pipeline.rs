@@ -1385,7 +1385,6 @@ fn a_fish_login_shell_changes_nothing() {
 /// and the next run sends the source whole.
 #[test]
 fn ctrl_c_while_syncing_is_an_interruption_not_an_error() {
-    use std::io::BufRead as _;
     use std::os::unix::process::CommandExt as _;
     let mut lab = Lab::new();
     // 4 MB at 8 Mbit/s: four seconds of rsync to interrupt.
@@ -1406,22 +1405,11 @@ fn ctrl_c_while_syncing_is_an_interruption_not_an_error() {
         .process_group(0) // its own group, as a terminal's foreground job is
         .spawn()
         .unwrap();
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut err = String::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        err.push_str(&line);
-        err.push('\n');
-        if line.contains("prepared; syncing") {
-            break;
-        }
-    }
+    let mut log = lab::StderrLog::of(&mut child);
+    log.until("prepared; syncing");
     std::thread::sleep(std::time::Duration::from_millis(1000));
     unsafe { libc::killpg(child.id() as i32, libc::SIGINT) };
-    for line in lines {
-        err.push_str(&line.unwrap());
-        err.push('\n');
-    }
+    let err = log.rest();
     let status = child.wait().unwrap();
     assert!(
         !err.contains("synced; running"),
@@ -1441,7 +1429,6 @@ fn ctrl_c_while_syncing_is_an_interruption_not_an_error() {
 /// (130, "interrupted while preparing"); the other run is untouched.
 #[test]
 fn ctrl_c_while_waiting_for_the_lock() {
-    use std::io::BufRead as _;
     use std::os::unix::process::CommandExt as _;
     let lab = Lab::both();
     let host = lab::default_name(Flavour::Bookworm);
@@ -1455,23 +1442,12 @@ fn ctrl_c_while_waiting_for_the_lock() {
         .process_group(0)
         .spawn()
         .unwrap();
-    let mut lines = std::io::BufReader::new(second.stderr.take().unwrap()).lines();
-    let mut err = String::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        err.push_str(&line);
-        err.push('\n');
-        if line.contains("waiting for it to finish") {
-            break;
-        }
-    }
-    assert!(err.contains("waiting"), "{err}");
+    let mut log = lab::StderrLog::of(&mut second);
+    log.until("waiting for it to finish");
+    assert!(log.text.contains("waiting"), "{}", log.text);
     let sent = std::time::Instant::now();
     unsafe { libc::killpg(second.id() as i32, libc::SIGINT) };
-    for line in lines {
-        err.push_str(&line.unwrap());
-        err.push('\n');
-    }
+    let err = log.rest();
     let status = second.wait().unwrap();
     assert!(sent.elapsed() < std::time::Duration::from_secs(5), "{err}");
     assert_eq!(status.code(), Some(130), "{err}");

@@ -933,6 +933,41 @@ fn run_ok(cmd: &mut Command) {
     assert!(out.status.success(), "{cmd:?} failed: {}", describe(&out));
 }
 
+/// A child's stderr, read line by line while the test acts on what it says.
+pub struct StderrLog {
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStderr>>,
+    pub text: String,
+}
+
+impl StderrLog {
+    /// Takes the stderr of `child` (spawned with `Stdio::piped()`).
+    pub fn of(child: &mut Child) -> Self {
+        let stderr = child.stderr.take().expect("stderr is piped");
+        StderrLog {
+            lines: std::io::BufRead::lines(std::io::BufReader::new(stderr)),
+            text: String::new(),
+        }
+    }
+
+    /// Reads up to and including the first line that contains `needle` (or to the end).
+    pub fn until(&mut self, needle: &str) {
+        for line in self.lines.by_ref() {
+            let line = line.expect("reading stderr");
+            self.text.push_str(&line);
+            self.text.push('\n');
+            if line.contains(needle) {
+                break;
+            }
+        }
+    }
+
+    /// Reads the rest, to the end of the stream; returns everything read.
+    pub fn rest(mut self) -> String {
+        self.until("\0never\0");
+        self.text
+    }
+}
+
 /// Asserts that `text` (an error message) mentions every one of `needles`.
 pub fn assert_mentions(text: &str, needles: &[&str]) {
     for n in needles {
