@@ -611,6 +611,18 @@ pub fn back(
             .map(|f| (f, Some(true)))
             .chain(deleted.map(|f| (f, None)));
         for (name, there) in touched {
+            // The listing comes from HOST: a `.git` path (a hook would run here) or edict's
+            // own staging name is refused whatever HOST claims, never trusted to be absent.
+            if Path::new(name).components().any(|c| {
+                let c = c.as_os_str().to_string_lossy();
+                c.eq_ignore_ascii_case(".git") || c.starts_with(".edict-sync-")
+            }) {
+                changes.push(refuse(
+                    name,
+                    "edict never brings back .git or its own staging files".into(),
+                ));
+                continue;
+            }
             // A path through a symlink here is not the tree's: neither read nor written.
             if let Err(why) = here.reachable(Path::new(name)) {
                 changes.push(refuse(name, why.to_string()));
@@ -653,13 +665,15 @@ pub fn back(
                 plan.mirror(tree.src, &env.dirs)
             );
             // --ignore-times: a same-size rewrite in the same second is still a change.
-            // --chmod=ug-s: nothing comes back setuid or setgid, whoever HOST's account is.
+            // --no-recursive: a name HOST lists is one file, never a whole tree.
+            // --chmod=ug-s,go-w: nothing comes back setuid, setgid or writable by others.
             // --max-size: a bound on what lands here (a sparse 1 GiB file is 0 bytes there);
             // rsync names each file it skips for it (`--info=skip1`).
             let pull = rsync(conn, env)
                 .args([
                     "--ignore-times",
-                    "--chmod=ug-s",
+                    "--no-recursive",
+                    "--chmod=ug-s,go-w",
                     "--info=skip1",
                     &format!("--max-size={max_size}"),
                     "--from0",
@@ -682,8 +696,14 @@ pub fn back(
                 .filter_map(|l| l.strip_suffix(" is over max-size"))
                 .map(str::to_string)
                 .collect();
+            // rsync escapes odd characters in its skip message, so a name it skipped for its
+            // size may not be found there; a file absent after a clean exit was skipped.
             let missing = |name: &str| {
-                if too_large.contains(name) {
+                if std::fs::symlink_metadata(staging.path().join(name)).is_ok() {
+                    format!(
+                        "it is not a file on {host} (sync-back brings back files and symlinks only)"
+                    )
+                } else if too_large.contains(name) || out.status.success() {
                     format!(
                         "it is over --max-sync-size ({max_size} bytes) on {host}; raise the bound to bring it back"
                     )
@@ -694,10 +714,14 @@ pub fn back(
                     )
                 }
             };
+            let staged_ok = |name: &str| {
+                std::fs::symlink_metadata(staging.path().join(name))
+                    .is_ok_and(|m| m.file_type().is_file() || m.file_type().is_symlink())
+            };
             for name in take {
                 let dest = src.root.join(&name);
                 let rel = Path::new(&name);
-                if std::fs::symlink_metadata(staging.path().join(rel)).is_err() {
+                if !staged_ok(&name) {
                     changes.push(refuse(&name, missing(&name)));
                 // Re-check: the file may have been edited here while it was on its way.
                 } else if stamp(&dest).as_ref() != sent.get(&name) {
@@ -711,7 +735,7 @@ pub fn back(
             }
             for name in conflicts {
                 let rel = Path::new(&name);
-                if std::fs::symlink_metadata(staging.path().join(rel)).is_err() {
+                if !staged_ok(&name) {
                     changes.push(refuse(&name, missing(&name)));
                     continue;
                 }

@@ -176,7 +176,7 @@ fn conflict_copies_never_replace_a_file() {
     });
 }
 
-/// Findings 6, 7 and 9: nothing comes back setuid or setgid; a file over --max-sync-size
+/// Findings 6, 7 and 9: nothing comes back setuid, setgid or writable by others; a file over --max-sync-size
 /// (a sparse 1 GiB file, 0 bytes on HOST's disk) stays there and is named; a file whose
 /// directory is a file here is named; everything else still comes back, no staging
 /// directory stays in the tree, and HOST's cache is private (finding 11).
@@ -191,7 +191,7 @@ fn what_comes_back_is_bounded_and_every_refusal_is_named() {
             host,
             &dir,
             &[],
-            "echo '#!/bin/sh' > suid.sh; chmod 6755 suid.sh; \
+            "echo '#!/bin/sh' > suid.sh; chmod 6777 suid.sh; \
              truncate -s 1G sparse.bin; mkdir z && echo x > z/x; echo ok > ok.txt",
         );
         assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
@@ -202,7 +202,7 @@ fn what_comes_back_is_bounded_and_every_refusal_is_named() {
         assert_eq!(
             mode & 0o7777,
             0o755,
-            "setuid/setgid must be stripped: {mode:o}"
+            "setuid, setgid and go-w must be stripped: {mode:o}"
         );
         assert!(!dir.join("sparse.bin").exists(), "{}", describe(&out));
         assert_eq!(read(&dir.join("z")), "a local file\n");
@@ -260,7 +260,6 @@ fn what_comes_back_is_bounded_and_every_refusal_is_named() {
 /// naming the step, as README says.
 #[test]
 fn a_signal_during_sync_back_places_nothing_and_exits_130() {
-    use std::io::BufRead as _;
     let mut lab = Lab::new();
     // 3 MB at 8 Mbit/s: three seconds of pull to interrupt.
     lab.start(
@@ -284,22 +283,11 @@ fn a_signal_during_sync_back_places_nothing_and_exits_130() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut err = String::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        err.push_str(&line);
-        err.push('\n');
-        if line.contains("syncing back") {
-            break;
-        }
-    }
+    let mut log = lab::StderrLog::of(&mut child);
+    log.until("syncing back");
     std::thread::sleep(std::time::Duration::from_millis(500));
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    for line in lines {
-        err.push_str(&line.unwrap());
-        err.push('\n');
-    }
+    let err = log.rest();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "{err}");
     lab::assert_mentions(&err, &["slowback: interrupted while syncing back"]);
