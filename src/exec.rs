@@ -37,6 +37,21 @@ pub fn debug(msg: impl std::fmt::Display) {
     }
 }
 
+/// A name from elsewhere (a file name HOST reported) as it may be printed to a terminal:
+/// control characters escaped (`\n`, `\u{1b}`), so a name can neither break a line nor
+/// send escape sequences; everything else as it is.
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// Quotes one word for a POSIX shell: any string, including spaces, quotes, `$()`, `;`,
 /// newlines and the empty string, comes out as exactly one word with the same bytes.
 ///
@@ -75,6 +90,8 @@ pub struct Cmd {
     program: String,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// RLIMIT_FSIZE for the process: no file it writes grows past this many bytes.
+    max_file_size: Option<u64>,
 }
 
 impl Cmd {
@@ -83,7 +100,15 @@ impl Cmd {
             program: program.into(),
             args: Vec::new(),
             env: Vec::new(),
+            max_file_size: None,
         }
+    }
+
+    /// The kernel stops every file the process writes at `bytes` (it gets EFBIG): a bound
+    /// that holds whatever the other end of a transfer announces or sends.
+    pub fn max_file_size(mut self, bytes: u64) -> Self {
+        self.max_file_size = Some(bytes);
+        self
     }
 
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
@@ -134,6 +159,20 @@ impl Cmd {
         cmd.args(&self.args);
         for (k, v) in &self.env {
             cmd.env(k, v);
+        }
+        if let Some(bytes) = self.max_file_size {
+            use std::os::unix::process::CommandExt as _;
+            let limit = rustix::process::Rlimit {
+                current: Some(bytes),
+                maximum: Some(bytes),
+            };
+            // SAFETY: setrlimit is a single system call, safe between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    rustix::process::setrlimit(rustix::process::Resource::Fsize, limit)
+                        .map_err(std::io::Error::from)
+                });
+            }
         }
         cmd
     }
@@ -187,6 +226,36 @@ pub fn exit_code(status: ExitStatus) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn printable_names_carry_no_control_characters() {
+        assert_eq!(printable("plain name é.txt"), "plain name é.txt");
+        assert_eq!(printable("a\nb"), "a\\nb");
+        assert_eq!(printable("\u{1b}[2Jx"), "\\u{1b}[2Jx");
+        assert!(!printable("\u{7}\r\t\u{9b}").chars().any(char::is_control));
+    }
+
+    #[test]
+    fn a_file_size_limit_holds_for_what_the_process_writes() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("f");
+        let out = Cmd::new("sh")
+            .args(["-c", "head -c 5000 /dev/zero > \"$0\""])
+            .arg(f.display().to_string())
+            .max_file_size(1000)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert_eq!(std::fs::metadata(&f).unwrap().len(), 1000);
+        // Without it, the same command writes it all.
+        let out = Cmd::new("sh")
+            .args(["-c", "head -c 5000 /dev/zero > \"$0\""])
+            .arg(f.display().to_string())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert_eq!(std::fs::metadata(&f).unwrap().len(), 5000);
+    }
 
     pub const HOSTILE: &[&str] = &[
         "",

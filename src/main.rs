@@ -67,6 +67,7 @@ fn run(cli: &cli::Cli) -> Result<u8> {
         cwd: &cwd,
         machine_id: &machine_id,
         env: &env,
+        declared_inputs: &declared_inputs,
     };
     let plan = mapping::plan(&args, &local, cli.sync_mode())
         .with_context(|| format!("{}: mapping local sources", cli.host))?;
@@ -272,31 +273,34 @@ fn report(changes: &[sync::Change], host: &str) -> bool {
     let mut conflicts = false;
     for c in changes {
         match c {
-            sync::Change::Taken(p) => {
-                exec::info(format_args!("brought back from {host}: {}", p.display()))
-            }
-            sync::Change::Deleted(p) => {
-                exec::info(format_args!("deleted, as on {host}: {}", p.display()))
-            }
+            sync::Change::Taken(p) => exec::info(format_args!(
+                "brought back from {host}: {}",
+                exec::printable(&p.to_string_lossy())
+            )),
+            sync::Change::Deleted(p) => exec::info(format_args!(
+                "deleted, as on {host}: {}",
+                exec::printable(&p.to_string_lossy())
+            )),
             sync::Change::Conflict { path, remote_copy } => {
                 conflicts = true;
                 match remote_copy {
                     Some(copy) => eprintln!(
                         "edict: conflict: {} changed here and on {host}; kept yours, {host}'s version is in {}",
-                        path.display(),
-                        copy.display()
+                        exec::printable(&path.to_string_lossy()),
+                        exec::printable(&copy.to_string_lossy())
                     ),
                     None => eprintln!(
                         "edict: conflict: {} changed here but was deleted on {host}; kept yours",
-                        path.display()
+                        exec::printable(&path.to_string_lossy())
                     ),
                 }
             }
             sync::Change::Refused { path, why } => {
                 conflicts = true;
                 eprintln!(
-                    "edict: not brought back from {host}: {}: {why}; {host}'s version stays in its mirror there",
-                    path.display()
+                    "edict: not brought back from {host}: {}: {}; {host}'s version stays in its mirror there",
+                    exec::printable(&path.to_string_lossy()),
+                    exec::printable(why)
                 );
             }
             sync::Change::GitState => exec::info(format_args!(
@@ -305,6 +309,27 @@ fn report(changes: &[sync::Change], host: &str) -> bool {
         }
     }
     conflicts
+}
+
+/// The input names a flake.nix declares, read by the local nix as it reads them (flake.nix
+/// is a plain Nix expression; only its `inputs` attribute names are forced). `None` when
+/// nix cannot tell (not installed, or the file does not evaluate: nix will say so).
+fn declared_inputs(flake_nix: &std::path::Path) -> Option<Vec<String>> {
+    let out = exec::Cmd::new("nix-instantiate")
+        .args([
+            "--eval",
+            "--json",
+            "--strict",
+            "-E",
+            "{ f }: builtins.attrNames ((import (/. + f)).inputs or {})",
+            "--argstr",
+            "f",
+        ])
+        .arg(flake_nix.to_string_lossy())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    serde_json::from_slice(&out.stdout).ok()
 }
 
 /// Identifies this machine in mirror names, so two clients never share a mirror.

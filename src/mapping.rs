@@ -120,6 +120,9 @@ pub struct Local<'a> {
     pub machine_id: &'a str,
     /// This process's environment (name, value).
     pub env: &'a [(String, String)],
+    /// The inputs a flake.nix declares (top-level names), as nix here reads them; `None`
+    /// when that cannot be told (no nix here).
+    pub declared_inputs: &'a (dyn Fn(&Path) -> Option<Vec<String>> + Sync),
 }
 
 pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
@@ -213,7 +216,23 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
     let mut overrides = Vec::new();
     for (src, dir) in p.flakes.clone() {
         let lock = p.sources[src].root.join(&dir).join("flake.lock");
-        for (input, path, kind) in local_inputs(&lock)? {
+        let found = local_inputs(&lock)?;
+        // A lock may name inputs its flake.nix no longer declares (a cloned repo's lock is
+        // someone else's words): nix ignores those ("Removed input"), and edict sends only
+        // what nix would read. Asked of nix only when the lock names a local path.
+        let declared = if found.is_empty() {
+            None
+        } else {
+            (local.declared_inputs)(&p.sources[src].root.join(&dir).join("flake.nix"))
+        };
+        for (input, path, kind) in found {
+            let top = input.split('/').next().unwrap_or_default();
+            if declared
+                .as_ref()
+                .is_some_and(|d| !d.iter().any(|n| n == top))
+            {
+                continue;
+            }
             if p.sources
                 .iter()
                 .any(|s| s.kind != SourceKind::File && path.starts_with(&s.root))
@@ -665,6 +684,8 @@ mod tests {
 
     struct Fixture {
         dir: tempfile::TempDir,
+        /// What "nix here" says flake.nix declares (None: it cannot tell).
+        declared: Option<Vec<String>>,
     }
 
     impl Fixture {
@@ -680,7 +701,10 @@ mod tests {
                 std::fs::write(root.join(flake).join("flake.nix"), "{}").unwrap();
             }
             std::fs::write(root.join("src.tar.gz"), "").unwrap();
-            Fixture { dir }
+            Fixture {
+                dir,
+                declared: None,
+            }
         }
         fn root(&self) -> PathBuf {
             std::fs::canonicalize(self.dir.path()).unwrap()
@@ -694,6 +718,7 @@ mod tests {
                     cwd: &cwd,
                     machine_id: "m1",
                     env: &[],
+                    declared_inputs: &|_| self.declared.clone(),
                 },
                 sync,
             )
@@ -985,5 +1010,30 @@ mod tests {
             .unwrap();
         assert_eq!(p.sources.len(), 1);
         assert_eq!(p.notes.len(), 1);
+    }
+
+    #[test]
+    fn lock_inputs_that_flake_nix_does_not_declare_are_never_sent() {
+        let mut f = Fixture::new();
+        let (lib, stray) = (f.root().join("elsewhere"), f.root().join("plain dir $x"));
+        let node =
+            |p: &Path| serde_json::json!({"locked": {"type": "path", "path": p.to_string_lossy()}});
+        let lock = serde_json::json!({
+            "nodes": {
+                "lib": node(&lib),
+                "stray": node(&stray),
+                "root": {"inputs": {"lib": "lib", "stray": "stray"}}
+            },
+            "root": "root", "version": 7
+        });
+        std::fs::write(f.root().join("repo/flake.lock"), lock.to_string()).unwrap();
+        f.declared = Some(vec!["lib".into(), "nixpkgs".into()]);
+        let p = f.plan("repo", &["build", ".#x"], SyncMode::Auto).unwrap();
+        let roots: Vec<&Path> = p.sources.iter().map(|s| s.root.as_path()).collect();
+        assert_eq!(roots, [f.root().join("repo").as_path(), lib.as_path()]);
+        // When nix here cannot tell, every local input of the lock goes, as before.
+        f.declared = None;
+        let p = f.plan("repo", &["build", ".#x"], SyncMode::Auto).unwrap();
+        assert_eq!(p.sources.len(), 3);
     }
 }

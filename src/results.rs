@@ -27,10 +27,21 @@ pub fn links(plan: &Plan, found: &[(String, String)]) -> Vec<Link> {
         let Some(spec) = index.parse::<usize>().ok().and_then(|i| plan.links.get(i)) else {
             continue;
         };
+        // HOST reports names and targets: only what nix itself makes is taken, so a name
+        // can never place a link elsewhere (`result/../../x`) nor point outside the store.
         let Some(suffix) = base.strip_prefix("result") else {
             continue;
         };
-        if !target.starts_with("/nix/store/") {
+        let suffix_ok = suffix.is_empty()
+            || suffix.strip_prefix('-').is_some_and(|s| {
+                !s.is_empty()
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_+-".contains(&b))
+            });
+        let target_ok = target
+            .strip_prefix("/nix/store/")
+            .is_some_and(|name| !name.is_empty() && !name.starts_with('.') && !name.contains('/'));
+        if !suffix_ok || !target_ok {
             continue;
         }
         let mut local = spec.local_base.clone().into_os_string();
@@ -209,6 +220,14 @@ mod tests {
             ("0/other", "/nix/store/e"),
             ("0/result-bad", "/etc/passwd"),
             ("7/result", "/nix/store/f"),
+            // What a hostile HOST could report: never a link outside its base, never a
+            // target outside the store.
+            ("0/result/../../x", "/nix/store/g-x"),
+            ("0/result-../x", "/nix/store/g-x"),
+            ("0/result-a/b", "/nix/store/g-x"),
+            ("0/result-x", "/nix/store/../../etc/passwd"),
+            ("0/result-y", "/nix/store/.."),
+            ("0/result-z", "/nix/store/h/../../etc"),
         ]
         .iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))

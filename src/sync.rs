@@ -611,12 +611,21 @@ pub fn back(
             .map(|f| (f, Some(true)))
             .chain(deleted.map(|f| (f, None)));
         for (name, there) in touched {
-            // The listing comes from HOST: a `.git` path (a hook would run here) or edict's
-            // own staging name is refused whatever HOST claims, never trusted to be absent.
-            if Path::new(name).components().any(|c| {
-                let c = c.as_os_str().to_string_lossy();
-                c.eq_ignore_ascii_case(".git") || c.starts_with(".edict-sync-")
-            }) {
+            // The listing comes from HOST: each name is checked once, here. It must be a plain
+            // relative path (rsync's --relative would read `a/./b` as `b`), and a `.git` path
+            // (a hook would run here) or edict's own staging name is refused whatever HOST
+            // claims, never trusted to be absent.
+            if !name
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != "..")
+            {
+                changes.push(refuse(name, "it is not a plain relative path".into()));
+                continue;
+            }
+            if name
+                .split('/')
+                .any(|c| c.eq_ignore_ascii_case(".git") || c.starts_with(".edict-sync-"))
+            {
                 changes.push(refuse(
                     name,
                     "edict never brings back .git or its own staging files".into(),
@@ -680,7 +689,9 @@ pub fn back(
                     &format!("--files-from={}", list.path().display()),
                 ])
                 .arg(&from)
-                .arg(format!("{}/", staging.path().display()));
+                .arg(format!("{}/", staging.path().display()))
+                // --max-size trusts the size HOST's rsync announces; the kernel does not.
+                .max_file_size(max_size.saturating_add(1));
             let out = run_rsync_partial(conn, &pull, &step)?;
             // Stopped (Ctrl-C, SIGTERM) while HOST's files were on their way: place none of
             // them; the staging directory goes with this error.
@@ -762,11 +773,12 @@ pub fn back(
 }
 
 /// Runs the sync-back pull: like [`run_rsync`], except that rsync's "some files were not
-/// transferred" (23) is not an error of the whole step: the files it could copy still come
-/// back, and each missing one is reported by name.
+/// transferred" (23) and a file I/O error here (11: a file stopped at the size bound, a
+/// full disk) are not errors of the whole step: the files it could copy still come back,
+/// and each missing one is reported by name with rsync's words.
 fn run_rsync_partial(conn: &Connection, cmd: &Cmd, step: &str) -> Result<std::process::Output> {
     let out = cmd.output()?;
-    if out.status.code() == Some(23) {
+    if matches!(out.status.code(), Some(11 | 23)) {
         return Ok(out);
     }
     run_rsync_checked(conn, cmd, step, out)

@@ -337,3 +337,68 @@ fn a_directory_without_flake_nix_is_never_sent() {
         lab.mirrors("nix28")
     );
 }
+
+/// Finding 3: a local path in flake.lock that flake.nix does not declare (a cloned repo's
+/// lock is someone else's words) is never sent; the declared one still is.
+#[test]
+fn lock_inputs_flake_nix_does_not_declare_are_never_sent() {
+    each_host(|lab, host, _| {
+        let tag = lab::unique_tag();
+        let dep = lab.workdir(&format!("dep-{host}"));
+        std::fs::write(
+            dep.join("flake.nix"),
+            format!("{{ outputs = {{ self }}: {{ v = \"dep-{tag}\"; }}; }}\n"),
+        )
+        .unwrap();
+        let secret = lab.workdir(&format!("secret-{host}"));
+        std::fs::write(secret.join("id_ed25519"), "secret\n").unwrap();
+        let dir = lab.workdir(&format!("declared-{host}"));
+        std::fs::write(
+            dir.join("flake.nix"),
+            format!(
+                "{{\n  inputs.dep.url = \"path:{}\";\n  outputs = {{ self, dep }}: {{\n    packages.x86_64-linux.default = derivation {{ name = \"declared-{tag}\"; system = \"x86_64-linux\"; builder = \"/bin/sh\"; args = [ \"-c\" \"echo ${{dep.v}} > $out\" ]; }};\n  }};\n}}\n",
+                dep.display()
+            ),
+        )
+        .unwrap();
+        let out = lab
+            .command("nix")
+            .args(["flake", "lock"])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", describe(&out));
+        // Someone else's lock: an extra node for a local directory flake.nix never names.
+        let mut lock: serde_json::Value =
+            serde_json::from_str(&read(&dir.join("flake.lock"))).unwrap();
+        lock["nodes"]["stray"] = serde_json::json!({
+            "locked": {"type": "path", "path": secret.display().to_string(), "lastModified": 1, "narHash": "sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="},
+            "original": {"type": "path", "path": secret.display().to_string()}
+        });
+        lock["nodes"]["root"]["inputs"]["stray"] = serde_json::json!("stray");
+        std::fs::write(dir.join("flake.lock"), lock.to_string()).unwrap();
+
+        let out = lab
+            .edict(&dir)
+            .args([host, "nix", "build", ".#default"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", describe(&out));
+        assert!(read(&dir.join("result")).contains(&format!("dep-{tag}")));
+        let mirrors: Vec<String> = lab
+            .mirrors(host)
+            .iter()
+            .map(|m| m.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            mirrors
+                .iter()
+                .any(|m| m.starts_with(&format!("dep-{host}-"))),
+            "{mirrors:?}"
+        );
+        assert!(
+            !mirrors.iter().any(|m| m.starts_with("secret-")),
+            "an undeclared lock input was sent: {mirrors:?}"
+        );
+    });
+}
