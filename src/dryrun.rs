@@ -68,6 +68,13 @@ pub fn describe(plan: &Plan, host: &str, no_link: bool) -> String {
             );
         }
     }
+    for o in &plan.outputs {
+        let _ = writeln!(
+            s,
+            "output:    {} <- written there, fetched here",
+            o.display()
+        );
+    }
     let back: Vec<String> = plan
         .sources
         .iter()

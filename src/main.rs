@@ -168,6 +168,14 @@ pub(crate) fn pipeline(
         .into());
     }
 
+    // The files the command wrote for the user (`--output-lock-file`), whatever --no-sync.
+    let outputs = signals.step(
+        &host,
+        "fetching results",
+        sync::fetch_outputs(&conn, &env, plan, cli.max_sync_size.0),
+    )?;
+    report(&outputs, &host);
+
     // 7. Bring back what the command changed, without overwriting local edits.
     exec::debug(format_args!("{host}: syncing back"));
     let changes = signals.step(

@@ -101,6 +101,9 @@ pub struct Plan {
     pub env: Vec<(String, String)>,
     /// Warnings for the user about what edict could not carry over.
     pub notes: Vec<String>,
+    /// Files the command writes (`--output-lock-file`), by index in the run's `outputs/`
+    /// dir on HOST: where each goes here.
+    pub outputs: Vec<PathBuf>,
 }
 
 /// What the user asked for on edict's own command line that changes the plan.
@@ -134,6 +137,7 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
         flakes: Vec::new(),
         env: forwarded_env(local.env),
         notes: Vec::new(),
+        outputs: Vec::new(),
     };
     let sub_refs = args.subcommand();
     // Just past the subcommand words: where edict inserts flags of its own.
@@ -142,7 +146,6 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
         .iter()
         .rposition(|a| a.role == Role::Command)
         .map_or(0, |i| i + 1);
-    let mut output_file_sources = Vec::new();
 
     for arg in &args.args {
         let word = match arg.role {
@@ -173,14 +176,17 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
                 });
                 Word::Run(format!("links/{i}/result"))
             }
-            Role::InputFile | Role::OutputFile if is_local_file_arg(&arg.text) => {
+            Role::InputFile if is_local_file_arg(&arg.text) => {
                 let path = absolute(local.cwd, Path::new(&arg.text));
-                let (src, rel) =
-                    add_file_source(&mut p, &path, arg.role == Role::OutputFile, local)?;
-                if arg.role == Role::OutputFile {
-                    output_file_sources.push(src);
-                }
+                let (src, rel) = add_file_source(&mut p, &path, local)?;
                 Word::Path { src, rel }
+            }
+            // A file nix writes (`--output-lock-file`): written in the run's scratch dir on
+            // HOST and fetched to its place here afterwards; its directory is never sent.
+            Role::OutputFile if is_local_file_arg(&arg.text) => {
+                let i = p.outputs.len();
+                p.outputs.push(absolute(local.cwd, Path::new(&arg.text)));
+                Word::Run(format!("outputs/{i}"))
             }
             _ => Word::Lit(arg.text.clone()),
         };
@@ -292,9 +298,6 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
             p.sources[src].sync_back = true;
         }
     }
-    for src in output_file_sources {
-        p.sources[src].sync_back = true;
-    }
     match sync {
         SyncMode::Force => p
             .sources
@@ -392,32 +395,61 @@ fn add_dir_source(
     };
     let (root, kind) = match git_root {
         Some(root) => (root, SourceKind::Git),
-        None => (canon.clone(), SourceKind::Dir),
+        None => {
+            refuse_broad(&canon, local)?;
+            (canon.clone(), SourceKind::Dir)
+        }
     };
     let rel = rel_path(&root, &canon);
     Ok((add_source(p, root, kind, local), rel))
 }
 
-/// A source for a local file argument (`-f`, lock files): its git work tree, else its dir.
-fn add_file_source(
-    p: &mut Plan,
-    path: &Path,
-    output: bool,
-    local: &Local,
-) -> Result<(usize, String)> {
-    // An output file need not exist yet; its directory must.
-    let (dir, file) = if output || path.is_file() {
-        let parent = path.parent().unwrap_or(Path::new("/"));
-        (parent.to_path_buf(), path.file_name().map(PathBuf::from))
+/// A source for a local input file argument (`-f`, `--arg-from-file`, lock files): inside
+/// a git work tree, its tracked files (what the user versions, never untracked secrets);
+/// elsewhere the file alone, or the directory when the user named one (`-f ./dir`), never
+/// a home or temp directory.
+fn add_file_source(p: &mut Plan, path: &Path, local: &Local) -> Result<(usize, String)> {
+    let is_file = path.is_file();
+    let dir = if is_file {
+        path.parent().unwrap_or(Path::new("/"))
     } else {
-        (path.to_path_buf(), None)
+        path
     };
-    let (src, rel) = add_dir_source(p, &dir, true, local, &path.to_string_lossy())?;
-    let rel = match file {
-        Some(f) => join_rel(&rel, &f.to_string_lossy()),
-        None => rel,
-    };
-    Ok((src, rel))
+    let as_written = path.to_string_lossy();
+    if git_work_tree(&canonical(dir, &as_written)?).is_some() {
+        let (src, rel) = add_dir_source(p, dir, true, local, &as_written)?;
+        return Ok(match path.file_name().filter(|_| is_file) {
+            Some(f) => (src, join_rel(&rel, &f.to_string_lossy())),
+            None => (src, rel),
+        });
+    }
+    if is_file {
+        let canon = canonical(path, &as_written)?;
+        return Ok((add_source(p, canon, SourceKind::File, local), String::new()));
+    }
+    add_dir_source(p, path, false, local, &as_written)
+}
+
+/// Refuses a directory source that holds far more than nix reads: `/`, a home directory
+/// (or a directory above one), a system temp directory. Sending it would ship `~/.ssh` or
+/// other users' files to HOST.
+fn refuse_broad(dir: &Path, local: &Local) -> Result<()> {
+    let home = local
+        .env
+        .iter()
+        .find(|(k, _)| k == "HOME")
+        .map(|(_, v)| PathBuf::from(v))
+        .and_then(|h| std::fs::canonicalize(h).ok());
+    let broad = dir == Path::new("/")
+        || home.as_deref().is_some_and(|h| h.starts_with(dir))
+        || [Path::new("/tmp"), Path::new("/var/tmp")].contains(&dir);
+    if broad {
+        bail!(
+            "edict will not send {}: it holds far more than nix reads here (a home, a temp directory or /), such as ~/.ssh\n  fix: put the flake or expression in a directory of its own, or a git repository (only its tracked files are sent), or name the file itself (`-f ./dir/default.nix`)",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 fn add_source(p: &mut Plan, root: PathBuf, kind: SourceKind, local: &Local) -> usize {
@@ -1010,6 +1042,87 @@ mod tests {
             .unwrap();
         assert_eq!(p.sources.len(), 1);
         assert_eq!(p.notes.len(), 1);
+    }
+
+    #[test]
+    fn input_files_send_the_file_or_its_git_tree_never_a_home_or_tmp() {
+        let f = Fixture::new();
+        std::fs::write(f.root().join("elsewhere/expr.nix"), "1").unwrap();
+        std::fs::write(f.root().join("elsewhere/secret"), "s").unwrap();
+        // Outside git: the file alone.
+        let p = f
+            .plan(
+                "repo",
+                &["build", "-f", "../elsewhere/expr.nix", "x"],
+                SyncMode::Auto,
+            )
+            .unwrap();
+        let file = p
+            .sources
+            .iter()
+            .find(|s| s.kind == SourceKind::File)
+            .unwrap();
+        assert_eq!(file.root, f.root().join("elsewhere/expr.nix"));
+        assert!(
+            p.sources
+                .iter()
+                .all(|s| s.root != f.root().join("elsewhere"))
+        );
+        let w = p.render_words(&dirs());
+        assert!(w.iter().any(|w| w.ends_with("/expr.nix")), "{w:?}");
+        // Inside a git work tree: the tree (tracked files), the file's path in it.
+        std::fs::write(f.root().join("repo/sub/e.nix"), "1").unwrap();
+        let p = f
+            .plan(
+                "elsewhere",
+                &["build", "-f", "../repo/sub/e.nix"],
+                SyncMode::Auto,
+            )
+            .unwrap();
+        assert!(
+            p.sources
+                .iter()
+                .any(|s| s.root == f.root().join("repo") && s.kind == SourceKind::Git)
+        );
+        // A directory the user names goes, unless it is a home, a temp dir or /.
+        let home = f.root().join("home");
+        std::fs::create_dir_all(home.join(".ssh")).unwrap();
+        std::fs::write(home.join("default.nix"), "1").unwrap();
+        let env = [("HOME".to_string(), home.display().to_string())];
+        let words: Vec<String> = ["build", "-f", "."].map(String::from).to_vec();
+        for cwd in [home.clone(), f.root()] {
+            let e = plan(
+                &classify(&words),
+                &Local {
+                    cwd: &cwd,
+                    machine_id: "m1",
+                    env: &env,
+                    declared_inputs: &|_| None,
+                },
+                SyncMode::Auto,
+            )
+            .unwrap_err();
+            assert!(format!("{e:#}").contains("will not send"), "{e:#}");
+        }
+    }
+
+    #[test]
+    fn an_output_file_is_written_in_the_run_dir_and_its_directory_never_sent() {
+        let f = Fixture::new();
+        let p = f
+            .plan(
+                "repo",
+                &["flake", "lock", "--output-lock-file", "/tmp/x.lock"],
+                SyncMode::Auto,
+            )
+            .unwrap();
+        assert_eq!(p.outputs, [PathBuf::from("/tmp/x.lock")]);
+        assert!(p.sources.iter().all(|s| s.root != Path::new("/tmp")));
+        let w = p.render_words(&dirs());
+        assert!(
+            w.contains(&"/h/.cache/edict/runs/r1/outputs/0".to_string()),
+            "{w:?}"
+        );
     }
 
     #[test]

@@ -280,7 +280,7 @@ fn prepare_script(mirror_names: &[String], run_id: &str) -> String {
         .map(|n| format!(" \"$c/mirrors/\"{}", quote(n)))
         .collect();
     s.push_str(&format!(
-        "err=$(mkdir -p \"$run/links\"{mirror_dirs} 2>&1) || {{ printf '%s\\nEDICT-error %s\\n' \"$o\" \"$err\"; exit 1; }}\nchmod 700 \"$c\" 2>/dev/null\n"
+        "err=$(mkdir -p \"$run/links\" \"$run/outputs\"{mirror_dirs} 2>&1) || {{ printf '%s\\nEDICT-error %s\\n' \"$o\" \"$err\"; exit 1; }}\nchmod 700 \"$c\" 2>/dev/null\n"
     ));
     // Scratch dirs of runs that died without cleaning up (edict killed with -9, host reboot).
     s.push_str(

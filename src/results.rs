@@ -211,6 +211,7 @@ mod tests {
             flakes: vec![],
             env: vec![],
             notes: vec![],
+            outputs: vec![],
         };
         let found: Vec<(String, String)> = [
             ("0/result", "/nix/store/a-x"),

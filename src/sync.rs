@@ -772,6 +772,57 @@ pub fn back(
     Ok(changes)
 }
 
+/// Brings back the files the command wrote for the user (`--output-lock-file`) from the
+/// run's scratch dir on HOST to where they were asked for here: staged beside the target
+/// and renamed into place, each bounded like sync-back. A file the command did not write
+/// (it failed) is left alone here.
+pub fn fetch_outputs(
+    conn: &Connection,
+    env: &RemoteEnv,
+    plan: &Plan,
+    max_size: u64,
+) -> Result<Vec<Change>> {
+    let host = &conn.transport.label;
+    let mut changes = Vec::new();
+    for (i, local) in plan.outputs.iter().enumerate() {
+        let step = format!("fetching {}", local.display());
+        let (Some(parent), Some(name)) = (local.parent(), local.file_name()) else {
+            continue;
+        };
+        let staging = crate::contain::private_tempdir(".edict-output-", Some(parent))
+            .with_context(|| {
+                format!(
+                    "{host}: {step}: creating a staging directory in {}\n  fix: check that you can write there",
+                    parent.display()
+                )
+            })?;
+        let pull = rsync(conn, env)
+            .args(["--no-recursive", "--chmod=ug-s,go-w"])
+            .arg(format!("--max-size={max_size}"))
+            .arg(format!(
+                "{}:{}/outputs/{i}",
+                conn.transport.dest.target(),
+                env.dirs.run
+            ))
+            .arg(format!("{}/", staging.path().display()))
+            .max_file_size(max_size.saturating_add(1));
+        run_rsync_partial(conn, &pull, &step)?;
+        let staged = staging.path().join(i.to_string());
+        if staged.is_file() {
+            std::fs::rename(&staged, local)
+                .with_context(|| format!("{host}: {step}: moving it into place"))?;
+            changes.push(Change::Taken(local.clone()));
+        } else {
+            exec::debug(format_args!(
+                "{}: the command wrote no {}",
+                host,
+                Path::new(name).display()
+            ));
+        }
+    }
+    Ok(changes)
+}
+
 /// Runs the sync-back pull: like [`run_rsync`], except that rsync's "some files were not
 /// transferred" (23) and a file I/O error here (11: a file stopped at the size bound, a
 /// full disk) are not errors of the whole step: the files it could copy still come back,
@@ -831,6 +882,7 @@ mod tests {
             flakes: flakes.iter().map(|d| (0, d.to_string())).collect(),
             env: vec![],
             notes: vec![],
+            outputs: vec![],
         };
         let tracked = Tracked {
             files: vec!["flake.nix".into(), "sub/deep/flake.nix".into()],

@@ -402,3 +402,78 @@ fn lock_inputs_flake_nix_does_not_declare_are_never_sent() {
         );
     });
 }
+
+/// Finding 2, single-file options: `-f FILE` outside git sends the file alone (never its
+/// directory's other files); `--output-lock-file` writes there and fetches the file here,
+/// never sending its directory; a home directory is refused with the fix.
+#[test]
+fn single_files_go_alone_and_output_files_come_back_alone() {
+    each_host(|lab, host, flavour| {
+        let tag = lab::unique_tag();
+        let dir = lab.workdir(&format!("single-{host}"));
+        std::fs::write(
+            dir.join("expr.nix"),
+            format!("derivation {{ name = \"single-{tag}\"; system = \"x86_64-linux\"; builder = \"/bin/sh\"; args = [ \"-c\" \"echo hi > $out\" ]; }}\n"),
+        )
+        .unwrap();
+        std::fs::write(dir.join("secret.txt"), "secret\n").unwrap();
+        let out = lab
+            .edict(&dir)
+            .args([host, "nix", "build", "-f", "./expr.nix"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", describe(&out));
+        assert_eq!(read(&dir.join("result")), "hi\n");
+        let sent: Vec<PathBuf> = lab.mirrors(host);
+        assert!(
+            sent.iter().any(|m| m.join("expr.nix").is_file()),
+            "{sent:?}"
+        );
+        assert!(
+            !sent.iter().any(|m| m.join("secret.txt").exists()),
+            "{sent:?}"
+        );
+
+        // A flake with a relative path input, locked into a file elsewhere.
+        let flake = lab.workdir(&format!("outlock-{host}"));
+        std::fs::create_dir_all(flake.join("sub")).unwrap();
+        std::fs::write(
+            flake.join("sub/flake.nix"),
+            "{ outputs = { self }: { v = 1; }; }\n",
+        )
+        .unwrap();
+        std::fs::write(
+            flake.join("flake.nix"),
+            "{ inputs.sub.url = \"path:./sub\"; outputs = { self, sub }: { v = sub.v; }; }\n",
+        )
+        .unwrap();
+        let elsewhere = lab.workdir(&format!("locks-{host}"));
+        std::fs::write(elsewhere.join("private.txt"), "private\n").unwrap();
+        let target = elsewhere.join("x.lock");
+        let out = lab
+            .edict(&flake)
+            .args([host, "nix", "flake", "lock", "--output-lock-file"])
+            .arg(&target)
+            .output()
+            .unwrap();
+        if flavour == Flavour::Bookworm {
+            // Nix 2.8 has no --output-lock-file: its own refusal passes through, nothing here.
+            assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+            lab::assert_mentions(&stderr(&out), &["--output-lock-file"]);
+            assert!(!target.exists());
+            return;
+        }
+        assert!(out.status.success(), "{}", describe(&out));
+        let lock: serde_json::Value = serde_json::from_str(&read(&target)).unwrap();
+        assert!(lock["nodes"]["sub"].is_object(), "{lock}");
+        assert!(
+            !flake.join("flake.lock").exists(),
+            "only the asked-for file is written"
+        );
+        let sent = lab.mirrors(host);
+        assert!(
+            !sent.iter().any(|m| m.join("private.txt").exists()),
+            "{sent:?}"
+        );
+    });
+}
