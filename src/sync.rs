@@ -729,6 +729,13 @@ pub fn back(
                 std::fs::symlink_metadata(staging.path().join(name))
                     .is_ok_and(|m| m.file_type().is_file() || m.file_type().is_symlink())
             };
+            // A command that reverts a file there (git stash, checkout, reset) must not take
+            // the user's uncommitted work here: HOST's version equal to what git recorded,
+            // while the local file differs from it, is a conflict, never a take.
+            let reverted = match src.kind {
+                SourceKind::Git => reverted_files(&src.root, staging.path(), &take),
+                _ => BTreeSet::new(),
+            };
             for name in take {
                 let dest = src.root.join(&name);
                 let rel = Path::new(&name);
@@ -736,6 +743,12 @@ pub fn back(
                     changes.push(refuse(&name, missing(&name)));
                 // Re-check: the file may have been edited here while it was on its way.
                 } else if stamp(&dest).as_ref() != sent.get(&name) {
+                    conflicts.push(name);
+                } else if reverted.contains(&name) {
+                    exec::info(format_args!(
+                        "{} went back to its committed version on {host} (git stash, checkout or reset there?): your uncommitted changes stay",
+                        exec::printable(&dest.to_string_lossy())
+                    ));
                     conflicts.push(name);
                 } else {
                     changes.push(match here.replace(&staged, rel, rel) {
@@ -759,8 +772,21 @@ pub fn back(
                 });
             }
         }
+        // A deletion there never takes uncommitted work here: only a file whose content
+        // git has at HEAD follows it.
+        let uncommitted = match src.kind {
+            SourceKind::Git if !deletes.is_empty() => uncommitted_files(&src.root, &deletes),
+            _ => BTreeSet::new(),
+        };
         for name in deletes {
             let dest = src.root.join(&name);
+            if uncommitted.contains(&name) {
+                changes.push(Change::Conflict {
+                    path: dest,
+                    remote_copy: None,
+                });
+                continue;
+            }
             if stamp(&dest).as_ref() == sent.get(&name) {
                 changes.push(match here.remove(Path::new(&name)) {
                     Ok(()) => Change::Deleted(dest),
@@ -833,6 +859,103 @@ fn run_rsync_partial(conn: &Connection, cmd: &Cmd, step: &str) -> Result<std::pr
         return Ok(out);
     }
     run_rsync_checked(conn, cmd, step, out)
+}
+
+/// Blob ids, as git computes them, of files (raw content, no filters), in order; `None`
+/// for one git cannot read.
+fn hash_objects(root: &Path, files: &[PathBuf]) -> Vec<Option<String>> {
+    if files.is_empty() {
+        return Vec::new();
+    }
+    let out = Cmd::new("git")
+        .args([
+            "-C",
+            &root.display().to_string(),
+            "hash-object",
+            "--no-filters",
+            "--",
+        ])
+        .args(files.iter().map(|f| f.display().to_string()))
+        .output()
+        .ok()
+        .filter(|o| o.status.success());
+    let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    let ids: Vec<&str> = text
+        .as_deref()
+        .map(|t| t.lines().collect())
+        .unwrap_or_default();
+    (0..files.len())
+        .map(|i| ids.get(i).map(|s| s.to_string()))
+        .collect()
+}
+
+/// What git records for `names`: path → blob id, at HEAD and in the index.
+fn recorded_blobs(root: &Path, names: &[String]) -> [BTreeMap<String, String>; 2] {
+    let dir = root.display().to_string();
+    let lists = [
+        Cmd::new("git").args(["-C", &dir, "ls-tree", "-r", "-z", "HEAD", "--"]),
+        Cmd::new("git").args(["-C", &dir, "ls-files", "-s", "-z", "--"]),
+    ];
+    lists.map(|cmd| {
+        let mut ids = BTreeMap::new();
+        let Ok(o) = cmd.args(names.iter().cloned()).output() else {
+            return ids;
+        };
+        // `MODE TYPE ID\tPATH` (ls-tree) or `MODE ID STAGE\tPATH` (ls-files).
+        for entry in o.stdout.split(|b| *b == 0).filter(|e| !e.is_empty()) {
+            let entry = String::from_utf8_lossy(entry);
+            if let Some((meta, path)) = entry.split_once('\t') {
+                if let Some(id) = meta.split(' ').find(|w| w.len() >= 40) {
+                    ids.insert(path.to_string(), id.to_string());
+                }
+            }
+        }
+        ids
+    })
+}
+
+/// Of `names` (staged under `staging`), those whose version from HOST is one git records
+/// (HEAD or index) while the file here differs from it: the command reverted them there.
+fn reverted_files(root: &Path, staging: &Path, names: &[String]) -> BTreeSet<String> {
+    let [head, index] = recorded_blobs(root, names);
+    let names: Vec<&String> = names
+        .iter()
+        .filter(|n| head.contains_key(*n) || index.contains_key(*n))
+        .collect();
+    let there = hash_objects(
+        root,
+        &names.iter().map(|n| staging.join(n)).collect::<Vec<_>>(),
+    );
+    let here = hash_objects(
+        root,
+        &names.iter().map(|n| root.join(n)).collect::<Vec<_>>(),
+    );
+    names
+        .into_iter()
+        .zip(there.into_iter().zip(here))
+        .filter(|(n, (there, here))| {
+            there
+                .as_ref()
+                .is_some_and(|t| head.get(*n) == Some(t) || index.get(*n) == Some(t))
+                && there != here
+        })
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+/// Of `names` (files here), those whose content is not the one at HEAD: uncommitted work.
+fn uncommitted_files(root: &Path, names: &[String]) -> BTreeSet<String> {
+    let [head, _] = recorded_blobs(root, names);
+    let here = hash_objects(
+        root,
+        &names.iter().map(|n| root.join(n)).collect::<Vec<_>>(),
+    );
+    names
+        .iter()
+        .zip(here)
+        .filter(|(n, here)| here.is_some() && head.get(*n) != here.as_ref())
+        .map(|(n, _)| n.clone())
+        .collect()
 }
 
 /// Puts HOST's version of a conflicting file beside the local one, as `NAME.edict-HOST`, or

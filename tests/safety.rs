@@ -477,3 +477,40 @@ fn single_files_go_alone_and_output_files_come_back_alone() {
         );
     });
 }
+
+/// Finding 5: a command that runs `git stash` on HOST reverts the files there; the local
+/// uncommitted work is never reverted nor deleted here: each such file is a conflict (yours
+/// kept, HOST's committed version beside it), named, exit 1.
+#[test]
+fn git_stash_there_never_takes_uncommitted_work_here() {
+    each_host(|lab, host, _| {
+        let dir = flake(lab, &format!("stash-{host}"), &[("notes.txt", "v1\n")]);
+        std::fs::write(dir.join("notes.txt"), "my work\n").unwrap();
+        std::fs::write(dir.join("new.txt"), "new work\n").unwrap();
+        lab::git(&dir, &["add", "new.txt"]);
+        let out = shell(
+            lab,
+            host,
+            &dir,
+            &[],
+            "git -c user.name=r -c user.email=r@example.org stash -q && echo stashed",
+        );
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("stashed"),
+            "{}",
+            describe(&out)
+        );
+        assert_eq!(read(&dir.join("notes.txt")), "my work\n");
+        assert_eq!(read(&dir.join("new.txt")), "new work\n");
+        assert_eq!(read(&dir.join(format!("notes.txt.edict-{host}"))), "v1\n");
+        lab::assert_mentions(
+            &stderr(&out),
+            &["notes.txt went back to its committed version", "new.txt"],
+        );
+        // The next run sends the work again, as it is here.
+        let out = shell(lab, host, &dir, &[], "cat notes.txt new.txt");
+        assert!(out.status.success(), "{}", describe(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "my work\nnew work\n");
+    });
+}
