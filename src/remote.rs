@@ -13,7 +13,9 @@ use crate::signals::Signals;
 use crate::ssh::{Connection, Tty, ssh_failure};
 use anyhow::{Context, Result, bail};
 use std::io::{BufRead, BufReader, Read};
+use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::process::CommandExt as _;
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 use std::time::{Duration, Instant};
 
@@ -390,10 +392,11 @@ pub struct After {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Tree {
     pub src: usize,
-    /// Files that were there when the command started and are gone now.
-    pub deleted: std::collections::BTreeSet<String>,
+    /// Files that were there when the command started and are gone now (relative paths,
+    /// byte for byte as HOST named them).
+    pub deleted: std::collections::BTreeSet<PathBuf>,
     /// Those with a ctime after the command started: written, created, renamed, chmodded.
-    pub changed: std::collections::BTreeSet<String>,
+    pub changed: std::collections::BTreeSet<PathBuf>,
     /// The command moved HEAD or a branch (committed) there.
     pub git_changed: bool,
 }
@@ -445,39 +448,43 @@ fn inspect_script(want_links: bool, mirrors: &[(usize, String)]) -> String {
 }
 
 fn parse_after(out: &[u8]) -> After {
-    let words: Vec<String> = out
-        .split(|b| *b == 0)
-        .map(|w| String::from_utf8_lossy(w).into_owned())
-        .collect();
+    // Names stay bytes: a file name HOST made need not be UTF-8, and must come back as is.
+    let mut it = out.split(|b| *b == 0).peekable();
+    let text = |w: &[u8]| String::from_utf8_lossy(w).into_owned();
+    let rel = |p: &[u8]| {
+        let p = p.strip_prefix(b"./").unwrap_or(p);
+        PathBuf::from(std::ffi::OsStr::from_bytes(p))
+    };
     let mut after = After::default();
-    let mut it = words.into_iter().peekable();
-    let rel = |p: &str| p.strip_prefix("./").unwrap_or(p).to_string();
     while let Some(tag) = it.next() {
-        match tag.as_str() {
-            "L" => {
+        match tag {
+            b"L" => {
                 if let (Some(name), Some(target)) = (it.next(), it.next()) {
-                    after.links.push((name, target));
+                    after.links.push((text(name), text(target)));
                 }
             }
-            "S" => {
+            b"S" => {
                 let mut tree = Tree {
-                    src: it.next().and_then(|i| i.parse().ok()).unwrap_or(usize::MAX),
+                    src: it
+                        .next()
+                        .and_then(|i| text(i).parse().ok())
+                        .unwrap_or(usize::MAX),
                     ..Tree::default()
                 };
                 for w in it.by_ref() {
-                    if w == "C" {
+                    if w == b"C" {
                         break;
                     }
-                    tree.deleted.insert(rel(&w));
+                    tree.deleted.insert(rel(w));
                 }
                 for w in it.by_ref() {
-                    if w == "G" {
+                    if w == b"G" {
                         break;
                     }
-                    tree.changed.insert(rel(&w));
+                    tree.changed.insert(rel(w));
                 }
                 for w in it.by_ref() {
-                    if w == "E" {
+                    if w == b"E" {
                         break;
                     }
                     tree.git_changed = true;
@@ -688,17 +695,21 @@ mod tests {
             vec![("0/result".to_string(), "/nix/store/abc-x".to_string())]
         );
         assert_eq!((after.trees[0].src, after.trees[1].src), (0, 10));
-        let deleted: Vec<&str> = after.trees[0].deleted.iter().map(String::as_str).collect();
-        assert_eq!(deleted, vec!["sub/doomed file"]);
-        let changed: Vec<&str> = after.trees[0].changed.iter().map(String::as_str).collect();
-        assert_eq!(changed, vec!["same.txt", "sub/new file"]);
+        let names = |set: &std::collections::BTreeSet<PathBuf>| -> Vec<String> {
+            set.iter().map(|p| p.display().to_string()).collect()
+        };
+        assert_eq!(names(&after.trees[0].deleted), vec!["sub/doomed file"]);
+        assert_eq!(
+            names(&after.trees[0].changed),
+            vec!["same.txt", "sub/new file"]
+        );
         assert!(!after.trees[0].git_changed);
         assert!(after.trees[1].changed.is_empty() && after.trees[1].deleted.is_empty());
     }
 
     #[test]
     fn after_parses_links_and_trees() {
-        let out = b"L\x000/result\x00/nix/store/a-x\x00S\x002\x00./a\x00./d/b c\x00C\x00./d/b c\x00G\x00.git/refs/heads/main\x00E\x00S\x003\x00C\x00G\x00E\x00";
+        let out = b"L\x000/result\x00/nix/store/a-x\x00S\x002\x00./a\x00./d/b c\x00C\x00./d/b c\x00./n\xffu\x00G\x00.git/refs/heads/main\x00E\x00S\x003\x00C\x00G\x00E\x00";
         let after = parse_after(out);
         assert_eq!(
             after.links,
@@ -708,11 +719,15 @@ mod tests {
         assert_eq!(after.trees[0].src, 2);
         assert_eq!(
             after.trees[0].deleted.iter().cloned().collect::<Vec<_>>(),
-            vec!["a", "d/b c"]
+            vec![PathBuf::from("a"), PathBuf::from("d/b c")]
         );
+        // A name that is not UTF-8 keeps its bytes.
         assert_eq!(
             after.trees[0].changed.iter().cloned().collect::<Vec<_>>(),
-            vec!["d/b c"]
+            vec![
+                PathBuf::from("d/b c"),
+                PathBuf::from(std::ffi::OsStr::from_bytes(b"n\xffu"))
+            ]
         );
         assert!(after.trees[0].git_changed);
         assert!(after.trees[1].deleted.is_empty() && !after.trees[1].git_changed);

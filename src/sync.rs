@@ -16,6 +16,7 @@ use crate::ssh::{Connection, ssh_failure};
 use anyhow::{Context, Result, bail};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
+use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -48,7 +49,7 @@ fn stamp(path: &Path) -> Option<Stamp> {
 /// What one source looked like when it was sent: relative path → stamp.
 #[derive(Clone, Debug, Default)]
 pub struct Upload {
-    files: BTreeMap<String, Stamp>,
+    files: BTreeMap<PathBuf, Stamp>,
 }
 
 /// rsync's options shared by every transfer: recursive, links, permissions, times, and
@@ -196,7 +197,7 @@ pub fn upload(conn: &Connection, env: &RemoteEnv, plan: &Plan) -> Result<Vec<Upl
                 cmd.arg(dest)
             }
             SourceKind::Dir => {
-                walk(&src.root, "", &mut upload.files);
+                walk(&src.root, Path::new(""), &mut upload.files);
                 rsync(conn, env)
                     .args(["--delete", "--exclude=/.edict-sync-*", "--stats"])
                     .arg(format!("{}/", src.root.display()))
@@ -242,8 +243,9 @@ pub fn stats_summary(stats: &str) -> String {
 /// `git rm`ed is not sent) and the submodules, which nix leaves out unless asked.
 #[derive(Clone, Debug, Default)]
 pub struct Tracked {
-    pub files: Vec<String>,
-    pub submodules: Vec<String>,
+    /// Relative paths, byte for byte as git lists them (a name need not be UTF-8).
+    pub files: Vec<PathBuf>,
+    pub submodules: Vec<PathBuf>,
     /// `files` holds the submodules' tracked files too (see [`with_submodules`]).
     pub nested: bool,
 }
@@ -278,9 +280,9 @@ fn with_submodules(root: &Path, tracked: &mut Tracked) -> Result<()> {
         with_submodules(&dir, &mut inner)?;
         tracked
             .files
-            .extend(inner.files.iter().map(|f| format!("{sub}/{f}")));
+            .extend(inner.files.iter().map(|f| sub.join(f)));
         if dir.join(".git").is_file() {
-            tracked.files.push(format!("{sub}/.git"));
+            tracked.files.push(sub.join(".git"));
         }
     }
     tracked.files.sort();
@@ -293,14 +295,14 @@ fn tracked_files(root: &Path) -> Result<Tracked> {
     let mut files = BTreeSet::new();
     let mut submodules = Vec::new();
     for entry in out.split(|b| *b == 0).filter(|e| !e.is_empty()) {
-        let entry = String::from_utf8_lossy(entry);
-        let Some((meta, path)) = entry.split_once('\t') else {
+        let Some(tab) = entry.iter().position(|b| *b == b'\t') else {
             continue;
         };
-        if meta.starts_with("160000") {
-            submodules.push(path.to_string()); // a gitlink
-        } else if std::fs::symlink_metadata(root.join(path)).is_ok() {
-            files.insert(path.to_string());
+        let path = PathBuf::from(std::ffi::OsStr::from_bytes(&entry[tab + 1..]));
+        if entry.starts_with(b"160000") {
+            submodules.push(path); // a gitlink
+        } else if std::fs::symlink_metadata(root.join(&path)).is_ok() {
+            files.insert(path);
         }
     }
     Ok(Tracked {
@@ -331,7 +333,7 @@ fn untracked_flake_nix(plan: &Plan, src: usize, tracked: &Tracked) -> Option<Str
             parts.push("flake.nix");
             Some(parts.join("/"))
         })
-        .find(|f| root.join(f).is_file() && tracked.files.binary_search(f).is_err())
+        .find(|f| root.join(f).is_file() && tracked.files.binary_search(&PathBuf::from(f)).is_err())
 }
 
 /// Everything in the work tree git does not track, ignored or not, a wholly untracked
@@ -393,12 +395,12 @@ impl Rules {
 /// grows with its square (19 s for 40 000 files). Whichever list is shorter is used: usually
 /// the untracked entries (`result`, `target/`), else the tracked files and their parents.
 fn git_rules(tracked: &Tracked, untracked: &[Vec<u8>], with_git_dir: bool) -> Rules {
+    // Every directory above a tracked file, as bytes (`a`, `a/b` for `a/b/c`).
     let mut dirs = BTreeSet::new();
     for f in &tracked.files {
-        let mut at = 0;
-        while let Some(i) = f[at..].find('/') {
-            dirs.insert(&f[..at + i]);
-            at += i + 1;
+        let f = f.as_os_str().as_bytes();
+        for (i, _) in f.iter().enumerate().filter(|(_, b)| **b == b'/') {
+            dirs.insert(&f[..i]);
         }
     }
     let excludes = untracked.len() + tracked.submodules.len() + usize::from(!with_git_dir);
@@ -415,7 +417,7 @@ fn git_rules(tracked: &Tracked, untracked: &[Vec<u8>], with_git_dir: bool) -> Ru
             rule(u);
         }
         for s in &tracked.submodules {
-            rule(format!("{s}/").as_bytes());
+            rule(&[s.as_os_str().as_bytes(), b"/"].concat());
         }
         if !with_git_dir {
             rule(b".git");
@@ -426,10 +428,10 @@ fn git_rules(tracked: &Tracked, untracked: &[Vec<u8>], with_git_dir: bool) -> Ru
         };
     }
     for d in dirs {
-        rule(format!("{d}/").as_bytes());
+        rule(&[d, b"/"].concat());
     }
     for f in &tracked.files {
-        rule(f.as_bytes());
+        rule(f.as_os_str().as_bytes());
     }
     if with_git_dir {
         list.extend_from_slice(b"/.git/***\0");
@@ -498,21 +500,18 @@ fn escape_pattern(name: &[u8]) -> Vec<u8> {
     })
 }
 
-/// Stamps every file and symlink under `dir` (not following links), keyed `prefix/rel`.
-fn walk(dir: &Path, prefix: &str, out: &mut BTreeMap<String, Stamp>) {
+/// Stamps every file and symlink under `dir` (not following links), keyed by the path
+/// below `prefix`, byte for byte.
+fn walk(dir: &Path, prefix: &Path, out: &mut BTreeMap<PathBuf, Stamp>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if prefix.is_empty() && name.starts_with(".edict-sync-") {
+        let name = e.file_name();
+        if prefix.as_os_str().is_empty() && name.as_bytes().starts_with(b".edict-sync-") {
             continue;
         }
-        let rel = if prefix.is_empty() {
-            name
-        } else {
-            format!("{prefix}/{name}")
-        };
+        let rel = prefix.join(&name);
         match e.file_type() {
             Ok(t) if t.is_dir() => walk(&e.path(), &rel, out),
             Ok(_) => {
@@ -596,7 +595,7 @@ pub fn back(
         let step = format!("bringing back changes to {}", src.root.display());
         let here = Dir::open(&src.root)
             .with_context(|| format!("{host}: {step}: opening {}", src.root.display()))?;
-        let refuse = |name: &str, why: String| Change::Refused {
+        let refuse = |name: &Path, why: String| Change::Refused {
             path: src.root.join(name),
             why,
         };
@@ -615,17 +614,12 @@ pub fn back(
             // relative path (rsync's --relative would read `a/./b` as `b`), and a `.git` path
             // (a hook would run here) or edict's own staging name is refused whatever HOST
             // claims, never trusted to be absent.
-            if !name
-                .split('/')
-                .all(|c| !c.is_empty() && c != "." && c != "..")
-            {
+            let parts = || name.as_os_str().as_bytes().split(|b| *b == b'/');
+            if !parts().all(|c| !c.is_empty() && c != b"." && c != b"..") {
                 changes.push(refuse(name, "it is not a plain relative path".into()));
                 continue;
             }
-            if name
-                .split('/')
-                .any(|c| c.eq_ignore_ascii_case(".git") || c.starts_with(".edict-sync-"))
-            {
+            if parts().any(|c| c.eq_ignore_ascii_case(b".git") || c.starts_with(b".edict-sync-")) {
                 changes.push(refuse(
                     name,
                     "edict never brings back .git or its own staging files".into(),
@@ -633,7 +627,7 @@ pub fn back(
                 continue;
             }
             // A path through a symlink here is not the tree's: neither read nor written.
-            if let Err(why) = here.reachable(Path::new(name)) {
+            if let Err(why) = here.reachable(name) {
                 changes.push(refuse(name, why.to_string()));
                 continue;
             }
@@ -664,7 +658,7 @@ pub fn back(
                 .with_context(|| format!("{host}: {step}: opening the staging directory"))?;
             let mut list = tempfile::NamedTempFile::new()?;
             for name in take.iter().chain(&conflicts) {
-                list.write_all(name.as_bytes())?;
+                list.write_all(name.as_os_str().as_bytes())?;
                 list.write_all(&[0])?;
             }
             list.flush()?;
@@ -702,14 +696,14 @@ pub fn back(
                 }
                 .into());
             }
-            let too_large: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+            let too_large: BTreeSet<PathBuf> = String::from_utf8_lossy(&out.stdout)
                 .lines()
                 .filter_map(|l| l.strip_suffix(" is over max-size"))
-                .map(str::to_string)
+                .map(PathBuf::from)
                 .collect();
             // rsync escapes odd characters in its skip message, so a name it skipped for its
             // size may not be found there; a file absent after a clean exit was skipped.
-            let missing = |name: &str| {
+            let missing = |name: &Path| {
                 if std::fs::symlink_metadata(staging.path().join(name)).is_ok() {
                     format!(
                         "it is not a file on {host} (sync-back brings back files and symlinks only)"
@@ -725,7 +719,7 @@ pub fn back(
                     )
                 }
             };
-            let staged_ok = |name: &str| {
+            let staged_ok = |name: &Path| {
                 std::fs::symlink_metadata(staging.path().join(name))
                     .is_ok_and(|m| m.file_type().is_file() || m.file_type().is_symlink())
             };
@@ -738,7 +732,7 @@ pub fn back(
             };
             for name in take {
                 let dest = src.root.join(&name);
-                let rel = Path::new(&name);
+                let rel = name.as_path();
                 if !staged_ok(&name) {
                     changes.push(refuse(&name, missing(&name)));
                 // Re-check: the file may have been edited here while it was on its way.
@@ -758,7 +752,7 @@ pub fn back(
                 }
             }
             for name in conflicts {
-                let rel = Path::new(&name);
+                let rel = name.as_path();
                 if !staged_ok(&name) {
                     changes.push(refuse(&name, missing(&name)));
                     continue;
@@ -788,7 +782,7 @@ pub fn back(
                 continue;
             }
             if stamp(&dest).as_ref() == sent.get(&name) {
-                changes.push(match here.remove(Path::new(&name)) {
+                changes.push(match here.remove(&name) {
                     Ok(()) => Change::Deleted(dest),
                     Err(why) => refuse(&name, format!("removing it here failed: {why}")),
                 });
@@ -862,35 +856,42 @@ fn run_rsync_partial(conn: &Connection, cmd: &Cmd, step: &str) -> Result<std::pr
 }
 
 /// Blob ids, as git computes them, of files (raw content, no filters), in order; `None`
-/// for one git cannot read.
+/// for one git cannot read or whose path is not UTF-8 (it could not be named to git).
 fn hash_objects(root: &Path, files: &[PathBuf]) -> Vec<Option<String>> {
-    if files.is_empty() {
-        return Vec::new();
-    }
-    let out = Cmd::new("git")
-        .args([
-            "-C",
-            &root.display().to_string(),
-            "hash-object",
-            "--no-filters",
-            "--",
-        ])
-        .args(files.iter().map(|f| f.display().to_string()))
-        .output()
-        .ok()
-        .filter(|o| o.status.success());
-    let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-    let ids: Vec<&str> = text
-        .as_deref()
-        .map(|t| t.lines().collect())
-        .unwrap_or_default();
-    (0..files.len())
-        .map(|i| ids.get(i).map(|s| s.to_string()))
+    let named: Vec<&str> = files.iter().filter_map(|f| f.to_str()).collect();
+    let ids: Vec<String> = if named.is_empty() {
+        Vec::new()
+    } else {
+        Cmd::new("git")
+            .args([
+                "-C",
+                &root.display().to_string(),
+                "hash-object",
+                "--no-filters",
+                "--",
+            ])
+            .args(named.iter().copied())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut ids = ids.into_iter();
+    files
+        .iter()
+        .map(|f| f.to_str().and_then(|_| ids.next()))
         .collect()
 }
 
-/// What git records for `names`: path → blob id, at HEAD and in the index.
-fn recorded_blobs(root: &Path, names: &[String]) -> [BTreeMap<String, String>; 2] {
+/// What git records for `names`: path → blob id, at HEAD and in the index. (Names go to
+/// git as arguments, so one that is not UTF-8 is not found: it counts as unrecorded.)
+fn recorded_blobs(root: &Path, names: &[PathBuf]) -> [BTreeMap<PathBuf, String>; 2] {
     let dir = root.display().to_string();
     let lists = [
         Cmd::new("git").args(["-C", &dir, "ls-tree", "-r", "-z", "HEAD", "--"]),
@@ -898,16 +899,19 @@ fn recorded_blobs(root: &Path, names: &[String]) -> [BTreeMap<String, String>; 2
     ];
     lists.map(|cmd| {
         let mut ids = BTreeMap::new();
-        let Ok(o) = cmd.args(names.iter().cloned()).output() else {
+        let args = names.iter().map(|n| n.to_string_lossy().into_owned());
+        let Ok(o) = cmd.args(args).output() else {
             return ids;
         };
         // `MODE TYPE ID\tPATH` (ls-tree) or `MODE ID STAGE\tPATH` (ls-files).
         for entry in o.stdout.split(|b| *b == 0).filter(|e| !e.is_empty()) {
-            let entry = String::from_utf8_lossy(entry);
-            if let Some((meta, path)) = entry.split_once('\t') {
-                if let Some(id) = meta.split(' ').find(|w| w.len() >= 40) {
-                    ids.insert(path.to_string(), id.to_string());
-                }
+            let Some(tab) = entry.iter().position(|b| *b == b'\t') else {
+                continue;
+            };
+            let meta = String::from_utf8_lossy(&entry[..tab]);
+            if let Some(id) = meta.split(' ').find(|w| w.len() >= 40) {
+                let path = PathBuf::from(std::ffi::OsStr::from_bytes(&entry[tab + 1..]));
+                ids.insert(path, id.to_string());
             }
         }
         ids
@@ -916,9 +920,9 @@ fn recorded_blobs(root: &Path, names: &[String]) -> [BTreeMap<String, String>; 2
 
 /// Of `names` (staged under `staging`), those whose version from HOST is one git records
 /// (HEAD or index) while the file here differs from it: the command reverted them there.
-fn reverted_files(root: &Path, staging: &Path, names: &[String]) -> BTreeSet<String> {
+fn reverted_files(root: &Path, staging: &Path, names: &[PathBuf]) -> BTreeSet<PathBuf> {
     let [head, index] = recorded_blobs(root, names);
-    let names: Vec<&String> = names
+    let names: Vec<&PathBuf> = names
         .iter()
         .filter(|n| head.contains_key(*n) || index.contains_key(*n))
         .collect();
@@ -944,7 +948,7 @@ fn reverted_files(root: &Path, staging: &Path, names: &[String]) -> BTreeSet<Str
 }
 
 /// Of `names` (files here), those whose content is not the one at HEAD: uncommitted work.
-fn uncommitted_files(root: &Path, names: &[String]) -> BTreeSet<String> {
+fn uncommitted_files(root: &Path, names: &[PathBuf]) -> BTreeSet<PathBuf> {
     let [head, _] = recorded_blobs(root, names);
     let here = hash_objects(
         root,
@@ -1032,12 +1036,12 @@ mod tests {
     fn the_shorter_rule_list_wins_and_wildcards_are_escaped() {
         let tracked = Tracked {
             files: vec![
-                "a*b".to_string(),
-                "sub/deep/[x]".to_string(),
-                "back\\slash".to_string(),
-                "flake.nix".to_string(),
+                "a*b".into(),
+                "sub/deep/[x]".into(),
+                "back\\slash".into(),
+                "flake.nix".into(),
             ],
-            submodules: vec!["vendor/lib".to_string()],
+            submodules: vec!["vendor/lib".into()],
             nested: false,
         };
         // Few untracked entries: exclude them (and the submodule), send the rest.
@@ -1091,6 +1095,15 @@ mod tests {
     fn names_that_are_not_utf8_are_excluded_byte_for_byte() {
         let r = git_rules(&Tracked::default(), &[b"s\xffcret?".to_vec()], true);
         assert_eq!(r.list, b"/s\xffcret\\?\0".to_vec());
+        // And included so, with their directories, when the include list is shorter.
+        let tracked = Tracked {
+            files: vec![PathBuf::from(std::ffi::OsStr::from_bytes(b"d\xff/f\xfe"))],
+            ..Tracked::default()
+        };
+        let many: Vec<Vec<u8>> = (0..5).map(|i| format!("junk{i}").into_bytes()).collect();
+        let r = git_rules(&tracked, &many, true);
+        assert!(!r.exclude);
+        assert_eq!(r.list, b"/d\xff/\0/d\xff/f\xfe\0/.git/***\0".to_vec());
     }
 
     fn st(size: u64, mtime: i64) -> Stamp {

@@ -514,3 +514,42 @@ fn git_stash_there_never_takes_uncommitted_work_here() {
         assert_eq!(String::from_utf8_lossy(&out.stdout), "my work\nnew work\n");
     });
 }
+
+/// Finding 8: names that are not UTF-8 travel byte for byte both ways: a tracked one is
+/// sent (also when the include list is used), one made on HOST comes back, next to the rest.
+#[test]
+fn names_that_are_not_utf8_go_and_come_back() {
+    use std::os::unix::ffi::OsStrExt as _;
+    each_host(|lab, host, _| {
+        let dir = flake(lab, &format!("bytes-{host}"), &[]);
+        let latin1 = std::ffi::OsStr::from_bytes(b"caf\xe9.txt");
+        std::fs::write(dir.join(latin1), "tracked latin-1\n").unwrap();
+        lab::git(&dir, &["add", "-A"]);
+        lab::git(&dir, &["commit", "-qm", "latin-1"]);
+        // Many untracked files: edict sends an include list of the tracked ones.
+        for i in 0..40 {
+            std::fs::write(dir.join(format!("junk{i}")), "x").unwrap();
+        }
+        let out = shell(
+            lab,
+            host,
+            &dir,
+            &["-vv"],
+            "cat caf*.txt; printf 'made there\\n' > \"$(printf 'n\\377u.txt')\"; echo ok > ok.txt",
+        );
+        assert!(out.status.success(), "{}", describe(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("tracked latin-1"),
+            "{}",
+            describe(&out)
+        );
+        assert!(
+            stderr(&out).contains("the tracked ones included"),
+            "{}",
+            describe(&out)
+        );
+        let made = dir.join(std::ffi::OsStr::from_bytes(b"n\xffu.txt"));
+        assert_eq!(read(&made), "made there\n", "{}", describe(&out));
+        assert_eq!(read(&dir.join("ok.txt")), "ok\n");
+    });
+}
