@@ -133,6 +133,7 @@ pub fn upload(conn: &Connection, env: &RemoteEnv, plan: &Plan) -> Result<Vec<Upl
         let tmp = tempfile::NamedTempFile::new()?;
         // Lives until rsync has run.
         let mut index = None;
+        let mut race = None;
         let cmd = match src.kind {
             SourceKind::Git => {
                 let tracked = sent_files(plan, i).with_context(|| format!("{host}: {step}"))?;
@@ -170,7 +171,6 @@ pub fn upload(conn: &Connection, env: &RemoteEnv, plan: &Plan) -> Result<Vec<Upl
                     }
                 ));
                 tmp.as_file().write_all(&rules.list)?;
-                let mut cmd = rsync(conn, env).args(["--delete", "--delete-excluded", "--from0"]);
                 // The index goes as .git/edict-index, and HOST keeps its own .git/index (see
                 // `adopt_index_script`): one with HOST's file stats, so git and nix there need
                 // not re-read every file to know the tree is clean.
@@ -181,27 +181,26 @@ pub fn upload(conn: &Connection, env: &RemoteEnv, plan: &Plan) -> Result<Vec<Upl
                         )
                     })?;
                 }
-                if index.is_some() {
-                    cmd = cmd.args(["--filter=-s /.git/index", "--filter=P /.git/index"]);
+                let cmd = git_rsync(
+                    conn,
+                    env,
+                    &rules,
+                    tmp.path(),
+                    &src.root,
+                    index.as_ref(),
+                    &dest,
+                );
+                if rules.exclude {
+                    race = Some((tracked, untracked, with_git_dir));
                 }
-                cmd = if rules.exclude {
-                    cmd.arg(format!("--exclude-from={}", tmp.path().display()))
-                } else {
-                    cmd.arg(format!("--include-from={}", tmp.path().display()))
-                        .arg("--exclude=*")
-                };
-                cmd = cmd.arg("--stats").arg(format!("{}/", src.root.display()));
-                if let Some(index) = &index {
-                    cmd = cmd.arg(format!("{}/", index.dir.path().display()));
-                }
-                cmd.arg(dest)
+                cmd
             }
             SourceKind::Dir => {
                 walk(&src.root, Path::new(""), &mut upload.files);
                 rsync(conn, env)
                     .args(["--delete", "--exclude=/.edict-sync-*", "--stats"])
                     .arg(format!("{}/", src.root.display()))
-                    .arg(dest)
+                    .arg(&dest)
             }
             SourceKind::File => rsync(conn, env)
                 .arg("--stats")
@@ -209,6 +208,37 @@ pub fn upload(conn: &Connection, env: &RemoteEnv, plan: &Plan) -> Result<Vec<Upl
                 .arg(format!("{dest}{}", src.file_name())),
         };
         let out = run_rsync(conn, &cmd, &step)?;
+        // The exclude list was taken before rsync read the tree: a file made in between
+        // (an editor's backup, a build's output) was not on it and went. If the tree has new
+        // untracked entries now, sync again with the exact include list, which removes them
+        // from the mirror; what was sent is said.
+        if let Some((tracked, before, with_git_dir)) = race {
+            let now = untracked(&src.root).with_context(|| format!("{host}: {step}"))?;
+            let new: Vec<&Vec<u8>> = now.iter().filter(|u| !before.contains(u)).collect();
+            if !new.is_empty() {
+                exec::info(format_args!(
+                    "{}: {} untracked entr{} appeared while syncing ({}…): syncing again with the list of tracked files, which removes {} from {host}",
+                    src.root.display(),
+                    new.len(),
+                    if new.len() == 1 { "y" } else { "ies" },
+                    exec::printable(&String::from_utf8_lossy(new[0])),
+                    if new.len() == 1 { "it" } else { "them" }
+                ));
+                let rules = git_rules_included(&tracked, with_git_dir);
+                let list = tempfile::NamedTempFile::new()?;
+                list.as_file().write_all(&rules.list)?;
+                let again = git_rsync(
+                    conn,
+                    env,
+                    &rules,
+                    list.path(),
+                    &src.root,
+                    index.as_ref(),
+                    &dest,
+                );
+                run_rsync(conn, &again, &step)?;
+            }
+        }
         drop(index);
         exec::debug(format_args!(
             "{step}: {}",
@@ -217,6 +247,33 @@ pub fn upload(conn: &Connection, env: &RemoteEnv, plan: &Plan) -> Result<Vec<Upl
         uploads.push(upload);
     }
     Ok(uploads)
+}
+
+/// The rsync of a git source: `rules` (from `list`), the index copy beside, `--delete`.
+fn git_rsync(
+    conn: &Connection,
+    env: &RemoteEnv,
+    rules: &Rules,
+    list: &Path,
+    root: &Path,
+    index: Option<&IndexCopy>,
+    dest: &str,
+) -> Cmd {
+    let mut cmd = rsync(conn, env).args(["--delete", "--delete-excluded", "--from0"]);
+    if index.is_some() {
+        cmd = cmd.args(["--filter=-s /.git/index", "--filter=P /.git/index"]);
+    }
+    cmd = if rules.exclude {
+        cmd.arg(format!("--exclude-from={}", list.display()))
+    } else {
+        cmd.arg(format!("--include-from={}", list.display()))
+            .arg("--exclude=*")
+    };
+    cmd = cmd.arg("--stats").arg(format!("{}/", root.display()));
+    if let Some(index) = index {
+        cmd = cmd.arg(format!("{}/", index.dir.path().display()));
+    }
+    cmd.arg(dest)
 }
 
 /// rsync's `--stats` as one line: files sent and bytes on the wire.
@@ -395,6 +452,20 @@ impl Rules {
 /// grows with its square (19 s for 40 000 files). Whichever list is shorter is used: usually
 /// the untracked entries (`result`, `target/`), else the tracked files and their parents.
 fn git_rules(tracked: &Tracked, untracked: &[Vec<u8>], with_git_dir: bool) -> Rules {
+    rules_for(tracked, untracked, with_git_dir, false)
+}
+
+/// The include list alone: exact whatever appears in the tree meanwhile.
+fn git_rules_included(tracked: &Tracked, with_git_dir: bool) -> Rules {
+    rules_for(tracked, &[], with_git_dir, true)
+}
+
+fn rules_for(
+    tracked: &Tracked,
+    untracked: &[Vec<u8>],
+    with_git_dir: bool,
+    force_include: bool,
+) -> Rules {
     // Every directory above a tracked file, as bytes (`a`, `a/b` for `a/b/c`).
     let mut dirs = BTreeSet::new();
     for f in &tracked.files {
@@ -412,7 +483,7 @@ fn git_rules(tracked: &Tracked, untracked: &[Vec<u8>], with_git_dir: bool) -> Ru
         list.push(0);
     };
     // Untracked files inside submodules are not in `untracked`: only an include list is exact.
-    if excludes <= includes && !tracked.nested {
+    if excludes <= includes && !tracked.nested && !force_include {
         for u in untracked {
             rule(u);
         }

@@ -553,3 +553,46 @@ fn names_that_are_not_utf8_go_and_come_back() {
         assert_eq!(read(&dir.join("ok.txt")), "ok\n");
     });
 }
+
+/// Finding 10: untracked files made while edict syncs (an editor's backups, a build's
+/// output) were not on the exclude list taken just before; they never stay on HOST: edict
+/// sees them and syncs again with the exact list of tracked files. The moment is made
+/// certain by an `rsync` first on PATH that writes a new secret file into the tree just
+/// before it runs the real rsync.
+#[test]
+fn files_made_while_syncing_never_stay_on_host() {
+    let mut lab = Lab::new();
+    lab.start(lab::HostSpec::new("nix28", Flavour::Bookworm));
+    let files: Vec<(String, &str)> = (0..20).map(|i| (format!("src/f{i}.txt"), "x\n")).collect();
+    let files: Vec<(&str, &str)> = files.iter().map(|(f, t)| (f.as_str(), *t)).collect();
+    let dir = flake(&lab, "race", &files);
+    let bin = lab.workdir("race-bin");
+    let real = which::which("rsync").unwrap();
+    std::fs::write(
+        bin.join("rsync"),
+        format!(
+            "#!/bin/sh\necho secret > {}/secret-$$.tmp\nexec {} \"$@\"\n",
+            dir.display(),
+            real.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(bin.join("rsync"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let out = lab
+        .edict(&dir)
+        .env("PATH", path)
+        .args(["nix28", "nix", "build", ".#default"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let mirror = lab.mirror_of("nix28", "race");
+    let leaked: Vec<_> = std::fs::read_dir(&mirror)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("secret-"))
+        .map(|e| e.file_name())
+        .collect();
+    assert!(leaked.is_empty(), "left on HOST: {leaked:?}");
+    lab::assert_mentions(&stderr(&out), &["appeared while syncing"]);
+}
