@@ -17,6 +17,7 @@ Examples:
   edict big,small nix flake check            on several hosts at once
   edict machines                             the pool, and which machine auto would choose
   edict doctor builder                       why builder won't work, and how to fix it
+  edict gc builder                           remove edict's mirrors on builder
 
 Environment:
   NIX_SSHOPTS     extra ssh options for every step (split on spaces, as nix does)
@@ -134,6 +135,19 @@ pub struct DoctorArgs {
     /// Print the same as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `edict gc [HOST…] [--older-than DAYS]`: remove edict's mirrors on hosts.
+#[derive(Parser, Debug)]
+#[command(
+    about = "Remove edict's mirrors on hosts (default: every machine of the pool); runs remove mirrors unused for 30 days by themselves"
+)]
+pub struct GcArgs {
+    /// The hosts (ssh destinations or pool machine names); none: the whole pool.
+    pub hosts: Vec<String>,
+    /// Only mirrors unused for more than this many days (default: every mirror not in use).
+    #[arg(long, value_name = "DAYS")]
+    pub older_than: Option<u32>,
 }
 
 /// nix subcommands, to catch `edict HOST build …` (a forgotten `nix`).

@@ -54,6 +54,9 @@ fn run(cli: &cli::Cli) -> Result<u8> {
     if cli.host == "doctor" {
         return doctor(cli);
     }
+    if cli.host == "gc" {
+        return gc(cli);
+    }
     let (hosts, words) = cli.hosts_and_words()?;
 
     // 1. Classify: which words are flake refs, local files, result links.
@@ -274,6 +277,64 @@ fn doctor(cli: &cli::Cli) -> Result<u8> {
     Ok(u8::from(reports.iter().any(|r| {
         r.checks.iter().any(|c| c.status == doctor::Status::Fail)
     })))
+}
+
+/// `edict gc [HOST…] [--older-than DAYS]`: removes edict's mirrors on each host (those a
+/// run holds stay), says what went and how much space it freed.
+fn gc(cli: &cli::Cli) -> Result<u8> {
+    let args = cli::GcArgs::parse_from(
+        std::iter::once("edict gc".to_string()).chain(cli.command.iter().cloned()),
+    );
+    let (pool, _) = pool::load_or_explain(cli.builders.as_deref())?;
+    let ssh_opts = ssh::Transport::ssh_opts_from_env();
+    let hosts: Vec<String> = if args.hosts.is_empty() {
+        pool.iter()
+            .filter(|m| m.enabled)
+            .map(|m| m.name.clone())
+            .collect()
+    } else {
+        args.hosts.clone()
+    };
+    if hosts.is_empty() {
+        anyhow::bail!("gc: no hosts given and the builder pool is empty\n  fix: `edict gc HOST…`");
+    }
+    for host in &hosts {
+        let conn = ssh::Connection::open(select::transport(host, &pool, &ssh_opts)?)?;
+        let script = format!(
+            "c=\"${{XDG_CACHE_HOME:-$HOME/.cache}}/edict\"\n{}",
+            remote::expire_script(args.older_than)
+        );
+        let out = conn.ssh(ssh::Tty::No, &script).output()?;
+        if !out.status.success() {
+            return Err(ssh::ssh_failure(
+                host,
+                "removing mirrors",
+                &String::from_utf8_lossy(&out.stderr),
+            ));
+        }
+        let gone: Vec<(String, u64)> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.strip_prefix("EDICT-gone "))
+            .filter_map(|l| l.split_once(' '))
+            .map(|(name, kb)| (name.to_string(), kb.parse().unwrap_or(0)))
+            .collect();
+        if String::from_utf8_lossy(&out.stdout).contains("EDICT-noflock") {
+            anyhow::bail!(
+                "{host}: removing mirrors: flock is not installed there, and edict removes a mirror only under its lock (never under a running command)\n  fix: install flock on {host} (util-linux), or remove ~/.cache/edict/mirrors there by hand when no edict run is active"
+            );
+        }
+        for (name, kb) in &gone {
+            exec::info(format_args!("{host}: removed mirror {name} ({kb} KiB)"));
+        }
+        let total: u64 = gone.iter().map(|(_, kb)| kb).sum();
+        println!(
+            "{host}: removed {} mirror{}, {:.1} MiB freed",
+            gone.len(),
+            if gone.len() == 1 { "" } else { "s" },
+            total as f64 / 1024.0
+        );
+    }
+    Ok(0)
 }
 
 /// Tells the user what step 7 did; returns whether there were conflicts.

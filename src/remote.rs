@@ -261,6 +261,23 @@ pub fn prepare(
     Ok((env, session))
 }
 
+/// Mirrors on HOST that no run used for this many days are removed by the next run there.
+pub const MIRROR_DAYS: u32 = 30;
+
+/// Removes the mirrors in `$c/mirrors` unused for more than `days` (all when `None`) and
+/// not locked by a run, printing `EDICT-gone NAME KB` for each. Needs flock (a mirror is
+/// never removed under a run that holds it); without it, nothing is removed. Mirror names
+/// are made of safe characters, so the word splitting of `$(find …)` is exact.
+pub fn expire_script(days: Option<u32>) -> String {
+    let age = days.map(|d| format!(" -mtime +{d}")).unwrap_or_default();
+    format!(
+        "if command -v flock >/dev/null; then for m in $(find \"$c/mirrors\" -mindepth 1 -maxdepth 1 -type d{age} 2>/dev/null); do \
+         k=$(du -sk \"$m\" 2>/dev/null | cut -f1); \
+         flock -n \"$m.lock\" rm -rf \"$m\" \"$m.lock\" 2>/dev/null && [ ! -e \"$m\" ] && echo \"EDICT-gone ${{m##*/}} ${{k:-0}}\"; \
+         done; else echo EDICT-noflock; fi; true\n"
+    )
+}
+
 /// The probe-and-lock script. POSIX sh; prints `EDICT-key value` lines, then blocks on stdin.
 fn prepare_script(mirror_names: &[String], run_id: &str) -> String {
     let mut s = String::new();
@@ -288,6 +305,15 @@ fn prepare_script(mirror_names: &[String], run_id: &str) -> String {
     s.push_str(
         "find \"$c/runs\" -mindepth 1 -maxdepth 1 -mtime +2 -exec rm -rf {} + 2>/dev/null\n",
     );
+    // This run's mirrors are used now (their mtime is their last use); mirrors unused for
+    // MIRROR_DAYS go.
+    for n in mirror_names {
+        s.push_str(&format!("touch \"$c/mirrors/\"{} 2>/dev/null\n", quote(n)));
+    }
+    s.push_str(&format!(
+        "{{ {}; }} >/dev/null 2>&1\n",
+        expire_script(Some(MIRROR_DAYS)).trim_end()
+    ));
     // The holder: a shell reading edict's scripts (with the run dir in $r) until edict
     // closes its end (also when edict was killed, or its connection dropped), then the
     // cleanup: a command still running is stopped, the run dir removed.
@@ -705,6 +731,48 @@ mod tests {
         );
         assert!(!after.trees[0].git_changed);
         assert!(after.trees[1].changed.is_empty() && after.trees[1].deleted.is_empty());
+    }
+
+    #[test]
+    fn expiry_removes_old_unlocked_mirrors_only() {
+        let d = tempfile::tempdir().unwrap();
+        let m = d.path().join("mirrors");
+        for name in ["old-1", "new-2", "busy-3"] {
+            std::fs::create_dir_all(m.join(name).join("src")).unwrap();
+            std::fs::write(m.join(name).join("src/f"), "x").unwrap();
+        }
+        let sh = |script: String| {
+            let out = std::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(format!(
+                    "c={}\n{script}",
+                    quote(&d.path().display().to_string())
+                ))
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        sh(format!(
+            "touch -d '40 days ago' {0}/old-1 {0}/busy-3",
+            quote(&m.display().to_string())
+        ));
+        // A run holds busy-3.
+        let mut holder = std::process::Command::new("flock")
+            .arg(m.join("busy-3.lock"))
+            .args(["sleep", "30"])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let out = sh(expire_script(Some(30)));
+        assert!(out.starts_with("EDICT-gone old-1 "), "{out}");
+        assert!(!m.join("old-1").exists() && m.join("new-2").exists());
+        assert!(m.join("busy-3").exists(), "a locked mirror stays");
+        let out = sh(expire_script(None));
+        assert!(out.contains("EDICT-gone new-2 "), "{out}");
+        assert!(!m.join("new-2").exists() && m.join("busy-3").exists());
+        holder.kill().unwrap();
+        holder.wait().unwrap();
     }
 
     #[test]

@@ -596,3 +596,39 @@ fn files_made_while_syncing_never_stay_on_host() {
     assert!(leaked.is_empty(), "left on HOST: {leaked:?}");
     lab::assert_mentions(&stderr(&out), &["appeared while syncing"]);
 }
+
+/// Finding 11, expiry: `edict gc HOST` removes edict's mirrors there and says what it freed,
+/// but never one that a running command holds.
+#[test]
+fn gc_removes_mirrors_but_not_one_in_use() {
+    let mut lab = Lab::new();
+    lab.start(lab::HostSpec::new("nix28", Flavour::Bookworm));
+    let idle = flake(&lab, "idle", &[]);
+    let out = lab
+        .edict(&idle)
+        .args(["nix28", "nix", "build", ".#default"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let busy = flake(&lab, "busy", &[]);
+    let (child, gate) = gated(&lab, "nix28", &busy, "gc", "echo done > done.txt");
+    let out = lab.edict(&idle).args(["gc", "nix28"]).output().unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("nix28: removed 1 mirror"),
+        "{}",
+        describe(&out)
+    );
+    let left: Vec<String> = lab
+        .mirrors("nix28")
+        .iter()
+        .map(|m| m.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].starts_with("busy-"), "{left:?}");
+    std::fs::write(&gate, "go").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(read(&busy.join("done.txt")), "done\n");
+}
