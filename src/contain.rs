@@ -172,6 +172,68 @@ pub fn private_tempdir(prefix: &str, parent: Option<&Path>) -> std::io::Result<t
     }
 }
 
+/// Where sync-back stages what comes from HOST: outside the tree, so that nothing of it
+/// stays there if edict is killed (`$XDG_CACHE_HOME/edict/staging`, or `~/.cache/…`), when
+/// that is on the same mount as the tree (files land there with a rename); otherwise in the
+/// tree itself. Stagings left by killed runs in the cache are removed after a day.
+pub fn staging_dir(root: &Path) -> std::io::Result<tempfile::TempDir> {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+        .map(|c| c.join("edict/staging"));
+    if let Some(cache) = cache {
+        if std::fs::create_dir_all(&cache).is_ok() && same_mount(&cache, root) {
+            remove_stale(&cache);
+            if let Ok(d) = private_tempdir(".edict-sync-", Some(&cache)) {
+                return Ok(d);
+            }
+        }
+    }
+    private_tempdir(".edict-sync-", Some(root))
+}
+
+/// Whether a rename from `a` into `b` works: the same mount (Linux: its mount id, as a bind
+/// mount of one file system is another mount), elsewhere the same device.
+fn same_mount(a: &Path, b: &Path) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let id = |p: &Path| {
+            rustix::fs::statx(
+                rustix::fs::CWD,
+                p,
+                AtFlags::empty(),
+                rustix::fs::StatxFlags::MNT_ID,
+            )
+            .ok()
+            .filter(|s| s.stx_mask & rustix::fs::StatxFlags::MNT_ID.bits() != 0)
+            .map(|s| s.stx_mnt_id)
+        };
+        if let (Some(x), Some(y)) = (id(a), id(b)) {
+            return x == y;
+        }
+    }
+    use std::os::unix::fs::MetadataExt as _;
+    matches!(
+        (std::fs::metadata(a), std::fs::metadata(b)),
+        (Ok(x), Ok(y)) if x.dev() == y.dev()
+    )
+}
+
+/// Removes stagings older than a day in `dir` (left by runs that were killed).
+fn remove_stale(dir: &Path) {
+    let day = std::time::Duration::from_secs(24 * 3600);
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > day));
+        if old && e.file_name().to_string_lossy().starts_with(".edict-sync-") {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

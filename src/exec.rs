@@ -92,6 +92,9 @@ pub struct Cmd {
     env: Vec<(String, String)>,
     /// RLIMIT_FSIZE for the process: no file it writes grows past this many bytes.
     max_file_size: Option<u64>,
+    /// SIGTERM to the process when edict dies (Linux).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    die_with_edict: bool,
 }
 
 impl Cmd {
@@ -101,7 +104,15 @@ impl Cmd {
             args: Vec::new(),
             env: Vec::new(),
             max_file_size: None,
+            die_with_edict: false,
         }
+    }
+
+    /// The process gets SIGTERM when edict dies, even by SIGKILL (Linux; elsewhere it runs
+    /// to its end): an rsync must not go on writing after the run is gone.
+    pub fn die_with_edict(mut self) -> Self {
+        self.die_with_edict = true;
+        self
     }
 
     /// The kernel stops every file the process writes at `bytes` (it gets EFBIG): a bound
@@ -159,6 +170,19 @@ impl Cmd {
         cmd.args(&self.args);
         for (k, v) in &self.env {
             cmd.env(k, v);
+        }
+        #[cfg(target_os = "linux")]
+        if self.die_with_edict {
+            use std::os::unix::process::CommandExt as _;
+            // SAFETY: prctl is a single system call, safe between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    rustix::process::set_parent_process_death_signal(Some(
+                        rustix::process::Signal::TERM,
+                    ))
+                    .map_err(std::io::Error::from)
+                });
+            }
         }
         if let Some(bytes) = self.max_file_size {
             use std::os::unix::process::CommandExt as _;

@@ -61,6 +61,7 @@ pub struct Upload {
 /// round trips) from 0.93 s to 0.50 s, and a source tree's list is small enough to hold.
 fn rsync(conn: &Connection, env: &RemoteEnv) -> Cmd {
     Cmd::new("rsync")
+        .die_with_edict()
         .args(["-rlpt", "--modify-window=-1", "--no-inc-recursive", "-e"])
         .arg(conn.rsync_shell())
         .arg(format!(
@@ -718,7 +719,7 @@ pub fn back(
         }
         if !take.is_empty() || !conflicts.is_empty() {
             // Same file system as the tree, so each file lands with an atomic rename.
-            let staging = crate::contain::private_tempdir(".edict-sync-", Some(&src.root))
+            let staging = crate::contain::staging_dir(&src.root)
                 .with_context(|| {
                     format!(
                         "{host}: {step}: creating a staging directory in {}\n  fix: check that you can write there",

@@ -632,3 +632,60 @@ fn gc_removes_mirrors_but_not_one_in_use() {
     assert!(out.status.success(), "{}", describe(&out));
     assert_eq!(read(&busy.join("done.txt")), "done\n");
 }
+
+/// Finding 11: edict killed with SIGKILL while HOST's files are on their way leaves no
+/// staging file in the tree (staging is in the cache, on the same mount) and no rsync
+/// running on; the next run works.
+#[test]
+fn sigkill_during_sync_back_leaves_nothing_in_the_tree() {
+    let mut lab = Lab::new();
+    lab.start(
+        lab::HostSpec::new("slowkill", Flavour::Bookworm).link(lab::Link {
+            rate_mbit: 8,
+            proxy: None,
+        }),
+    );
+    let dir = flake(&lab, "slowkill", &[]);
+    let cache = lab.workdir("cache-slowkill");
+    let mut child = lab
+        .edict(&dir)
+        .env("XDG_CACHE_HOME", &cache)
+        .args([
+            "-vv",
+            "slowkill",
+            "nix",
+            "run",
+            ".#shell",
+            "--",
+            "head -c 3000000 /dev/urandom > big.bin",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = lab::StderrLog::of(&mut child);
+    log.until("syncing back");
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = log.rest();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let in_tree: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().starts_with(".edict-sync-") || n == "big.bin")
+        .collect();
+    assert!(in_tree.is_empty(), "left in the tree: {in_tree:?}");
+    let staging = cache.join("edict/staging").display().to_string();
+    let rsyncs: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.starts_with("rsync") && c.contains(&staging))
+        .collect();
+    assert!(rsyncs.is_empty(), "still running: {rsyncs:?}");
+    let out = shell(&lab, "slowkill", &dir, &[], "echo again > again.txt");
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(read(&dir.join("again.txt")), "again\n");
+}
