@@ -317,8 +317,20 @@ fn prepare_script(mirror_names: &[String], run_id: &str) -> String {
     // The holder: a shell reading edict's scripts (with the run dir in $r) until edict
     // closes its end (also when edict was killed, or its connection dropped), then the
     // cleanup: a command still running is stopped, the run dir removed.
+    // Files the command wrote in a mirror get an mtime of 1970 at the end, so the next
+    // upload compares them anew: rsync's quick check (size and mtime) would keep a file the
+    // command rewrote with its size and mtime unchanged, and HOST would go on seeing it.
+    let stale: String = mirror_names
+        .iter()
+        .map(|n| {
+            format!(
+                "(cd \"$1/../../mirrors/\"{} && find . -path ./.git -prune -o -type f -cnewer \"$1/start\" -exec touch -t 197001020000 {{}} +) 2>/dev/null; ",
+                quote(n)
+            )
+        })
+        .collect();
     let hold = quote(&format!(
-        "printf \"%s\\nEDICT-$2\\n\" \"$3\"; r=$1 sh; {}; rm -rf \"$1\"",
+        "printf \"%s\\nEDICT-$2\\n\" \"$3\"; r=$1 sh; {}; {stale}rm -rf \"$1\"",
         stop_script("\"$1/pid\"")
     ));
     if mirror_names.is_empty() {

@@ -168,8 +168,9 @@ pub fn fetch(conn: &Connection, env: &RemoteEnv, links: &[Link]) -> Result<()> {
 /// `nix_store` is HOST's nix-store (it may be off the PATH there).
 pub fn copy_command(conn: &Connection, nix_store: &str, paths: &[&str]) -> Cmd {
     let store = format!(
-        "ssh://{}?remote-program={nix_store}",
-        conn.transport.dest.target()
+        "ssh://{}?remote-program={}",
+        conn.transport.dest.target(),
+        percent_encode(nix_store)
     );
     Cmd::new("nix")
         .args([
@@ -184,6 +185,21 @@ pub fn copy_command(conn: &Connection, nix_store: &str, paths: &[&str]) -> Cmd {
         .env("NIX_SSHOPTS", conn.nix_sshopts())
 }
 
+/// A value for a store URL's query: nix percent-decodes it, so a path with `&`, `#`, `%`
+/// or spaces (HOST's nix-store may live anywhere) arrives whole.
+fn percent_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 /// The local nix must exist before anything is sent, or results could not come back.
 pub fn check_local_nix() -> Result<()> {
     which::which("nix").map(|_| ()).context("nix is not installed on this machine (or not on PATH), so results built remotely can't be copied here\n  fix: install Nix here, or pass --no-link to run without retrieving results")
@@ -193,6 +209,18 @@ pub fn check_local_nix() -> Result<()> {
 mod tests {
     use super::*;
     use crate::mapping::{LinkSpec, RemoteCwd};
+
+    #[test]
+    fn store_url_values_are_percent_encoded() {
+        assert_eq!(
+            percent_encode("/nix/var/nix/profiles/default/bin/nix-store"),
+            "/nix/var/nix/profiles/default/bin/nix-store"
+        );
+        assert_eq!(
+            percent_encode("/opt/my nix&co/#1%/nix-store"),
+            "/opt/my%20nix%26co/%231%25/nix-store"
+        );
+    }
 
     #[test]
     fn links_map_to_their_local_bases() {

@@ -324,7 +324,8 @@ impl Connection {
                 {
                     w
                 } else {
-                    format!("'{w}'")
+                    // rsync reads a doubled quote inside quotes as the quote itself.
+                    format!("'{}'", w.replace('\'', "''"))
                 }
             })
             .collect::<Vec<_>>()
@@ -368,15 +369,19 @@ impl Drop for Connection {
     }
 }
 
-/// A private directory for the control socket: short (sun_path holds 108 bytes) and free of
-/// white space (NIX_SSHOPTS is split on it), so $TMPDIR only when it qualifies.
+/// A private directory for the control socket: short (sun_path holds 108 bytes) and made of
+/// plain characters (NIX_SSHOPTS is split on white space, and ssh's `-o ControlPath=` reads
+/// quotes and backslashes), so $TMPDIR only when it qualifies.
 fn socket_dir() -> Result<tempfile::TempDir> {
     let tmp = std::env::var_os("TMPDIR").map(PathBuf::from);
     let base = match tmp {
         Some(t)
             if t.is_absolute()
                 && t.as_os_str().len() <= 60
-                && !t.to_string_lossy().contains(char::is_whitespace) =>
+                && t.to_str().is_some_and(|s| {
+                    s.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "/._-+@%,:=".contains(c))
+                }) =>
         {
             t
         }

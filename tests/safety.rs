@@ -689,3 +689,105 @@ fn sigkill_during_sync_back_leaves_nothing_in_the_tree() {
     assert!(out.status.success(), "{}", describe(&out));
     assert_eq!(read(&dir.join("again.txt")), "again\n");
 }
+
+/// Finding 12: a file the command rewrote on HOST with its size and mtime kept (here with
+/// --no-sync, so nothing comes back) does not survive in the mirror: the next run sends
+/// the local file again, whatever rsync's quick check would say.
+#[test]
+fn a_mirror_file_rewritten_with_the_same_size_and_mtime_is_sent_again() {
+    each_host(|lab, host, _| {
+        let dir = flake(lab, &format!("quick-{host}"), &[("tracked.txt", "good\n")]);
+        let out = shell(
+            lab,
+            host,
+            &dir,
+            &["--no-sync"],
+            "t=$(stat -c %y tracked.txt); printf 'evil\\n' > tracked.txt; touch -d \"$t\" tracked.txt",
+        );
+        assert!(out.status.success(), "{}", describe(&out));
+        let out = shell(lab, host, &dir, &[], "cat tracked.txt");
+        assert!(out.status.success(), "{}", describe(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "good\n");
+    });
+}
+
+/// Finding 12: a `'` in TMPDIR (where edict would put its control socket, which ssh's -o
+/// and rsync's -e read with quotes) makes no difference: the socket goes to /tmp instead.
+#[test]
+fn a_quote_in_tmpdir_changes_nothing() {
+    let mut lab = Lab::new();
+    lab.start(lab::HostSpec::new("nix28", Flavour::Bookworm));
+    let tmp = lab.workdir("it's");
+    let dir = flake(&lab, "quoted-tmp", &[]);
+    let out = lab
+        .edict(&dir)
+        .env("TMPDIR", &tmp)
+        .args(["nix28", "nix", "build", ".#default"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(dir.join("result/greeting").exists());
+}
+
+/// Finding 12, git filters, decided: edict sends the working tree's bytes and the
+/// repository's own .git/config, and leaves the filters (git-lfs, git-crypt) to git on HOST,
+/// as here. Nix 2.8 runs git there, so it needs the filter's program there: without it,
+/// git's own message names it (nix fails, its exit code passes through); Nix 2.26 reads the
+/// tree through libgit2 without it. Where it builds, it reads the same bytes and evaluates
+/// the same derivation as nix here.
+#[test]
+fn git_filters_run_on_host_as_here() {
+    each_host(|lab, host, flavour| {
+        let tag = lab::unique_tag();
+        let dir = lab.workdir(&format!("filter-{host}"));
+        std::fs::write(
+            dir.join("flake.nix"),
+            format!("{{ outputs = {{ self }}: {{ packages.x86_64-linux.default = derivation {{ name = \"filter-{tag}\"; system = \"x86_64-linux\"; builder = \"/bin/sh\"; args = [ \"-c\" \"echo ${{builtins.readFile ./data.dat}} > $out\" ]; }}; }}; }}\n"),
+        )
+        .unwrap();
+        std::fs::write(dir.join("data.dat"), "committed").unwrap();
+        // *.dat goes through a required clean filter that exists here (in root's home) but
+        // not yet on HOST (whose /root is its own).
+        let filter = format!("/root/edict-lab-filter-{tag}");
+        std::fs::write(&filter, "#!/bin/sh\nexec cat\n").unwrap();
+        std::fs::set_permissions(&filter, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(dir.join(".gitattributes"), "*.dat filter=here\n").unwrap();
+        lab::git(&dir, &["init", "-q", "-b", "main"]);
+        lab::git(&dir, &["config", "filter.here.clean", &filter]);
+        lab::git(&dir, &["config", "filter.here.required", "true"]);
+        lab::git(&dir, &["add", "-A"]);
+        lab::git(&dir, &["commit", "-qm", "init"]);
+        std::fs::write(dir.join("data.dat"), "edited-here").unwrap();
+        let local = lab
+            .command("nix")
+            .args(["eval", "--raw", ".#default.outPath"])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        let build = || {
+            lab.edict(&dir)
+                .args([host, "nix", "build", ".#default"])
+                .output()
+                .unwrap()
+        };
+        let mut out = build();
+        if flavour == Flavour::Bookworm {
+            // Nix 2.8 runs git, so the filter, there: git's message names it.
+            assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+            lab::assert_mentions(&stderr(&out), &[&filter, "clean filter"]);
+            // The program installed there: it works.
+            let there = lab.host(host).local_path(&filter);
+            std::fs::copy(&filter, &there).unwrap();
+            out = build();
+        }
+        // Either way: the same bytes, the same derivation as nix here.
+        let _ = std::fs::remove_file(&filter);
+        assert!(out.status.success(), "{}", describe(&out));
+        assert_eq!(read(&dir.join("result")), "edited-here\n");
+        assert!(local.status.success(), "{}", describe(&local));
+        assert_eq!(
+            std::fs::read_link(dir.join("result")).unwrap(),
+            PathBuf::from(String::from_utf8_lossy(&local.stdout).into_owned())
+        );
+    });
+}
