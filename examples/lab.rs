@@ -35,7 +35,12 @@ enum Which {
     Bookworm,
     /// Debian 13 with Nix 2.26 (a cached debootstrap root).
     Trixie,
+    /// Debian sid with Nix 2.34 (a cached debootstrap root).
+    Sid,
+    /// Bookworm and trixie.
     Both,
+    /// All three.
+    All,
 }
 
 fn main() -> ExitCode {
@@ -50,7 +55,9 @@ fn main() -> ExitCode {
     let flavours: &[Flavour] = match which {
         Which::Bookworm => &[Flavour::Bookworm],
         Which::Trixie => &[Flavour::Trixie],
-        Which::Both => &Flavour::ALL,
+        Which::Sid => &[Flavour::Sid],
+        Which::Both => &[Flavour::Bookworm, Flavour::Trixie],
+        Which::All => &Flavour::ALL,
     };
     let mut lab = Lab::new();
     for &flavour in flavours {

@@ -26,6 +26,8 @@ pub enum Refusal {
     Escapes {
         through: PathBuf,
     },
+    /// The name itself is not one sync-back writes (see [`plain_name`]).
+    NotPlain(&'static str),
     /// The name of a conflict copy is taken.
     Exists,
     Io(std::io::Error),
@@ -40,6 +42,7 @@ impl std::fmt::Display for Refusal {
                 through.display()
             ),
             Refusal::Exists => write!(f, "the name is taken"),
+            Refusal::NotPlain(why) => write!(f, "{why}"),
             Refusal::Io(e) => write!(f, "{e}"),
         }
     }
@@ -159,6 +162,44 @@ impl Dir {
     }
 }
 
+/// Whether a name HOST reported is a plain path of a tree: relative, no empty, `.` or `..`
+/// component (rsync's --relative would read `a/./b` as `b`), nothing in `.git` (a hook would
+/// run here) and none of edict's own staging names, whatever HOST claims.
+pub fn plain_name(name: &Path) -> Result<(), Refusal> {
+    let bytes = name.as_os_str().as_encoded_bytes();
+    let mut parts = bytes.split(|b| *b == b'/');
+    if !parts
+        .clone()
+        .all(|c| !c.is_empty() && c != b"." && c != b"..")
+    {
+        return Err(Refusal::NotPlain("it is not a plain relative path"));
+    }
+    if parts.any(|c| c.eq_ignore_ascii_case(b".git") || c.starts_with(b".edict-sync-")) {
+        return Err(Refusal::NotPlain(
+            "edict never brings back .git or its own staging files",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a symlink at `name` (a plain path of a tree) pointing to `target` leads to a
+/// place inside the tree: relative, and never above the tree's root on the way.
+pub fn stays_inside(name: &Path, target: &Path) -> bool {
+    if target.is_absolute() {
+        return false;
+    }
+    let mut depth = name.components().count().saturating_sub(1);
+    for c in target.components() {
+        match c {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir if depth > 0 => depth -= 1,
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// A scratch directory of edict's own here (control socket, index copy, staging), readable
 /// by this user only, whatever the umask: `prefix` + random, in `parent` or `$TMPDIR`.
 pub fn private_tempdir(prefix: &str, parent: Option<&Path>) -> std::io::Result<tempfile::TempDir> {
@@ -194,7 +235,7 @@ pub fn staging_dir(root: &Path) -> std::io::Result<tempfile::TempDir> {
 }
 
 /// Whether a rename from `a` into `b` works: the same mount (Linux: its mount id, as a bind
-/// mount of one file system is another mount), elsewhere the same device.
+/// mount of one file system is another mount) and the same device.
 fn same_mount(a: &Path, b: &Path) -> bool {
     #[cfg(target_os = "linux")]
     {
@@ -209,10 +250,12 @@ fn same_mount(a: &Path, b: &Path) -> bool {
             .filter(|s| s.stx_mask & rustix::fs::StatxFlags::MNT_ID.bits() != 0)
             .map(|s| s.stx_mnt_id)
         };
-        if let (Some(x), Some(y)) = (id(a), id(b)) {
-            return x == y;
+        if id(a).is_none() || id(a) != id(b) {
+            return false;
         }
     }
+    // And the same device: a btrfs subvolume shares its parent's mount but not its st_dev,
+    // and a rename across it fails too.
     use std::os::unix::fs::MetadataExt as _;
     matches!(
         (std::fs::metadata(a), std::fs::metadata(b)),
@@ -335,6 +378,41 @@ mod tests {
         );
         tree.place_new(&staging, rel, Path::new("real/y")).unwrap();
         assert!(!d.path().join("staging/conf/app.conf").exists());
+    }
+
+    #[test]
+    fn plain_names_only() {
+        for ok in ["a", "a/b.txt", "dir/.gitignore", "x.git", "n\u{ff}"] {
+            assert!(plain_name(Path::new(ok)).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "/etc/x",
+            "a//b",
+            "a/./b",
+            "./a",
+            "a/..",
+            "../a",
+            ".git/hooks/pre-commit",
+            "sub/.GIT/config",
+            ".edict-sync-x/f",
+            "a/",
+        ] {
+            assert!(plain_name(Path::new(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn symlinks_that_stay_inside_the_tree() {
+        let inside = |name: &str, target: &str| stays_inside(Path::new(name), Path::new(target));
+        assert!(inside("a", "b"));
+        assert!(inside("d/a", "../b"));
+        assert!(inside("d/e/a", "../../b/c"));
+        assert!(inside("d/a", "./x/../y"));
+        assert!(!inside("a", "../b"));
+        assert!(!inside("d/a", "../../b"));
+        assert!(!inside("a", "/nix/store/x-y"));
+        assert!(!inside("d/a", "x/../../../b"));
     }
 
     #[test]

@@ -80,6 +80,11 @@ pub fn run(
                             SyncMode::Off
                         };
                         let mut plan = mapping::plan(args, local, mode)?;
+                        // Files the command writes for the user come from the host whose
+                        // changes come back, like them (the last host would win otherwise).
+                        if mode == SyncMode::Off {
+                            plan.outputs.clear();
+                        }
                         // result → result-HOST, result-dev → result-HOST-dev: no collisions.
                         let suffix = format!("-{}", mapping::safe_name(&host));
                         for link in &mut plan.links {

@@ -175,7 +175,7 @@ pub(crate) fn pipeline(
     let outputs = signals.step(
         &host,
         "fetching results",
-        sync::fetch_outputs(&conn, &env, plan, cli.max_sync_size.0),
+        sync::fetch_outputs(&conn, &env, plan, cli.max_sync_size.0, signals),
     )?;
     report(&outputs, &host);
 
@@ -301,7 +301,8 @@ fn gc(cli: &cli::Cli) -> Result<u8> {
     for host in &hosts {
         let conn = ssh::Connection::open(select::transport(host, &pool, &ssh_opts)?)?;
         let script = format!(
-            "c=\"${{XDG_CACHE_HOME:-$HOME/.cache}}/edict\"\n{}",
+            "{}{}",
+            remote::CACHE_DIR,
             remote::expire_script(args.older_than)
         );
         let out = conn.ssh(ssh::Tty::No, &script).output()?;

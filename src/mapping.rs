@@ -147,12 +147,14 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
         .rposition(|a| a.role == Role::Command)
         .map_or(0, |i| i + 1);
 
-    for arg in &args.args {
+    for (at, arg) in args.args.iter().enumerate() {
         let word = match arg.role {
             Role::FlakeRef => match flakeref::parse(&arg.text) {
                 FlakeRef::Remote => Word::Lit(arg.text.clone()),
                 FlakeRef::Local(lref) => {
-                    if lref.kind == LocalKind::PathLike {
+                    // An installable must be a flake; an input (`--override-input x ./dir`)
+                    // may be a plain directory (`flake = false`), as nix allows.
+                    if lref.kind == LocalKind::PathLike && arg.positional {
                         let path = absolute(local.cwd, Path::new(&lref.path));
                         require_flake_nix(&path, lref.dir_param().as_deref())?;
                     }
@@ -178,7 +180,11 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
             }
             Role::InputFile if is_local_file_arg(&arg.text) => {
                 let path = absolute(local.cwd, Path::new(&arg.text));
-                let (src, rel) = add_file_source(&mut p, &path, local)?;
+                // `-f` names an expression, which may import its neighbours; the others
+                // (`--arg-from-file`, `--reference-lock-file`) name one file.
+                let flag = at.checked_sub(1).map(|i| args.args[i].text.as_str());
+                let expression = matches!(flag, Some("-f" | "--file"));
+                let (src, rel) = add_file_source(&mut p, &path, expression, local)?;
                 Word::Path { src, rel }
             }
             // A file nix writes (`--output-lock-file`): written in the run's scratch dir on
@@ -194,9 +200,16 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
     }
 
     // `nix repl` without a flake is an empty repl: nothing to send when there is none.
-    let optional = args.subcommand() == ["repl"];
-    if args.implicit_cwd_flake() && !(optional && require_flake_nix(local.cwd, None).is_err()) {
-        require_flake_nix(local.cwd, None)?;
+    let found = || require_flake_nix(local.cwd, None);
+    let wanted = args.implicit_cwd_flake()
+        && match args.subcommand().as_slice() {
+            ["repl"] => found().is_ok(),
+            _ => {
+                found()?;
+                true
+            }
+        };
+    if wanted {
         let (src, rel) =
             add_dir_source(&mut p, local.cwd, true, local, ".").with_context(|| {
                 format!(
@@ -406,9 +419,15 @@ fn add_dir_source(
 
 /// A source for a local input file argument (`-f`, `--arg-from-file`, lock files): inside
 /// a git work tree, its tracked files (what the user versions, never untracked secrets);
-/// elsewhere the file alone, or the directory when the user named one (`-f ./dir`), never
-/// a home or temp directory.
-fn add_file_source(p: &mut Plan, path: &Path, local: &Local) -> Result<(usize, String)> {
+/// elsewhere, for an `expression` (`-f`) its directory, as it may import its neighbours,
+/// unless that is a home or temp directory: then the file alone, and a note says so; for
+/// the others the file alone. A directory the user names goes, never a home or temp one.
+fn add_file_source(
+    p: &mut Plan,
+    path: &Path,
+    expression: bool,
+    local: &Local,
+) -> Result<(usize, String)> {
     let is_file = path.is_file();
     let dir = if is_file {
         path.parent().unwrap_or(Path::new("/"))
@@ -416,18 +435,30 @@ fn add_file_source(p: &mut Plan, path: &Path, local: &Local) -> Result<(usize, S
         path
     };
     let as_written = path.to_string_lossy();
-    if git_work_tree(&canonical(dir, &as_written)?).is_some() {
-        let (src, rel) = add_dir_source(p, dir, true, local, &as_written)?;
-        return Ok(match path.file_name().filter(|_| is_file) {
-            Some(f) => (src, join_rel(&rel, &f.to_string_lossy())),
-            None => (src, rel),
-        });
+    let canon_dir = canonical(dir, &as_written)?;
+    let file_name = path.file_name().filter(|_| is_file);
+    let in_dir = |(src, rel): (usize, String)| match file_name {
+        Some(f) => (src, join_rel(&rel, &f.to_string_lossy())),
+        None => (src, rel),
+    };
+    if git_work_tree(&canon_dir).is_some() {
+        return add_dir_source(p, dir, true, local, &as_written).map(in_dir);
     }
-    if is_file {
-        let canon = canonical(path, &as_written)?;
-        return Ok((add_source(p, canon, SourceKind::File, local), String::new()));
+    if !is_file {
+        return add_dir_source(p, path, false, local, &as_written);
     }
-    add_dir_source(p, path, false, local, &as_written)
+    if expression {
+        match refuse_broad(&canon_dir, local) {
+            Ok(()) => return add_dir_source(p, dir, false, local, &as_written).map(in_dir),
+            Err(_) => p.notes.push(format!(
+                "sending only {}: its directory {} holds far more than nix reads (a home or temp directory), so an expression it imports from there is not on HOST; put it in a directory of its own",
+                path.display(),
+                canon_dir.display()
+            )),
+        }
+    }
+    let canon = canonical(path, &as_written)?;
+    Ok((add_source(p, canon, SourceKind::File, local), String::new()))
 }
 
 /// Refuses a directory source that holds far more than nix reads: `/`, a home directory
@@ -440,9 +471,15 @@ fn refuse_broad(dir: &Path, local: &Local) -> Result<()> {
         .find(|(k, _)| k == "HOME")
         .map(|(_, v)| PathBuf::from(v))
         .and_then(|h| std::fs::canonicalize(h).ok());
+    let tmpdir = local
+        .env
+        .iter()
+        .find(|(k, _)| k == "TMPDIR")
+        .and_then(|(_, v)| std::fs::canonicalize(v).ok());
     let broad = dir == Path::new("/")
         || home.as_deref().is_some_and(|h| h.starts_with(dir))
-        || [Path::new("/tmp"), Path::new("/var/tmp")].contains(&dir);
+        || [Path::new("/tmp"), Path::new("/var/tmp")].contains(&dir)
+        || tmpdir.as_deref() == Some(dir);
     if broad {
         bail!(
             "edict will not send {}: it holds far more than nix reads here (a home, a temp directory or /), such as ~/.ssh\n  fix: put the flake or expression in a directory of its own, or a git repository (only its tracked files are sent), or name the file itself (`-f ./dir/default.nix`)",
@@ -821,6 +858,16 @@ mod tests {
         // nix searches up: a subdirectory of a flake is the flake.
         let p = f.plan("repo/sub", &["build"], SyncMode::Auto).unwrap();
         assert_eq!(p.sources[0].root, f.root().join("repo"));
+        // An input may be a plain directory (`flake = false`), as nix allows.
+        std::fs::create_dir_all(f.root().join("data")).unwrap();
+        let p = f
+            .plan(
+                "repo",
+                &["build", ".#x", "--override-input", "data", "../data"],
+                SyncMode::Auto,
+            )
+            .unwrap();
+        assert!(p.sources.iter().any(|s| s.root == f.root().join("data")));
         // An empty `nix repl` needs no flake, and gets nothing sent.
         let p = f.plan("home", &["repl"], SyncMode::Auto).unwrap();
         assert!(p.sources.is_empty());
@@ -1048,12 +1095,32 @@ mod tests {
     fn input_files_send_the_file_or_its_git_tree_never_a_home_or_tmp() {
         let f = Fixture::new();
         std::fs::write(f.root().join("elsewhere/expr.nix"), "1").unwrap();
-        std::fs::write(f.root().join("elsewhere/secret"), "s").unwrap();
-        // Outside git: the file alone.
+        std::fs::write(f.root().join("elsewhere/x.lock"), "{}").unwrap();
+        // `-f` outside git: its directory (an expression imports its neighbours).
         let p = f
             .plan(
                 "repo",
                 &["build", "-f", "../elsewhere/expr.nix", "x"],
+                SyncMode::Auto,
+            )
+            .unwrap();
+        assert!(
+            p.sources
+                .iter()
+                .any(|s| s.root == f.root().join("elsewhere") && s.kind == SourceKind::Dir)
+        );
+        let w = p.render_words(&dirs());
+        assert!(w.iter().any(|w| w.ends_with("/expr.nix")), "{w:?}");
+        // A lock file: the file alone.
+        let p = f
+            .plan(
+                "repo",
+                &[
+                    "build",
+                    "--reference-lock-file",
+                    "../elsewhere/x.lock",
+                    ".#x",
+                ],
                 SyncMode::Auto,
             )
             .unwrap();
@@ -1062,14 +1129,12 @@ mod tests {
             .iter()
             .find(|s| s.kind == SourceKind::File)
             .unwrap();
-        assert_eq!(file.root, f.root().join("elsewhere/expr.nix"));
+        assert_eq!(file.root, f.root().join("elsewhere/x.lock"));
         assert!(
             p.sources
                 .iter()
                 .all(|s| s.root != f.root().join("elsewhere"))
         );
-        let w = p.render_words(&dirs());
-        assert!(w.iter().any(|w| w.ends_with("/expr.nix")), "{w:?}");
         // Inside a git work tree: the tree (tracked files), the file's path in it.
         std::fs::write(f.root().join("repo/sub/e.nix"), "1").unwrap();
         let p = f
@@ -1084,24 +1149,35 @@ mod tests {
                 .iter()
                 .any(|s| s.root == f.root().join("repo") && s.kind == SourceKind::Git)
         );
-        // A directory the user names goes, unless it is a home, a temp dir or /.
+        // In a home: `-f ~/default.nix` sends the file alone, with a note; `-f ~` (or a
+        // directory above a home) is refused.
         let home = f.root().join("home");
         std::fs::create_dir_all(home.join(".ssh")).unwrap();
         std::fs::write(home.join("default.nix"), "1").unwrap();
         let env = [("HOME".to_string(), home.display().to_string())];
-        let words: Vec<String> = ["build", "-f", "."].map(String::from).to_vec();
-        for cwd in [home.clone(), f.root()] {
-            let e = plan(
+        let plan_in = |cwd: &Path, line: &[&str]| {
+            let words: Vec<String> = line.iter().map(|w| w.to_string()).collect();
+            plan(
                 &classify(&words),
                 &Local {
-                    cwd: &cwd,
+                    cwd,
                     machine_id: "m1",
                     env: &env,
                     declared_inputs: &|_| None,
                 },
                 SyncMode::Auto,
             )
-            .unwrap_err();
+        };
+        let p = plan_in(&home, &["build", "-f", "./default.nix"]).unwrap();
+        assert_eq!(p.sources.len(), 1);
+        assert_eq!(p.sources[0].kind, SourceKind::File);
+        assert!(
+            p.notes.iter().any(|n| n.contains("sending only")),
+            "{:?}",
+            p.notes
+        );
+        for cwd in [home.clone(), f.root()] {
+            let e = plan_in(&cwd, &["build", "-f", "."]).unwrap_err();
             assert!(format!("{e:#}").contains("will not send"), "{e:#}");
         }
     }

@@ -264,16 +264,27 @@ pub fn prepare(
 /// Mirrors on HOST that no run used for this many days are removed by the next run there.
 pub const MIRROR_DAYS: u32 = 30;
 
-/// Removes the mirrors in `$c/mirrors` unused for more than `days` (all when `None`) and
-/// not locked by a run, printing `EDICT-gone NAME KB` for each. Needs flock (a mirror is
-/// never removed under a run that holds it); without it, nothing is removed. Mirror names
-/// are made of safe characters, so the word splitting of `$(find …)` is exact.
+/// Sets `$c`, edict's cache directory on HOST, in a remote script.
+pub const CACHE_DIR: &str = "c=\"${XDG_CACHE_HOME:-$HOME/.cache}/edict\"\n";
+
+/// Removes the mirrors in `$c/mirrors` unused for more than `days` days (all when `None`)
+/// and not locked by a run, printing `EDICT-gone NAME KB` for each. Needs flock (a mirror is
+/// never removed under a run that holds it); without it, nothing is removed. The lock files
+/// stay: one removed under a waiting run would let a new run take another. Paths are
+/// globbed, never word-split, so `$c` may hold spaces.
 pub fn expire_script(days: Option<u32>) -> String {
-    let age = days.map(|d| format!(" -mtime +{d}")).unwrap_or_default();
+    let old_enough = match days {
+        Some(d) => format!(
+            "[ -n \"$(find \"$m\" -prune -mmin +{} 2>/dev/null)\" ] || continue; ",
+            u64::from(d) * 1440
+        ),
+        None => String::new(),
+    };
     format!(
-        "if command -v flock >/dev/null; then for m in $(find \"$c/mirrors\" -mindepth 1 -maxdepth 1 -type d{age} 2>/dev/null); do \
+        "if command -v flock >/dev/null; then for m in \"$c\"/mirrors/*/; do m=${{m%/}}; \
+         [ -d \"$m\" ] && [ ! -L \"$m\" ] || continue; {old_enough}\
          k=$(du -sk \"$m\" 2>/dev/null | cut -f1); \
-         flock -n \"$m.lock\" rm -rf \"$m\" \"$m.lock\" 2>/dev/null && [ ! -e \"$m\" ] && echo \"EDICT-gone ${{m##*/}} ${{k:-0}}\"; \
+         flock -n \"$m.lock\" rm -rf \"$m\" 2>/dev/null && [ ! -e \"$m\" ] && echo \"EDICT-gone ${{m##*/}} ${{k:-0}}\"; \
          done; else echo EDICT-noflock; fi; true\n"
     )
 }
@@ -281,13 +292,11 @@ pub fn expire_script(days: Option<u32>) -> String {
 /// The probe-and-lock script. POSIX sh; prints `EDICT-key value` lines, then blocks on stdin.
 fn prepare_script(mirror_names: &[String], run_id: &str) -> String {
     let mut s = String::new();
-    // edict's cache there (mirrors with .git/config, run dirs) is for this user only.
-    s.push_str("umask 077\n");
     s.push_str(&format!("PATH=\"$PATH:{NIX_PLACES}\"\n"));
+    s.push_str(CACHE_DIR);
     // The findings go out in one write with EDICT-locked: one packet on the wire, not five.
     s.push_str(
         "nix=$(command -v nix)\n\
-         c=\"${XDG_CACHE_HOME:-$HOME/.cache}/edict\"\n\
          o=\"EDICT-nix $nix\n\
          EDICT-version $([ -n \"$nix\" ] && \"$nix\" --version 2>&1 | head -n 1)\n\
          EDICT-rsync $(command -v rsync)\n\
@@ -299,7 +308,9 @@ fn prepare_script(mirror_names: &[String], run_id: &str) -> String {
         .map(|n| format!(" \"$c/mirrors/\"{}", quote(n)))
         .collect();
     s.push_str(&format!(
-        "err=$(mkdir -p \"$run/links\" \"$run/outputs\"{mirror_dirs} 2>&1) || {{ printf '%s\\nEDICT-error %s\\n' \"$o\" \"$err\"; exit 1; }}\nchmod 700 \"$c\" 2>/dev/null\n"
+        // edict's cache there (mirrors with .git/config, run dirs) is for this user only;
+        // the umask stays inside the $(…), never reaching the holder or the command.
+        "err=$(umask 077; mkdir -p \"$run/links\" \"$run/outputs\"{mirror_dirs} 2>&1) || {{ printf '%s\\nEDICT-error %s\\n' \"$o\" \"$err\"; exit 1; }}\nchmod 700 \"$c\" 2>/dev/null\n"
     ));
     // Scratch dirs of runs that died without cleaning up (edict killed with -9, host reboot).
     s.push_str(
@@ -747,8 +758,11 @@ mod tests {
 
     #[test]
     fn expiry_removes_old_unlocked_mirrors_only() {
-        let d = tempfile::tempdir().unwrap();
-        let m = d.path().join("mirrors");
+        let top = tempfile::tempdir().unwrap();
+        // A cache path with a space, and a sibling that a split word would name.
+        let d = top.path().join("x y");
+        std::fs::create_dir_all(top.path().join("x/mirrors")).unwrap();
+        let m = d.join("mirrors");
         for name in ["old-1", "new-2", "busy-3"] {
             std::fs::create_dir_all(m.join(name).join("src")).unwrap();
             std::fs::write(m.join(name).join("src/f"), "x").unwrap();
@@ -756,10 +770,7 @@ mod tests {
         let sh = |script: String| {
             let out = std::process::Command::new("/bin/sh")
                 .arg("-c")
-                .arg(format!(
-                    "c={}\n{script}",
-                    quote(&d.path().display().to_string())
-                ))
+                .arg(format!("c={}\n{script}", quote(&d.display().to_string())))
                 .output()
                 .unwrap();
             assert!(out.status.success());
@@ -785,6 +796,8 @@ mod tests {
         assert!(!m.join("new-2").exists() && m.join("busy-3").exists());
         holder.kill().unwrap();
         holder.wait().unwrap();
+        assert!(top.path().join("x/mirrors").exists());
+        assert!(m.join("busy-3.lock").exists(), "lock files stay");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! wildcards escaped, so any file name works) and `--delete-excluded`, so the mirror holds
 //! that set and nothing else; files deleted here disappear there.
 
-use crate::contain::{Dir, Refusal};
+use crate::contain::{self, Dir, Refusal};
 use crate::exec::{self, Cmd, quote};
 use crate::mapping::{Plan, SourceKind, Word};
 use crate::remote::{After, RemoteEnv};
@@ -16,7 +16,7 @@ use crate::ssh::{Connection, ssh_failure};
 use anyhow::{Context, Result, bail};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
-use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -103,7 +103,7 @@ fn run_rsync_checked(
         || stderr.contains("Disk quota exceeded")
     {
         format!(
-            "free space on {host} (`nix-collect-garbage -d` there, or remove old mirrors in ~/.cache/edict/mirrors)"
+            "free space on {host} (`nix-collect-garbage -d` there, or `edict gc {host}` for edict's mirrors)"
         )
     } else if stderr.contains("command not found") || code == Some(127) {
         format!("install rsync on {host}")
@@ -645,9 +645,8 @@ fn decide(sent: Option<&Stamp>, now: Option<&Stamp>, there: Option<bool>) -> Dec
 
 /// Step 7: for every source marked for sync-back, brings back what the command changed on
 /// HOST (`after` says what), each file no larger than `max_size` bytes, none after a signal.
-/// Returns what it did,
-/// conflicts and refusals included; the caller reports them and exits non-zero. One file
-/// that cannot come back never stops the others.
+/// Returns what it did, conflicts and refusals included; the caller reports them and exits
+/// non-zero. One file that cannot come back never stops the others.
 pub fn back(
     conn: &Connection,
     env: &RemoteEnv,
@@ -659,10 +658,20 @@ pub fn back(
 ) -> Result<Vec<Change>> {
     let host = &conn.transport.label;
     let mut changes = Vec::new();
+    let mut seen = BTreeSet::new();
     for tree in &after.trees {
-        let Some(src) = plan.sources.get(tree.src) else {
+        // HOST's listing names the source: only one marked for sync-back, once, is taken
+        // (never a lock input's directory, a --no-sync tree or another host's).
+        let Some(src) = plan
+            .sources
+            .get(tree.src)
+            .filter(|s| s.sync_back && s.kind != SourceKind::File)
+        else {
             continue;
         };
+        if !seen.insert(tree.src) {
+            continue;
+        }
         let sent = &uploads[tree.src].files;
         let step = format!("bringing back changes to {}", src.root.display());
         let here = Dir::open(&src.root)
@@ -674,7 +683,6 @@ pub fn back(
         let mut take = Vec::new();
         let mut conflicts = Vec::new();
         let mut deletes = Vec::new();
-        // `.git` never comes back: the remote listing already leaves it out.
         let deleted = tree.deleted.iter();
         let touched = tree
             .changed
@@ -682,24 +690,9 @@ pub fn back(
             .map(|f| (f, Some(true)))
             .chain(deleted.map(|f| (f, None)));
         for (name, there) in touched {
-            // The listing comes from HOST: each name is checked once, here. It must be a plain
-            // relative path (rsync's --relative would read `a/./b` as `b`), and a `.git` path
-            // (a hook would run here) or edict's own staging name is refused whatever HOST
-            // claims, never trusted to be absent.
-            let parts = || name.as_os_str().as_bytes().split(|b| *b == b'/');
-            if !parts().all(|c| !c.is_empty() && c != b"." && c != b"..") {
-                changes.push(refuse(name, "it is not a plain relative path".into()));
-                continue;
-            }
-            if parts().any(|c| c.eq_ignore_ascii_case(b".git") || c.starts_with(b".edict-sync-")) {
-                changes.push(refuse(
-                    name,
-                    "edict never brings back .git or its own staging files".into(),
-                ));
-                continue;
-            }
-            // A path through a symlink here is not the tree's: neither read nor written.
-            if let Err(why) = here.reachable(name) {
+            // The listing comes from HOST: a name must be a plain path of the tree, outside
+            // `.git`, and reached here without a symlink; else it is neither read nor written.
+            if let Err(why) = contain::plain_name(name).and_then(|()| here.reachable(name)) {
                 changes.push(refuse(name, why.to_string()));
                 continue;
             }
@@ -717,48 +710,25 @@ pub fn back(
         if tree.git_changed {
             changes.push(Change::GitState);
         }
+        // What git has recorded, for telling a revert there from an edit (read once).
+        let git = match src.kind {
+            SourceKind::Git if !take.is_empty() || !deletes.is_empty() => {
+                Some(Recorded::read(&src.root))
+            }
+            _ => None,
+        };
         if !take.is_empty() || !conflicts.is_empty() {
-            // Same file system as the tree, so each file lands with an atomic rename.
-            let staging = crate::contain::staging_dir(&src.root)
-                .with_context(|| {
-                    format!(
-                        "{host}: {step}: creating a staging directory in {}\n  fix: check that you can write there",
-                        src.root.display()
-                    )
-                })?;
+            let staging = contain::staging_dir(&src.root).with_context(|| {
+                format!(
+                    "{host}: {step}: creating a staging directory\n  fix: check that you can write to {} (or ~/.cache/edict)",
+                    src.root.display()
+                )
+            })?;
             let staged = Dir::open(staging.path())
                 .with_context(|| format!("{host}: {step}: opening the staging directory"))?;
-            let mut list = tempfile::NamedTempFile::new()?;
-            for name in take.iter().chain(&conflicts) {
-                list.write_all(name.as_os_str().as_bytes())?;
-                list.write_all(&[0])?;
-            }
-            list.flush()?;
-            let from = format!(
-                "{}:{}/",
-                conn.transport.dest.target(),
-                plan.mirror(tree.src, &env.dirs)
-            );
-            // --ignore-times: a same-size rewrite in the same second is still a change.
-            // --no-recursive: a name HOST lists is one file, never a whole tree.
-            // --chmod=ug-s,go-w: nothing comes back setuid, setgid or writable by others.
-            // --max-size: a bound on what lands here (a sparse 1 GiB file is 0 bytes there);
-            // rsync names each file it skips for it (`--info=skip1`).
-            let pull = rsync(conn, env)
-                .args([
-                    "--ignore-times",
-                    "--no-recursive",
-                    "--chmod=ug-s,go-w",
-                    "--info=skip1",
-                    &format!("--max-size={max_size}"),
-                    "--from0",
-                    &format!("--files-from={}", list.path().display()),
-                ])
-                .arg(&from)
-                .arg(format!("{}/", staging.path().display()))
-                // --max-size trusts the size HOST's rsync announces; the kernel does not.
-                .max_file_size(max_size.saturating_add(1));
-            let out = run_rsync_partial(conn, &pull, &step)?;
+            let names: Vec<PathBuf> = take.iter().chain(&conflicts).cloned().collect();
+            let mirror = plan.mirror(tree.src, &env.dirs);
+            let pulled = pull(conn, env, &mirror, &names, staging.path(), max_size, &step)?;
             // Stopped (Ctrl-C, SIGTERM) while HOST's files were on their way: place none of
             // them; the staging directory goes with this error.
             if signals.caught() {
@@ -768,68 +738,37 @@ pub fn back(
                 }
                 .into());
             }
-            let too_large: BTreeSet<PathBuf> = String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter_map(|l| l.strip_suffix(" is over max-size"))
-                .map(PathBuf::from)
-                .collect();
-            // rsync escapes odd characters in its skip message, so a name it skipped for its
-            // size may not be found there; a file absent after a clean exit was skipped.
-            let missing = |name: &Path| {
-                if std::fs::symlink_metadata(staging.path().join(name)).is_ok() {
-                    format!(
-                        "it is not a file on {host} (sync-back brings back files and symlinks only)"
-                    )
-                } else if too_large.contains(name) || out.status.success() {
-                    format!(
-                        "it is over --max-sync-size ({max_size} bytes) on {host}; raise the bound to bring it back"
-                    )
-                } else {
-                    format!(
-                        "rsync could not copy it from {host}: {}",
-                        exec::stderr_tail(&out).replace('\n', "; ")
-                    )
-                }
-            };
-            let staged_ok = |name: &Path| {
-                std::fs::symlink_metadata(staging.path().join(name))
-                    .is_ok_and(|m| m.file_type().is_file() || m.file_type().is_symlink())
-            };
-            // A command that reverts a file there (git stash, checkout, reset) must not take
-            // the user's uncommitted work here: HOST's version equal to what git recorded,
-            // while the local file differs from it, is a conflict, never a take.
-            let reverted = match src.kind {
-                SourceKind::Git => reverted_files(&src.root, staging.path(), &take),
-                _ => BTreeSet::new(),
-            };
             for name in take {
                 let dest = src.root.join(&name);
-                let rel = name.as_path();
-                if !staged_ok(&name) {
-                    changes.push(refuse(&name, missing(&name)));
+                if let Err(why) = pulled.check(&name, host, max_size) {
+                    changes.push(refuse(&name, why));
                 // Re-check: the file may have been edited here while it was on its way.
                 } else if stamp(&dest).as_ref() != sent.get(&name) {
                     conflicts.push(name);
-                } else if reverted.contains(&name) {
+                } else if git
+                    .as_ref()
+                    .is_some_and(|g| g.reverted(&name, &staging.path().join(&name), &dest))
+                {
+                    // A command that reverts a file there (git stash, checkout, reset) never
+                    // takes the uncommitted work here.
                     exec::info(format_args!(
-                        "{} went back to its committed version on {host} (git stash, checkout or reset there?): your uncommitted changes stay",
+                        "{} went back to what git has recorded on {host} (git stash, checkout or reset there?): your uncommitted changes stay",
                         exec::printable(&dest.to_string_lossy())
                     ));
                     conflicts.push(name);
                 } else {
-                    changes.push(match here.replace(&staged, rel, rel) {
+                    changes.push(match here.replace(&staged, &name, &name) {
                         Ok(()) => Change::Taken(dest),
                         Err(why) => refuse(&name, why.to_string()),
                     });
                 }
             }
             for name in conflicts {
-                let rel = name.as_path();
-                if !staged_ok(&name) {
-                    changes.push(refuse(&name, missing(&name)));
+                if let Err(why) = pulled.check(&name, host, max_size) {
+                    changes.push(refuse(&name, why));
                     continue;
                 }
-                changes.push(match place_copy(&here, &staged, rel, host) {
+                changes.push(match place_copy(&here, &staged, &name, host) {
                     Ok(copy) => Change::Conflict {
                         path: src.root.join(&name),
                         remote_copy: Some(copy),
@@ -838,15 +777,11 @@ pub fn back(
                 });
             }
         }
-        // A deletion there never takes uncommitted work here: only a file whose content
-        // git has at HEAD follows it.
-        let uncommitted = match src.kind {
-            SourceKind::Git if !deletes.is_empty() => uncommitted_files(&src.root, &deletes),
-            _ => BTreeSet::new(),
-        };
         for name in deletes {
             let dest = src.root.join(&name);
-            if uncommitted.contains(&name) {
+            // A deletion there never takes uncommitted work here: only a file whose content
+            // git has at HEAD follows it.
+            if git.as_ref().is_some_and(|g| g.uncommitted(&name, &dest)) {
                 changes.push(Change::Conflict {
                     path: dest,
                     remote_copy: None,
@@ -865,173 +800,268 @@ pub fn back(
 }
 
 /// Brings back the files the command wrote for the user (`--output-lock-file`) from the
-/// run's scratch dir on HOST to where they were asked for here: staged beside the target
-/// and renamed into place, each bounded like sync-back. A file the command did not write
-/// (it failed) is left alone here.
+/// run's scratch dir on HOST to where they were asked for here, bounded and checked like
+/// sync-back, and renamed into place (a symlink there is replaced, never followed). A file
+/// the command did not write (it failed) is left alone here.
 pub fn fetch_outputs(
     conn: &Connection,
     env: &RemoteEnv,
     plan: &Plan,
     max_size: u64,
+    signals: &crate::signals::Signals,
 ) -> Result<Vec<Change>> {
     let host = &conn.transport.label;
     let mut changes = Vec::new();
     for (i, local) in plan.outputs.iter().enumerate() {
         let step = format!("fetching {}", local.display());
-        let (Some(parent), Some(name)) = (local.parent(), local.file_name()) else {
+        let Some(parent) = local.parent() else {
             continue;
         };
-        let staging = crate::contain::private_tempdir(".edict-output-", Some(parent))
-            .with_context(|| {
-                format!(
-                    "{host}: {step}: creating a staging directory in {}\n  fix: check that you can write there",
-                    parent.display()
-                )
-            })?;
-        let pull = rsync(conn, env)
-            .args(["--no-recursive", "--chmod=ug-s,go-w"])
-            .arg(format!("--max-size={max_size}"))
-            .arg(format!(
-                "{}:{}/outputs/{i}",
-                conn.transport.dest.target(),
-                env.dirs.run
-            ))
-            .arg(format!("{}/", staging.path().display()))
-            .max_file_size(max_size.saturating_add(1));
-        run_rsync_partial(conn, &pull, &step)?;
-        let staged = staging.path().join(i.to_string());
-        if staged.is_file() {
-            std::fs::rename(&staged, local)
-                .with_context(|| format!("{host}: {step}: moving it into place"))?;
-            changes.push(Change::Taken(local.clone()));
-        } else {
-            exec::debug(format_args!(
-                "{}: the command wrote no {}",
-                host,
-                Path::new(name).display()
-            ));
+        let staging = contain::staging_dir(parent).with_context(|| {
+            format!(
+                "{host}: {step}: creating a staging directory\n  fix: check that you can write to {}",
+                parent.display()
+            )
+        })?;
+        let name = PathBuf::from(i.to_string());
+        let outputs = format!("{}/outputs", env.dirs.run);
+        let pulled = pull(
+            conn,
+            env,
+            &outputs,
+            std::slice::from_ref(&name),
+            staging.path(),
+            max_size,
+            &step,
+        )?;
+        if signals.caught() {
+            return Err(crate::signals::Interrupted {
+                host: host.clone(),
+                step: "fetching results",
+            }
+            .into());
         }
+        let staged = staging.path().join(&name);
+        if std::fs::symlink_metadata(&staged).is_err() && pulled.out.status.code() == Some(23) {
+            exec::debug(format_args!(
+                "{host}: the command wrote no {}",
+                local.display()
+            ));
+            continue;
+        }
+        let regular = std::fs::symlink_metadata(&staged).is_ok_and(|m| m.file_type().is_file());
+        changes.push(match pulled.check(&name, host, max_size) {
+            Err(why) => Change::Refused {
+                path: local.clone(),
+                why,
+            },
+            Ok(()) if !regular => Change::Refused {
+                path: local.clone(),
+                why: format!("it is not a plain file on {host}"),
+            },
+            Ok(()) => match std::fs::rename(&staged, local) {
+                Ok(()) => Change::Taken(local.clone()),
+                Err(e) => Change::Refused {
+                    path: local.clone(),
+                    why: format!("moving it into place failed: {e}"),
+                },
+            },
+        });
     }
     Ok(changes)
 }
 
-/// Runs the sync-back pull: like [`run_rsync`], except that rsync's "some files were not
-/// transferred" (23) and a file I/O error here (11: a file stopped at the size bound, a
-/// full disk) are not errors of the whole step: the files it could copy still come back,
-/// and each missing one is reported by name with rsync's words.
-fn run_rsync_partial(conn: &Connection, cmd: &Cmd, step: &str) -> Result<std::process::Output> {
-    let out = cmd.output()?;
-    if matches!(out.status.code(), Some(11 | 23)) {
-        return Ok(out);
+/// What [`pull`] brought: rsync's output and the names it skipped for their size.
+struct Pulled {
+    staging: PathBuf,
+    out: std::process::Output,
+    too_large: BTreeSet<PathBuf>,
+}
+
+/// Pulls `names` (relative to `from` on HOST) into `staging`: each one file, never a whole
+/// tree; nothing setuid, setgid or writable by others; none over `max_size` (rsync skips
+/// what HOST's rsync announces as larger, and the kernel stops a file that grows past it
+/// whatever was announced). rsync's "some files were not transferred" (23) and a file I/O
+/// error here (11) are not errors of the whole step: each missing file is named later.
+fn pull(
+    conn: &Connection,
+    env: &RemoteEnv,
+    from: &str,
+    names: &[PathBuf],
+    staging: &Path,
+    max_size: u64,
+    step: &str,
+) -> Result<Pulled> {
+    let mut list = tempfile::NamedTempFile::new()?;
+    for name in names {
+        list.write_all(name.as_os_str().as_bytes())?;
+        list.write_all(&[0])?;
     }
-    run_rsync_checked(conn, cmd, step, out)
-}
-
-/// Blob ids, as git computes them, of files (raw content, no filters), in order; `None`
-/// for one git cannot read or whose path is not UTF-8 (it could not be named to git).
-fn hash_objects(root: &Path, files: &[PathBuf]) -> Vec<Option<String>> {
-    let named: Vec<&str> = files.iter().filter_map(|f| f.to_str()).collect();
-    let ids: Vec<String> = if named.is_empty() {
-        Vec::new()
+    list.flush()?;
+    // --ignore-times: a same-size rewrite in the same second is still a change.
+    let cmd = rsync(conn, env)
+        .args([
+            "--ignore-times",
+            "--no-recursive",
+            "--chmod=ug-s,go-w",
+            "--info=skip1",
+            &format!("--max-size={max_size}"),
+            "--from0",
+            &format!("--files-from={}", list.path().display()),
+        ])
+        .arg(format!("{}:{from}/", conn.transport.dest.target()))
+        .arg(format!("{}/", staging.display()))
+        .max_file_size(max_size.saturating_add(1));
+    let out = cmd.output()?;
+    let out = if matches!(out.status.code(), Some(11 | 23)) {
+        out
     } else {
-        Cmd::new("git")
-            .args([
-                "-C",
-                &root.display().to_string(),
-                "hash-object",
-                "--no-filters",
-                "--",
-            ])
-            .args(named.iter().copied())
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .map(String::from)
-                    .collect()
-            })
-            .unwrap_or_default()
+        run_rsync_checked(conn, &cmd, step, out)?
     };
-    let mut ids = ids.into_iter();
-    files
-        .iter()
-        .map(|f| f.to_str().and_then(|_| ids.next()))
-        .collect()
-}
-
-/// What git records for `names`: path → blob id, at HEAD and in the index. (Names go to
-/// git as arguments, so one that is not UTF-8 is not found: it counts as unrecorded.)
-fn recorded_blobs(root: &Path, names: &[PathBuf]) -> [BTreeMap<PathBuf, String>; 2] {
-    let dir = root.display().to_string();
-    let lists = [
-        Cmd::new("git").args(["-C", &dir, "ls-tree", "-r", "-z", "HEAD", "--"]),
-        Cmd::new("git").args(["-C", &dir, "ls-files", "-s", "-z", "--"]),
-    ];
-    lists.map(|cmd| {
-        let mut ids = BTreeMap::new();
-        let args = names.iter().map(|n| n.to_string_lossy().into_owned());
-        let Ok(o) = cmd.args(args).output() else {
-            return ids;
-        };
-        // `MODE TYPE ID\tPATH` (ls-tree) or `MODE ID STAGE\tPATH` (ls-files).
-        for entry in o.stdout.split(|b| *b == 0).filter(|e| !e.is_empty()) {
-            let Some(tab) = entry.iter().position(|b| *b == b'\t') else {
-                continue;
-            };
-            let meta = String::from_utf8_lossy(&entry[..tab]);
-            if let Some(id) = meta.split(' ').find(|w| w.len() >= 40) {
-                let path = PathBuf::from(std::ffi::OsStr::from_bytes(&entry[tab + 1..]));
-                ids.insert(path, id.to_string());
-            }
-        }
-        ids
+    let too_large = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_suffix(" is over max-size"))
+        .map(PathBuf::from)
+        .collect();
+    Ok(Pulled {
+        staging: staging.to_path_buf(),
+        out,
+        too_large,
     })
 }
 
-/// Of `names` (staged under `staging`), those whose version from HOST is one git records
-/// (HEAD or index) while the file here differs from it: the command reverted them there.
-fn reverted_files(root: &Path, staging: &Path, names: &[PathBuf]) -> BTreeSet<PathBuf> {
-    let [head, index] = recorded_blobs(root, names);
-    let names: Vec<&PathBuf> = names
-        .iter()
-        .filter(|n| head.contains_key(*n) || index.contains_key(*n))
-        .collect();
-    let there = hash_objects(
-        root,
-        &names.iter().map(|n| staging.join(n)).collect::<Vec<_>>(),
-    );
-    let here = hash_objects(
-        root,
-        &names.iter().map(|n| root.join(n)).collect::<Vec<_>>(),
-    );
-    names
-        .into_iter()
-        .zip(there.into_iter().zip(here))
-        .filter(|(n, (there, here))| {
-            there
-                .as_ref()
-                .is_some_and(|t| head.get(*n) == Some(t) || index.get(*n) == Some(t))
-                && there != here
-        })
-        .map(|(n, _)| n.clone())
-        .collect()
+impl Pulled {
+    /// Whether `name` came and may be placed: a regular file, or a symlink that stays in
+    /// the tree (relative, never above its root); else why not.
+    fn check(&self, name: &Path, host: &str, max_size: u64) -> Result<(), String> {
+        let staged = self.staging.join(name);
+        let Ok(meta) = std::fs::symlink_metadata(&staged) else {
+            // rsync escapes odd characters in its skip message, so a name it skipped for
+            // its size may not be found there; a file absent after a clean exit was skipped.
+            return Err(
+                if self.too_large.contains(name) || self.out.status.success() {
+                    format!(
+                        "it is over --max-sync-size ({max_size} bytes) on {host}; raise the bound to bring it back"
+                    )
+                } else {
+                    format!(
+                        "rsync could not copy it from {host}: {}",
+                        exec::stderr_tail(&self.out).replace('\n', "; ")
+                    )
+                },
+            );
+        };
+        if meta.file_type().is_file() {
+            return Ok(());
+        }
+        if !meta.file_type().is_symlink() {
+            return Err(format!(
+                "it is not a file on {host} (sync-back brings back files and symlinks only)"
+            ));
+        }
+        let target = std::fs::read_link(&staged).unwrap_or_default();
+        if contain::stays_inside(name, &target) {
+            Ok(())
+        } else {
+            Err(format!(
+                "it is a symlink to {} on {host}, which leads out of the tree",
+                target.display()
+            ))
+        }
+    }
 }
 
-/// Of `names` (files here), those whose content is not the one at HEAD: uncommitted work.
-fn uncommitted_files(root: &Path, names: &[PathBuf]) -> BTreeSet<PathBuf> {
-    let [head, _] = recorded_blobs(root, names);
-    let here = hash_objects(
-        root,
-        &names.iter().map(|n| root.join(n)).collect::<Vec<_>>(),
-    );
-    names
-        .iter()
-        .zip(here)
-        .filter(|(n, here)| here.is_some() && head.get(*n) != here.as_ref())
-        .map(|(n, _)| n.clone())
-        .collect()
+/// What git has recorded in a work tree: blob ids at HEAD and in the index, by path, byte
+/// for byte; read once per tree. Blob ids are computed here the way git computes them for
+/// raw content (no filters), so every name works and nothing depends on a command line.
+struct Recorded {
+    head: BTreeMap<PathBuf, String>,
+    index: BTreeMap<PathBuf, String>,
+}
+
+impl Recorded {
+    fn read(root: &Path) -> Self {
+        let list = |args: &[&str]| -> BTreeMap<PathBuf, String> {
+            let dir = root.display().to_string();
+            let Ok(o) = Cmd::new("git")
+                .args(["-C", &dir])
+                .args(args.iter().copied())
+                .output()
+            else {
+                return BTreeMap::new();
+            };
+            // `MODE TYPE ID\tPATH` (ls-tree) or `MODE ID STAGE\tPATH` (ls-files).
+            o.stdout
+                .split(|b| *b == 0)
+                .filter_map(|entry| {
+                    let tab = entry.iter().position(|b| *b == b'\t')?;
+                    let meta = String::from_utf8_lossy(&entry[..tab]);
+                    let id = meta.split(' ').find(|w| w.len() >= 40)?.to_string();
+                    Some((
+                        PathBuf::from(std::ffi::OsStr::from_bytes(&entry[tab + 1..])),
+                        id,
+                    ))
+                })
+                .collect()
+        };
+        Recorded {
+            head: list(&["ls-tree", "-r", "-z", "HEAD"]),
+            index: list(&["ls-files", "-s", "-z"]),
+        }
+    }
+
+    /// Whether HOST's version (`there`) of tracked file `name` is what git recorded (HEAD or
+    /// index) while the file here (`here`) differs from it: the command reverted it there.
+    /// A version that cannot be read counts as a revert: unknown is never taken.
+    fn reverted(&self, name: &Path, there: &Path, here: &Path) -> bool {
+        let recorded: Vec<&String> = [self.head.get(name), self.index.get(name)]
+            .into_iter()
+            .flatten()
+            .collect();
+        let Some(first) = recorded.first() else {
+            return false; // not tracked: nothing of git's to go back to
+        };
+        match (blob_id(there, first.len()), blob_id(here, first.len())) {
+            (Some(t), Some(h)) => recorded.contains(&&t) && t != h,
+            _ => true,
+        }
+    }
+
+    /// Whether the file here holds something HEAD does not (or cannot be read).
+    fn uncommitted(&self, name: &Path, here: &Path) -> bool {
+        match self.head.get(name) {
+            Some(id) => blob_id(here, id.len()).as_ref() != Some(id),
+            None => true,
+        }
+    }
+}
+
+/// Git's blob id of a file's raw content (a symlink: its target), SHA-1 or, for a
+/// repository with 64-digit ids, SHA-256; `None` when it cannot be read.
+fn blob_id(path: &Path, id_len: usize) -> Option<String> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    let data = if meta.file_type().is_symlink() {
+        std::fs::read_link(path).ok()?.into_os_string().into_vec()
+    } else if meta.file_type().is_file() {
+        std::fs::read(path).ok()?
+    } else {
+        return None;
+    };
+    let header = format!("blob {}\0", data.len());
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    Some(if id_len == 64 {
+        use sha2::Digest as _;
+        hex(&sha2::Sha256::new()
+            .chain_update(header)
+            .chain_update(&data)
+            .finalize())
+    } else {
+        use sha1::Digest as _;
+        hex(&sha1::Sha1::new()
+            .chain_update(header)
+            .chain_update(&data)
+            .finalize())
+    })
 }
 
 /// Puts HOST's version of a conflicting file beside the local one, as `NAME.edict-HOST`, or
@@ -1216,6 +1246,29 @@ mod tests {
         assert_eq!(decide(Some(&sent), Some(&sent), None), Decision::Delete);
         assert_eq!(decide(Some(&sent), Some(&edited), None), Decision::Conflict);
         assert_eq!(decide(None, Some(&edited), None), Decision::Skip);
+    }
+
+    #[test]
+    fn blob_ids_are_git_s() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("f");
+        std::fs::write(&f, "hello\n").unwrap();
+        assert_eq!(
+            blob_id(&f, 40).as_deref(),
+            Some("ce013625030ba8dba906f756967f9e9ca394464a")
+        );
+        assert_eq!(
+            blob_id(&f, 64).as_deref(),
+            Some("2cf8d83d9ee29543b34a87727421fdecb7e3f3a183d337639025de576db9ebb4")
+        );
+        // A symlink is its target's text, as git stores it; a directory or nothing: unknown.
+        std::os::unix::fs::symlink("../target", d.path().join("l")).unwrap();
+        assert_eq!(
+            blob_id(&d.path().join("l"), 40).as_deref(),
+            Some("78bc33729bacb569b76aaef40fec807af2ec1274")
+        );
+        assert_eq!(blob_id(d.path(), 40), None);
+        assert_eq!(blob_id(&d.path().join("missing"), 40), None);
     }
 
     #[test]

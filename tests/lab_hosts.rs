@@ -10,7 +10,7 @@ use std::path::Path;
 
 #[test]
 fn hosts_start_quickly_and_report_their_nix() {
-    lab::trixie_root(); // build the cached root, if needed, outside the timing
+    lab::debian_roots(); // build the cached root, if needed, outside the timing
     for flavour in Flavour::ALL {
         let mut lab = Lab::new();
         let t = std::time::Instant::now();
@@ -38,7 +38,7 @@ fn local_path_valid(lab: &Lab, path: &str) -> bool {
 /// ssh in, rsync a flake, build it there, copy the closure back; check it was absent locally
 /// before and is valid after, and that the host's store is really separate.
 fn round_trip(flavour: Flavour, store_scheme: &str) {
-    let lab = Lab::both();
+    let lab = Lab::every();
     let host = lab::default_name(flavour);
     let tag = lab::unique_tag();
     let src = tempfile::tempdir().unwrap();
@@ -124,6 +124,11 @@ fn round_trip_on_nix_2_26_over_ssh_ng() {
 }
 
 #[test]
+fn round_trip_on_nix_2_34_over_ssh_ng() {
+    round_trip(Flavour::Sid, "ssh-ng");
+}
+
+#[test]
 fn host_with_hidden_nix_and_flakes_off() {
     for flavour in Flavour::ALL {
         let mut lab = Lab::new();
@@ -163,7 +168,7 @@ fn host_with_hidden_nix_and_flakes_off() {
 
 #[test]
 fn dropping_the_lab_stops_every_sshd() {
-    let lab = Lab::both();
+    let lab = Lab::every();
     let pids: Vec<u32> = lab.hosts().iter().map(|h| h.pid()).collect();
     for pid in &pids {
         assert!(Path::new(&format!("/proc/{pid}")).exists());

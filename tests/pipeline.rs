@@ -84,7 +84,7 @@ fn wait_gone(pid: &str) {
 
 /// Runs `f` once per flavour, each with its own host in one lab.
 fn each_host(f: impl Fn(&Lab, &str, Flavour)) {
-    let lab = Lab::both();
+    let lab = Lab::every();
     for flavour in Flavour::ALL {
         f(&lab, lab::default_name(flavour), flavour);
     }
@@ -1067,7 +1067,7 @@ fn dry_run_prints_the_plan_without_connecting() {
 
 #[test]
 fn every_destination_form_and_edict_ssh_opts() {
-    let lab = Lab::both();
+    let lab = Lab::every();
     for flavour in Flavour::ALL {
         let host = lab::default_name(flavour);
         let port = lab.host(host).port;
@@ -1430,7 +1430,7 @@ fn ctrl_c_while_syncing_is_an_interruption_not_an_error() {
 #[test]
 fn ctrl_c_while_waiting_for_the_lock() {
     use std::os::unix::process::CommandExt as _;
-    let lab = Lab::both();
+    let lab = Lab::every();
     let host = lab::default_name(Flavour::Bookworm);
     let dir = lab.workdir("lockwait");
     lab::write_rich_flake(&dir, &lab::unique_tag());

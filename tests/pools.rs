@@ -27,7 +27,7 @@ fn toml_pool(entries: &[(&str, &str, &str)]) -> String {
 
 #[test]
 fn auto_picks_the_fastest_and_falls_back_when_it_is_down() {
-    let mut lab = Lab::both();
+    let mut lab = Lab::every();
     let pool = lab.dir().join("machines.toml");
     std::fs::write(
         &pool,
@@ -165,7 +165,7 @@ fn no_eligible_machine_lists_every_reason() {
 
 #[test]
 fn pool_machines_use_their_key_and_pinned_host_key() {
-    let lab = Lab::both();
+    let lab = Lab::every();
     let dir = lab.workdir("pinned");
     lab::write_rich_flake(&dir, &lab::unique_tag());
     for flavour in Flavour::ALL {
@@ -231,7 +231,7 @@ fn pool_machines_use_their_key_and_pinned_host_key() {
 
 #[test]
 fn the_pool_comes_from_nix_builders_setting() {
-    let lab = Lab::both();
+    let lab = Lab::every();
     let dir = lab.workdir("setting");
     lab::write_rich_flake(&dir, &lab::unique_tag());
     let pool = lab.dir().join("machines");
@@ -255,7 +255,7 @@ fn the_pool_comes_from_nix_builders_setting() {
 
 #[test]
 fn fan_out_over_three_hosts_with_one_failing() {
-    let mut lab = Lab::both();
+    let mut lab = Lab::every();
     lab.start(HostSpec::new("broken", Flavour::Bookworm).without_nix());
     let dir = lab.workdir("fan");
     let tag = lab::unique_tag();
@@ -305,7 +305,7 @@ fn fan_out_over_three_hosts_with_one_failing() {
 
 #[test]
 fn several_hosts_bring_back_changes_only_from_the_one_named() {
-    let lab = Lab::both();
+    let lab = Lab::every();
     let dir = lab.workdir("fansync");
     lab::write_rich_flake(&dir, &lab::unique_tag());
     std::fs::write(dir.join("version.txt"), "1\n").unwrap();

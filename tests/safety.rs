@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 
 fn each_host(f: impl Fn(&Lab, &str, Flavour)) {
-    let lab = Lab::both();
+    let lab = Lab::every();
     for flavour in Flavour::ALL {
         f(&lab, lab::default_name(flavour), flavour);
     }
@@ -403,36 +403,46 @@ fn lock_inputs_flake_nix_does_not_declare_are_never_sent() {
     });
 }
 
-/// Finding 2, single-file options: `-f FILE` outside git sends the file alone (never its
-/// directory's other files); `--output-lock-file` writes there and fetches the file here,
-/// never sending its directory; a home directory is refused with the fix.
+/// Finding 2, file options: `-f FILE` outside git sends its directory (an expression
+/// imports its neighbours) unless that is a home: then the file alone, with a note, never
+/// `~/.ssh`; `--output-lock-file` writes there and fetches the file here, never sending
+/// its directory.
 #[test]
-fn single_files_go_alone_and_output_files_come_back_alone() {
+fn file_options_never_send_a_home_and_output_files_come_back_alone() {
     each_host(|lab, host, flavour| {
         let tag = lab::unique_tag();
-        let dir = lab.workdir(&format!("single-{host}"));
-        std::fs::write(
-            dir.join("expr.nix"),
-            format!("derivation {{ name = \"single-{tag}\"; system = \"x86_64-linux\"; builder = \"/bin/sh\"; args = [ \"-c\" \"echo hi > $out\" ]; }}\n"),
-        )
-        .unwrap();
-        std::fs::write(dir.join("secret.txt"), "secret\n").unwrap();
+        let expr = |text: &str| {
+            format!(
+                "derivation {{ name = \"file-{tag}\"; system = \"x86_64-linux\"; builder = \"/bin/sh\"; args = [ \"-c\" \"echo ${{{text}}} > $out\" ]; }}\n"
+            )
+        };
+        // A project directory: its neighbours go.
+        let dir = lab.workdir(&format!("project-{host}"));
+        std::fs::write(dir.join("expr.nix"), expr("import ./lib.nix")).unwrap();
+        std::fs::write(dir.join("lib.nix"), "\"from-lib\"\n").unwrap();
         let out = lab
             .edict(&dir)
             .args([host, "nix", "build", "-f", "./expr.nix"])
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", describe(&out));
-        assert_eq!(read(&dir.join("result")), "hi\n");
+        assert_eq!(read(&dir.join("result")), "from-lib\n");
+        // A file in a home: it goes alone.
+        let home = lab.workdir(&format!("home-{host}"));
+        std::fs::create_dir_all(home.join(".ssh")).unwrap();
+        std::fs::write(home.join(".ssh/id_ed25519"), "secret\n").unwrap();
+        std::fs::write(home.join("expr.nix"), expr("\"alone\"")).unwrap();
+        let out = lab
+            .edict(&home)
+            .env("HOME", &home)
+            .args([host, "nix", "build", "-f", "./expr.nix"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", describe(&out));
+        assert_eq!(read(&home.join("result")), "alone\n");
+        lab::assert_mentions(&stderr(&out), &["sending only"]);
         let sent: Vec<PathBuf> = lab.mirrors(host);
-        assert!(
-            sent.iter().any(|m| m.join("expr.nix").is_file()),
-            "{sent:?}"
-        );
-        assert!(
-            !sent.iter().any(|m| m.join("secret.txt").exists()),
-            "{sent:?}"
-        );
+        assert!(!sent.iter().any(|m| m.join(".ssh").exists()), "{sent:?}");
 
         // A flake with a relative path input, locked into a file elsewhere.
         let flake = lab.workdir(&format!("outlock-{host}"));
@@ -506,7 +516,7 @@ fn git_stash_there_never_takes_uncommitted_work_here() {
         assert_eq!(read(&dir.join(format!("notes.txt.edict-{host}"))), "v1\n");
         lab::assert_mentions(
             &stderr(&out),
-            &["notes.txt went back to its committed version", "new.txt"],
+            &["notes.txt went back to what git has recorded", "new.txt"],
         );
         // The next run sends the work again, as it is here.
         let out = shell(lab, host, &dir, &[], "cat notes.txt new.txt");
@@ -788,6 +798,34 @@ fn git_filters_run_on_host_as_here() {
         assert_eq!(
             std::fs::read_link(dir.join("result")).unwrap(),
             PathBuf::from(String::from_utf8_lossy(&local.stdout).into_owned())
+        );
+    });
+}
+
+/// A symlink the command makes comes back only when it stays inside the tree: one to an
+/// absolute path or above the tree's root is named and stays on HOST (a later write here,
+/// such as nix writing flake.lock, would go through it).
+#[test]
+fn symlinks_out_of_the_tree_never_come_back() {
+    each_host(|lab, host, _| {
+        let dir = flake(
+            lab,
+            &format!("links-back-{host}"),
+            &[("sub/ok.txt", "ok\n")],
+        );
+        let out = shell(
+            lab,
+            host,
+            &dir,
+            &[],
+            "ln -s /etc/passwd abs; ln -s ../../outside up; ln -s sub/ok.txt fine; cd sub && ln -s ../flake.nix back",
+        );
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        assert!(dir.join("fine").is_symlink() && dir.join("sub/back").is_symlink());
+        assert!(!dir.join("abs").is_symlink() && !dir.join("up").is_symlink());
+        lab::assert_mentions(
+            &stderr(&out),
+            &["abs: it is a symlink to /etc/passwd", "up: it is a symlink"],
         );
     });
 }

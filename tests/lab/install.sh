@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what edict's lab needs on this machine, idempotently: the Debian packages listed in
-# tests/lab/packages (only the missing ones) and the cached Debian 13 root of the Nix 2.26
-# hosts. Debian 12, as root; .ci/run, `cargo run --example lab` and the message of a
+# tests/lab/packages (only the missing ones) and the cached Debian roots of the other Nix
+# versions' hosts (trixie: Nix 2.26, sid: Nix 2.34). Debian 12, as root; .ci/run, `cargo run --example lab` and the message of a
 # `cargo test` that lacks something all point here.
 #
 # usage: tests/lab/install.sh [--no-roots]    (--no-roots: the packages only)
@@ -23,5 +23,5 @@ if ((${#missing[@]})); then
 fi
 
 if [ "${1:-}" != --no-roots ]; then
-  "$here/trixie-root.sh" >/dev/null
+  for suite in trixie sid; do "$here/debian-root.sh" "$suite" >/dev/null; done
 fi

@@ -5,8 +5,9 @@
 //! its own Nix store and settings while sharing this machine's kernel. Two flavours:
 //!
 //! * [`Flavour::Bookworm`]: this machine's own root (Debian 12, Nix 2.8);
-//! * [`Flavour::Trixie`]: a Debian 13 root (Nix 2.26) built once by `trixie-root.sh`, cached
-//!   outside the work tree and shared by every host through its own overlayfs.
+//! * [`Flavour::Trixie`]: a Debian 13 root (Nix 2.26) and [`Flavour::Sid`]: a Debian sid root
+//!   (Nix 2.34), each built once by `debian-root.sh`, cached outside the work tree and shared
+//!   by every host of its flavour through its own overlayfs.
 //!
 //! The client side is an ssh config file with one lower-case alias per host, a client key and
 //! a known_hosts file holding each host's real key: commands reach a host exactly as a user
@@ -32,16 +33,19 @@ pub enum Flavour {
     Bookworm,
     /// The cached Debian 13 root: Nix 2.26.
     Trixie,
+    /// The cached Debian sid root: Nix 2.34, today's Nix.
+    Sid,
 }
 
 impl Flavour {
-    pub const ALL: [Flavour; 2] = [Flavour::Bookworm, Flavour::Trixie];
+    pub const ALL: [Flavour; 3] = [Flavour::Bookworm, Flavour::Trixie, Flavour::Sid];
 
     /// The `x.y` of the Nix this flavour ships.
     pub fn nix_version(self) -> &'static str {
         match self {
             Flavour::Bookworm => "2.8",
             Flavour::Trixie => "2.26",
+            Flavour::Sid => "2.34",
         }
     }
 
@@ -49,6 +53,16 @@ impl Flavour {
         match self {
             Flavour::Bookworm => "Debian 12, Nix 2.8",
             Flavour::Trixie => "Debian 13, Nix 2.26",
+            Flavour::Sid => "Debian sid, Nix 2.34",
+        }
+    }
+
+    /// The Debian suite of its cached root; `None` for this machine's own root.
+    pub fn suite(self) -> Option<&'static str> {
+        match self {
+            Flavour::Bookworm => None,
+            Flavour::Trixie => Some("trixie"),
+            Flavour::Sid => Some("sid"),
         }
     }
 }
@@ -224,7 +238,9 @@ impl Host {
             }
         }
         match self.spec.flavour {
-            Flavour::Trixie => self.dir.join("upper").join(remote.trim_start_matches('/')),
+            Flavour::Trixie | Flavour::Sid => {
+                self.dir.join("upper").join(remote.trim_start_matches('/'))
+            }
             Flavour::Bookworm => PathBuf::from(remote),
         }
     }
@@ -319,7 +335,7 @@ pub fn not_ready() -> Option<String> {
     }
     write!(
         msg,
-        "  fix: as root, run {} (it installs what is missing and builds the cached Debian 13 root), then run the tests as root\n  \
+        "  fix: as root, run {} (it installs what is missing and builds the cached Debian roots), then run the tests as root\n  \
          The tests that need neither root nor the lab: cargo test --bins --test cli\n",
         install.display()
     )
@@ -380,8 +396,8 @@ impl Lab {
         lab
     }
 
-    /// A lab with one healthy host of each flavour, named `nix28` and `nix226`.
-    pub fn both() -> Self {
+    /// A lab with one healthy host of each flavour, named `nix28`, `nix226` and `nix234`.
+    pub fn every() -> Self {
         let mut lab = Lab::new();
         for flavour in Flavour::ALL {
             lab.start(HostSpec::new(default_name(flavour), flavour));
@@ -472,12 +488,9 @@ impl Lab {
         )
         .expect("writing registry");
 
-        let trixie_root = match spec.flavour {
-            Flavour::Trixie => Some(trixie_root()),
-            Flavour::Bookworm => None,
-        };
+        let chroot_root = spec.flavour.suite().map(debian_root);
         if !spec.nix_on_path && spec.nix {
-            hide_nix(&dir, trixie_root.as_deref());
+            hide_nix(&dir, chroot_root.as_deref());
         }
 
         let mut last_err = String::new();
@@ -491,7 +504,7 @@ impl Lab {
                 addr,
                 port,
                 netns.as_ref().map(|n| n.0.as_str()),
-                trixie_root.as_deref(),
+                chroot_root.as_deref(),
             ) {
                 Ok(sshd) => {
                     self.register_client_side(&spec, addr, port, &ssh_dir);
@@ -592,6 +605,7 @@ pub fn default_name(flavour: Flavour) -> &'static str {
     match flavour {
         Flavour::Bookworm => "nix28",
         Flavour::Trixie => "nix226",
+        Flavour::Sid => "nix234",
     }
 }
 
@@ -624,10 +638,10 @@ fn nix_conf(spec: &HostSpec) -> String {
 /// Moves `nix*` off the non-interactive PATH: the host gets its own copy of the nix binary in
 /// `/nix/var/nix/profiles/default/bin`, and `/usr/bin/nix*` are removed from its view of
 /// `/usr/bin` (see `start_sshd`).
-fn hide_nix(dir: &Path, trixie_root: Option<&Path>) {
+fn hide_nix(dir: &Path, chroot_root: Option<&Path>) {
     let bin = dir.join("nix/var/nix/profiles/default/bin");
     std::fs::create_dir_all(&bin).expect("creating profile bin");
-    let source = match trixie_root {
+    let source = match chroot_root {
         Some(root) => root.join("usr/bin/nix"),
         None => PathBuf::from("/usr/bin/nix"),
     };
@@ -683,7 +697,7 @@ fn start_sshd(
     addr: Ipv4Addr,
     port: u16,
     netns: Option<&str>,
-    trixie_root: Option<&Path>,
+    chroot_root: Option<&Path>,
 ) -> Result<Child, String> {
     let d = dir.display().to_string();
     let mut hide = String::new();
@@ -703,7 +717,7 @@ fn start_sshd(
             "i=0; while [ ! -S {m}/nix/var/nix/daemon-socket/socket ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done\n"
         )
     };
-    let (multi_bookworm, multi_trixie) = match &spec.user {
+    let (multi_bookworm, multi_chroot) = match &spec.user {
         None => (String::new(), String::new()),
         Some(u) => (
             format!(
@@ -723,7 +737,7 @@ fn start_sshd(
         Some(kib) => format!("mount -t tmpfs -o size={kib}k,mode=0700 tmpfs $D/home\n"),
         None => String::new(),
     };
-    let (script, ssh_dir_seen_by_host) = match trixie_root {
+    let (script, ssh_dir_seen_by_host) = match chroot_root {
         None => {
             // Bookworm: this machine's root with private /nix, /etc/nix and /root. Hiding nix
             // puts an overlay over /usr/bin so the machine's own /usr/bin is untouched.
@@ -791,7 +805,7 @@ fn start_sshd(
                  mkdir -p $M/proc $M/dev $M/run/sshd\n\
                  mount -t proc proc $M/proc\n\
                  mount --rbind /dev $M/dev\n\
-                 B=$M/usr/bin\n{hide}{multi_trixie}\
+                 B=$M/usr/bin\n{hide}{multi_chroot}\
                  exec chroot $M /usr/sbin/sshd -D -E /etc/edict-lab/sshd.log -f /etc/edict-lab/sshd_config\n",
                 root = root.display()
             );
@@ -908,21 +922,31 @@ fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 
-/// The cached trixie root, built by `trixie-root.sh` if it is not there yet. Fails loudly:
-/// a lab that cannot start must never look like a passing test.
-pub fn trixie_root() -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/lab/trixie-root.sh");
+/// The cached root of a Debian `suite` (trixie, sid), built by `debian-root.sh` if it is
+/// not there yet. Fails loudly: a lab that cannot start must never look like a passing test.
+pub fn debian_root(suite: &str) -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/lab/debian-root.sh");
     let out = Command::new(&script)
+        .arg(suite)
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()
-        .expect("running tests/lab/trixie-root.sh");
+        .expect("running tests/lab/debian-root.sh");
     assert!(
         out.status.success(),
-        "the lab's Debian 13 root could not be built: {} (run tests/lab/trixie-root.sh by hand to see why)",
+        "the lab's Debian {suite} root could not be built: {} (run tests/lab/debian-root.sh {suite} by hand to see why)",
         describe(&out)
     );
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// Every cached root the lab's flavours need, built now if missing (outside any timing).
+pub fn debian_roots() {
+    for f in Flavour::ALL {
+        if let Some(suite) = f.suite() {
+            debian_root(suite);
+        }
+    }
 }
 
 fn run_ok(cmd: &mut Command) {
