@@ -104,6 +104,11 @@ pub struct Plan {
     /// Files the command writes (`--output-lock-file`), by index in the run's `outputs/`
     /// dir on HOST: where each goes here.
     pub outputs: Vec<PathBuf>,
+    /// flake.lock files (source, path in it) that lock a relative `path:` input the way
+    /// Nix ≥ 2.26 does, which older Nix cannot read (see [`lock_for_old_nix`]).
+    pub relative_locks: Vec<(usize, String)>,
+    /// The command is `nix flake lock/update`: the lock file it writes is its result.
+    pub writes_lock: bool,
 }
 
 /// What the user asked for on edict's own command line that changes the plan.
@@ -138,6 +143,8 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
         env: forwarded_env(local.env),
         notes: Vec::new(),
         outputs: Vec::new(),
+        relative_locks: Vec::new(),
+        writes_lock: false,
     };
     let sub_refs = args.subcommand();
     // Just past the subcommand words: where edict inserts flags of its own.
@@ -232,6 +239,14 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
 
     // Local path inputs recorded in flake.lock would name paths HOST does not have.
     let updating = matches!(sub_refs.as_slice(), ["flake", "update" | "lock", ..]);
+    p.writes_lock = updating;
+    for (src, dir) in p.flakes.clone() {
+        let lock = join_rel(&dir, "flake.lock");
+        let text = std::fs::read_to_string(p.sources[src].root.join(&lock)).unwrap_or_default();
+        if lock_for_old_nix(&text).is_some() && !p.relative_locks.contains(&(src, lock.clone())) {
+            p.relative_locks.push((src, lock));
+        }
+    }
     let mut overrides = Vec::new();
     for (src, dir) in p.flakes.clone() {
         let lock = p.sources[src].root.join(&dir).join("flake.lock");
@@ -628,6 +643,41 @@ fn join_rel(a: &str, b: &str) -> String {
         (_, true) => a.to_string(),
         _ => format!("{a}/{b}"),
     }
+}
+
+/// The lock file for a Nix older than 2.26 (or Lix), when `text` locks a relative `path:`
+/// input the Nix ≥ 2.26 way (no narHash): the same lock without those nodes, so that the
+/// old nix locks them itself (the directory is in the sent tree) and keeps every other
+/// input as locked here. `None` when there is nothing to change.
+pub fn lock_for_old_nix(text: &str) -> Option<String> {
+    let mut json: serde_json::Value = serde_json::from_str(text).ok()?;
+    let nodes = json.get_mut("nodes")?.as_object_mut()?;
+    let relative: Vec<String> = nodes
+        .iter()
+        .filter(|(_, n)| {
+            let l = &n["locked"];
+            l["type"] == "path"
+                && l["narHash"].is_null()
+                && l["path"].as_str().is_some_and(|p| !p.starts_with('/'))
+        })
+        .map(|(k, _)| k.clone())
+        .collect();
+    if relative.is_empty() {
+        return None;
+    }
+    for k in &relative {
+        nodes.remove(k);
+    }
+    for node in nodes.values_mut() {
+        if let Some(inputs) = node.get_mut("inputs").and_then(|i| i.as_object_mut()) {
+            inputs.retain(|_, target| {
+                target
+                    .as_str()
+                    .is_none_or(|t| !relative.iter().any(|k| k == t))
+            });
+        }
+    }
+    serde_json::to_string_pretty(&json).ok()
 }
 
 /// Local inputs a flake.lock records: (input path like `a/b`, absolute path, kind).
@@ -1199,6 +1249,37 @@ mod tests {
             w.contains(&"/h/.cache/edict/runs/r1/outputs/0".to_string()),
             "{w:?}"
         );
+    }
+
+    #[test]
+    fn locks_for_old_nix_lose_only_the_new_style_relative_nodes() {
+        let lock = serde_json::json!({
+            "nodes": {
+                "sub": {"locked": {"type": "path", "path": "./sub", "parent": []}, "original": {"type": "path", "path": "./sub"}},
+                "old": {"locked": {"type": "path", "path": "./old", "narHash": "sha256-x", "lastModified": 1}},
+                "abs": {"locked": {"type": "path", "path": "/abs"}},
+                "np": {"locked": {"type": "github", "owner": "o", "repo": "r", "rev": "x"}, "inputs": {"sub": "sub"}},
+                "root": {"inputs": {"sub": "sub", "old": "old", "abs": "abs", "np": "np", "alias": ["np", "sub"]}}
+            },
+            "root": "root", "version": 7
+        });
+        let fixed: serde_json::Value =
+            serde_json::from_str(&lock_for_old_nix(&lock.to_string()).unwrap()).unwrap();
+        let nodes = fixed["nodes"].as_object().unwrap();
+        assert!(!nodes.contains_key("sub"));
+        for kept in ["old", "abs", "np", "root"] {
+            assert!(nodes.contains_key(kept), "{kept}");
+        }
+        let root: Vec<&String> = nodes["root"]["inputs"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect();
+        assert_eq!(root, ["abs", "alias", "np", "old"]);
+        assert!(nodes["np"]["inputs"].as_object().unwrap().is_empty());
+        // Nothing to change, or not a lock: None.
+        assert_eq!(lock_for_old_nix(&fixed.to_string()), None);
+        assert_eq!(lock_for_old_nix("not json"), None);
     }
 
     #[test]

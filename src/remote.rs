@@ -36,6 +36,24 @@ pub struct RemoteEnv {
 }
 
 impl RemoteEnv {
+    /// Whether HOST's nix reads a relative `path:` input locked without a narHash (the form
+    /// Nix 2.26 introduced, with a `parent`): CppNix 2.26 and later. Older Nix and Lix refuse
+    /// such a lock ("lockfile contains mutable lock").
+    pub fn reads_relative_locks(&self) -> bool {
+        let v = &self.nix_version;
+        if !v.contains("(Nix)") {
+            return false; // Lix, or a version edict cannot read: assume the old form
+        }
+        let mut nums = v
+            .rsplit(' ')
+            .next()
+            .unwrap_or_default()
+            .split('.')
+            .map(|n| n.parse::<u32>().unwrap_or(0));
+        let (major, minor) = (nums.next().unwrap_or(0), nums.next().unwrap_or(0));
+        (major, minor) >= (2, 26)
+    }
+
     /// `nix-store` beside `nix`: what `nix copy --from ssh://` runs on HOST.
     pub fn nix_store(&self) -> String {
         sibling(&self.nix, "nix-store")
@@ -754,6 +772,30 @@ mod tests {
         );
         assert!(!after.trees[0].git_changed);
         assert!(after.trees[1].changed.is_empty() && after.trees[1].deleted.is_empty());
+    }
+
+    #[test]
+    fn which_nix_reads_relative_locks() {
+        let env = |v: &str| RemoteEnv {
+            nix: "nix".into(),
+            nix_version: v.into(),
+            rsync: None,
+            dirs: RemoteDirs {
+                mirrors: String::new(),
+                run: String::new(),
+            },
+        };
+        for (v, reads) in [
+            ("nix (Nix) 2.8.0", false),
+            ("nix (Nix) 2.25.5", false),
+            ("nix (Nix) 2.26.3", true),
+            ("nix (Nix) 2.34.8", true),
+            ("nix (Nix) 3.0.0", true),
+            ("nix (Lix, like Nix) 2.93.3", false),
+            ("", false),
+        ] {
+            assert_eq!(env(v).reads_relative_locks(), reads, "{v}");
+        }
     }
 
     #[test]

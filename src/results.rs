@@ -240,6 +240,8 @@ mod tests {
             env: vec![],
             notes: vec![],
             outputs: vec![],
+            relative_locks: vec![],
+            writes_lock: false,
         };
         let found: Vec<(String, String)> = [
             ("0/result", "/nix/store/a-x"),

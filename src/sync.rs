@@ -245,6 +245,33 @@ pub fn upload(conn: &Connection, env: &RemoteEnv, plan: &Plan) -> Result<Vec<Upl
             "{step}: {}",
             stats_summary(&String::from_utf8_lossy(&out.stdout))
         ));
+        // A lock that HOST's older nix cannot read goes there without its new-style nodes.
+        if !env.reads_relative_locks() {
+            for (_, lock) in plan.relative_locks.iter().filter(|(s, _)| *s == i) {
+                let Some(text) = std::fs::read_to_string(src.root.join(lock))
+                    .ok()
+                    .and_then(|t| crate::mapping::lock_for_old_nix(&t))
+                else {
+                    continue;
+                };
+                exec::info(format_args!(
+                    "{} locks a relative path: input the way Nix 2.26 and later do, which {} on {host} cannot read: {host} gets it without those inputs and locks them itself{}",
+                    src.root.join(lock).display(),
+                    env.nix_version,
+                    if plan.writes_lock {
+                        ""
+                    } else {
+                        "; your flake.lock stays as it is"
+                    }
+                ));
+                let copy = tempfile::NamedTempFile::new()?;
+                std::fs::write(copy.path(), text)?;
+                let send = rsync(conn, env)
+                    .arg(copy.path().display().to_string())
+                    .arg(format!("{dest}{lock}"));
+                run_rsync(conn, &send, &step)?;
+            }
+        }
         uploads.push(upload);
     }
     Ok(uploads)
@@ -689,7 +716,21 @@ pub fn back(
             .iter()
             .map(|f| (f, Some(true)))
             .chain(deleted.map(|f| (f, None)));
+        // HOST's older nix rewrites a lock edict adapted for it (see `upload`): only
+        // `nix flake lock/update` brings that back; a build leaves the local lock as it is.
+        let adapted: Vec<&str> = if env.reads_relative_locks() || plan.writes_lock {
+            Vec::new()
+        } else {
+            plan.relative_locks
+                .iter()
+                .filter(|(s, _)| *s == tree.src)
+                .map(|(_, l)| l.as_str())
+                .collect()
+        };
         for (name, there) in touched {
+            if adapted.iter().any(|l| Path::new(l) == name.as_path()) {
+                continue;
+            }
             // The listing comes from HOST: a name must be a plain path of the tree, outside
             // `.git`, and reached here without a symlink; else it is neither read nor written.
             if let Err(why) = contain::plain_name(name).and_then(|()| here.reachable(name)) {
@@ -1112,6 +1153,8 @@ mod tests {
             env: vec![],
             notes: vec![],
             outputs: vec![],
+            relative_locks: vec![],
+            writes_lock: false,
         };
         let tracked = Tracked {
             files: vec!["flake.nix".into(), "sub/deep/flake.nix".into()],

@@ -1388,10 +1388,7 @@ fn ctrl_c_while_syncing_is_an_interruption_not_an_error() {
     use std::os::unix::process::CommandExt as _;
     let mut lab = Lab::new();
     // 4 MB at 8 Mbit/s: four seconds of rsync to interrupt.
-    lab.start(HostSpec::new("slow", Flavour::Bookworm).link(lab::Link {
-        rate_mbit: 8,
-        proxy: None,
-    }));
+    lab.start(HostSpec::slow("slow"));
     let dir = lab.workdir("slow");
     lab::write_rich_flake(&dir, &lab::unique_tag());
     let noise: Vec<u8> = (0..4u32 << 20)

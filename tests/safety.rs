@@ -262,12 +262,7 @@ fn what_comes_back_is_bounded_and_every_refusal_is_named() {
 fn a_signal_during_sync_back_places_nothing_and_exits_130() {
     let mut lab = Lab::new();
     // 3 MB at 8 Mbit/s: three seconds of pull to interrupt.
-    lab.start(
-        lab::HostSpec::new("slowback", Flavour::Bookworm).link(lab::Link {
-            rate_mbit: 8,
-            proxy: None,
-        }),
-    );
+    lab.start(lab::HostSpec::slow("slowback"));
     let dir = flake(&lab, "slowback", &[]);
     let mut child = lab
         .edict(&dir)
@@ -649,12 +644,7 @@ fn gc_removes_mirrors_but_not_one_in_use() {
 #[test]
 fn sigkill_during_sync_back_leaves_nothing_in_the_tree() {
     let mut lab = Lab::new();
-    lab.start(
-        lab::HostSpec::new("slowkill", Flavour::Bookworm).link(lab::Link {
-            rate_mbit: 8,
-            proxy: None,
-        }),
-    );
+    lab.start(lab::HostSpec::slow("slowkill"));
     let dir = flake(&lab, "slowkill", &[]);
     let cache = lab.workdir("cache-slowkill");
     let mut child = lab

@@ -138,6 +138,15 @@ impl HostSpec {
         }
     }
 
+    /// A bookworm host behind an 8 Mbit/s link: a few MB take seconds each way, time for a
+    /// test to interrupt edict mid-transfer.
+    pub fn slow(name: &str) -> Self {
+        HostSpec::new(name, Flavour::Bookworm).link(Link {
+            rate_mbit: 8,
+            proxy: None,
+        })
+    }
+
     pub fn flakes(mut self, on: bool) -> Self {
         self.flakes = on;
         self
@@ -1452,4 +1461,103 @@ impl Lab {
 pub fn host_public_key(host: &Host) -> String {
     let key = std::fs::read_to_string(host.dir.join("ssh/host_key.pub")).expect("host key");
     key.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+}
+
+/// A local side of another Nix: edict runs inside a cached Debian root (trixie: Nix 2.26,
+/// sid: Nix 2.34) as the client, with that root's nix, ssh, rsync and git and its own
+/// `/nix` store; the lab's directory (ssh config, keys, workdirs) and edict's binary are
+/// bound in at the same paths, so a test finds the results where it wrote its flake. The
+/// root is entered with pivot_root, as nix re-enters its mount namespace before it runs ssh.
+pub struct Client {
+    pub flavour: Flavour,
+    root: PathBuf,
+    dir: PathBuf,
+}
+
+impl Lab {
+    /// The client side of `flavour` (not bookworm: that is this machine itself).
+    pub fn client(&self, flavour: Flavour) -> Client {
+        let suite = flavour
+            .suite()
+            .expect("a client of another Debian than this machine's");
+        let root = debian_root(suite);
+        let dir = self.dir().join("clients").join(suite);
+        for sub in ["upper", "work", "merged", "nix"] {
+            std::fs::create_dir_all(dir.join(sub)).expect("creating client dirs");
+        }
+        Client { flavour, root, dir }
+    }
+}
+
+impl Client {
+    /// `program args…` as root inside the client root, in `cwd` (a path under the lab's
+    /// directory), with the lab's client environment.
+    pub fn command(&self, lab: &Lab, cwd: &Path, program: &str) -> Command {
+        const ENTER: &str = r#"set -e
+root=$1 upper=$2 work=$3 m=$4 store=$5 lab=$6 bin=$7 cwd=$8; shift 8
+mount -t overlay overlay -o "lowerdir=$root,upperdir=$upper,workdir=$work" "$m"
+mkdir -p "$m/nix" "$m$lab" "$m$bin" "$m/proc" "$m/dev" "$m/run/sshd"
+mount --bind "$store" "$m/nix"
+mount --bind "$lab" "$m$lab"
+mount --bind "$bin" "$m$bin"
+mount -t proc proc "$m/proc"
+mount --rbind /dev "$m/dev"
+cd "$m"
+mkdir -p .oldroot
+pivot_root . .oldroot
+exec chroot . /bin/sh -c 'umount -l /.oldroot; rmdir /.oldroot; cd "$0" && exec "$@"' "$cwd" "$@"
+"#;
+        let bin = assert_cmd::cargo::cargo_bin("edict");
+        let bin_dir = bin.parent().expect("edict's directory").to_path_buf();
+        let mut cmd = Command::new("unshare");
+        cmd.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            ENTER,
+            "sh",
+        ])
+        .arg(&self.root)
+        .arg(self.dir.join("upper"))
+        .arg(self.dir.join("work"))
+        .arg(self.dir.join("merged"))
+        .arg(self.dir.join("nix"))
+        .arg(lab.dir())
+        .arg(&bin_dir)
+        .arg(cwd)
+        .arg(program)
+        .env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .env("HOME", "/root")
+        .env("USER", "root")
+        .env("NIX_SSHOPTS", lab.ssh_opts())
+        .env("NIX_CONFIG", CLIENT_NIX_CONFIG)
+        .stdin(Stdio::null());
+        cmd
+    }
+
+    /// The real edict binary, run inside the client root in `cwd`.
+    pub fn edict(&self, lab: &Lab, cwd: &Path) -> Command {
+        let bin = assert_cmd::cargo::cargo_bin("edict");
+        self.command(lab, cwd, &bin.display().to_string())
+    }
+
+    /// Whether a store path is valid in the client's own store.
+    pub fn valid(&self, lab: &Lab, path: &str) -> bool {
+        self.command(lab, lab.dir(), "nix-store")
+            .args(["--check-validity", path])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    /// Where a path of the client's store lives on this machine.
+    pub fn store_path(&self, path: &Path) -> PathBuf {
+        let rest = path.strip_prefix("/nix").expect("a /nix path");
+        self.dir.join("nix").join(rest)
+    }
 }

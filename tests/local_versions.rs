@@ -1,0 +1,238 @@
+//! edict with a local Nix of another version: edict runs inside a Debian 13 (Nix 2.26) and a
+//! Debian sid (Nix 2.34) root as the client, with that root's nix, ssh, rsync and git and
+//! its own store, against remotes of Nix 2.8, 2.26 and 2.34.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod lab;
+
+use lab::{Client, Flavour, Lab, describe};
+use std::path::Path;
+
+/// Runs `f` for every local × remote pair: local 2.26 and 2.34, remote 2.8, 2.26 and 2.34.
+fn matrix(f: impl Fn(&Lab, &Client, &str)) {
+    let lab = Lab::every();
+    for local in [Flavour::Trixie, Flavour::Sid] {
+        let client = lab.client(local);
+        // Really the other Nix, with its own store.
+        let version = client
+            .command(&lab, lab.dir(), "nix")
+            .arg("--version")
+            .output()
+            .unwrap();
+        let version = String::from_utf8_lossy(&version.stdout);
+        assert!(
+            version.contains(&format!("nix (Nix) {}.", local.nix_version())),
+            "{local:?}: {version}"
+        );
+        for remote in Flavour::ALL {
+            f(&lab, &client, lab::default_name(remote));
+        }
+    }
+}
+
+fn workdir(lab: &Lab, client: &Client, what: &str, host: &str) -> std::path::PathBuf {
+    lab.workdir(&format!("{what}-{}-{host}", client.flavour.nix_version()))
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn build_results_are_gc_roots_in_the_local_store() {
+    matrix(|lab, client, host| {
+        let dir = workdir(lab, client, "build", host);
+        lab::write_rich_flake(&dir, &lab::unique_tag());
+        lab::git_init(&dir);
+        let out = client
+            .edict(lab, &dir)
+            .args([host, "nix", "build", ".#default"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{host}: {}", describe(&out));
+        let target = std::fs::read_link(dir.join("result")).unwrap();
+        let target_s = target.display().to_string();
+        assert!(
+            client.valid(lab, &target_s),
+            "{host}: {target_s} not in the local store"
+        );
+        assert!(
+            !lab::locally_valid(&target_s),
+            "the client's store is its own"
+        );
+        assert_eq!(
+            read(&client.store_path(&target).join("greeting")),
+            "hello\n"
+        );
+        let roots = client
+            .command(lab, &dir, "nix-store")
+            .args(["--query", "--roots", &target_s])
+            .output()
+            .unwrap();
+        let roots = String::from_utf8_lossy(&roots.stdout);
+        assert!(
+            roots.contains(&dir.join("result").display().to_string()),
+            "{host}: ./result is not a GC root: {roots}"
+        );
+    });
+}
+
+#[test]
+fn run_passes_arguments_output_and_exit_codes() {
+    matrix(|lab, client, host| {
+        let dir = workdir(lab, client, "run", host);
+        lab::write_rich_flake(&dir, &lab::unique_tag());
+        let out = client
+            .edict(lab, &dir)
+            .args([host, "nix", "run", ".#args", "--", "a b", "it's", "$HOME"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{host}: {}", describe(&out));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "<a b>\n<it's>\n<$HOME>\n"
+        );
+        let out = client
+            .edict(lab, &dir)
+            .args([host, "nix", "run", ".#exit", "--", "7"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(7), "{host}: {}", describe(&out));
+    });
+}
+
+#[test]
+fn changed_files_come_back() {
+    matrix(|lab, client, host| {
+        let dir = workdir(lab, client, "back", host);
+        lab::write_rich_flake(&dir, &lab::unique_tag());
+        std::fs::write(dir.join("version.txt"), "1\n").unwrap();
+        std::fs::write(dir.join("obsolete.txt"), "old\n").unwrap();
+        lab::git_init(&dir);
+        let out = client
+            .edict(lab, &dir)
+            .args([host, "nix", "run", ".#bump"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{host}: {}", describe(&out));
+        assert_eq!(read(&dir.join("version.txt")), "2\n");
+        assert_eq!(read(&dir.join("created.txt")), "new\n");
+        assert!(!dir.join("obsolete.txt").exists());
+    });
+}
+
+/// An input at an absolute local path, locked by the local nix: sent and passed as an
+/// override, so every remote evaluates the input that is here.
+#[test]
+fn an_absolute_local_input_is_sent() {
+    matrix(|lab, client, host| {
+        let tag = lab::unique_tag();
+        let dep = workdir(lab, client, "absdep", host);
+        std::fs::write(
+            dep.join("flake.nix"),
+            format!("{{ outputs = {{ self }}: {{ v = \"dep-{tag}\"; }}; }}\n"),
+        )
+        .unwrap();
+        let dir = workdir(lab, client, "abs", host);
+        std::fs::write(
+            dir.join("flake.nix"),
+            format!(
+                "{{\n  inputs.dep.url = \"path:{}\";\n  outputs = {{ self, dep }}: {{\n    packages.x86_64-linux.default = derivation {{ name = \"abs-{tag}\"; system = \"x86_64-linux\"; builder = \"/bin/sh\"; args = [ \"-c\" \"echo ${{dep.v}} > $out\" ]; }};\n  }};\n}}\n",
+                dep.display()
+            ),
+        )
+        .unwrap();
+        let out = client
+            .command(lab, &dir, "nix")
+            .args(["flake", "lock"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{host}: {}", describe(&out));
+        let out = client
+            .edict(lab, &dir)
+            .args([host, "nix", "build", ".#default"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{host}: {}", describe(&out));
+        let target = std::fs::read_link(dir.join("result")).unwrap();
+        assert_eq!(read(&client.store_path(&target)), format!("dep-{tag}\n"));
+    });
+}
+
+/// A relative `path:./sub` input, locked on HOST (`nix flake lock` there): the lock that
+/// comes back is one the local nix reads.
+#[test]
+fn a_lock_made_there_is_one_the_local_nix_reads() {
+    matrix(|lab, client, host| {
+        let dir = workdir(lab, client, "rel", host);
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(
+            dir.join("sub/flake.nix"),
+            "{ outputs = { self }: { v = \"sub\"; }; }\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("flake.nix"),
+            "{ inputs.sub.url = \"path:./sub\"; outputs = { self, sub }: { v = sub.v; }; }\n",
+        )
+        .unwrap();
+        lab::git_init(&dir);
+        let out = client
+            .edict(lab, &dir)
+            .args([host, "nix", "flake", "lock"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{host}: {}", describe(&out));
+        let out = client
+            .command(lab, &dir, "nix")
+            .args(["eval", "--raw", ".#v"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{host}: {}", describe(&out));
+    });
+}
+
+/// A relative `path:./sub` input locked by the local nix (2.26 and later lock it without a
+/// narHash, which Nix 2.8 refuses): every remote builds with it, and the local lock stays.
+#[test]
+fn a_lock_made_here_is_one_every_remote_reads() {
+    matrix(|lab, client, host| {
+        let tag = lab::unique_tag();
+        let dir = workdir(lab, client, "relhere", host);
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(
+            dir.join("sub/flake.nix"),
+            format!("{{ outputs = {{ self }}: {{ v = \"sub-{tag}\"; }}; }}\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("flake.nix"),
+            format!("{{ inputs.sub.url = \"path:./sub\"; outputs = {{ self, sub }}: {{ packages.x86_64-linux.default = derivation {{ name = \"rel-{tag}\"; system = \"x86_64-linux\"; builder = \"/bin/sh\"; args = [ \"-c\" \"echo ${{sub.v}} > $out\" ]; }}; }}; }}\n"),
+        )
+        .unwrap();
+        lab::git_init(&dir);
+        let out = client
+            .command(lab, &dir, "nix")
+            .args(["flake", "lock"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", describe(&out));
+        lab::git(&dir, &["add", "flake.lock"]);
+        let lock = read(&dir.join("flake.lock"));
+        let out = client
+            .edict(lab, &dir)
+            .args([host, "nix", "build", ".#default"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{host}: {}", describe(&out));
+        let target = std::fs::read_link(dir.join("result")).unwrap();
+        assert_eq!(read(&client.store_path(&target)), format!("sub-{tag}\n"));
+        // The local lock stays the local nix's, whatever HOST's nix would have written.
+        assert_eq!(
+            read(&dir.join("flake.lock")),
+            lock,
+            "{host}: {}",
+            describe(&out)
+        );
+    });
+}
