@@ -1,6 +1,7 @@
 //! The benchmark: edict against Nix's own remote builds over a slow link, side by side.
 //!
-//! `bench/run [--rate-mbit 50] [--rtt-ms 40] [--runs 3] [--scale 1.0] [--workloads w1,w2,w3,w4]`
+//! `bench/run [--rate-mbit 50] [--rtt-ms 40] [--runs 3] [--scale 1.0] [--workloads w1,w2,w3,w4]
+//! [--remote trixie|sid|bookworm]`
 //!
 //! Each run starts a fresh remote host (a lab host in its own network namespace, behind a
 //! veth shaped with `tc tbf`; latency from a delay line used as the ssh ProxyCommand, which
@@ -29,6 +30,8 @@ struct Args {
     methods: Vec<String>,
     edict: PathBuf,
     out: PathBuf,
+    /// The remote's flavour (its Nix): trixie (2.26) unless `--remote bookworm|sid`.
+    remote: Flavour,
 }
 
 fn parse_args() -> Args {
@@ -41,6 +44,7 @@ fn parse_args() -> Args {
         methods: ["a", "b", "c", "d"].map(String::from).to_vec(),
         edict: PathBuf::from("target/release/edict"),
         out: PathBuf::from("BENCHMARKS.md"),
+        remote: Flavour::Trixie,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.iter();
@@ -58,6 +62,14 @@ fn parse_args() -> Args {
             "--workloads" => a.workloads = val().split(',').map(String::from).collect(),
             "--methods" => a.methods = val().split(',').map(String::from).collect(),
             "--edict" => a.edict = PathBuf::from(val()),
+            "--remote" => {
+                a.remote = match val().as_str() {
+                    "bookworm" => Flavour::Bookworm,
+                    "trixie" => Flavour::Trixie,
+                    "sid" => Flavour::Sid,
+                    other => panic!("--remote {other}: bookworm, trixie or sid"),
+                }
+            }
             "--out" => a.out = PathBuf::from(val()),
             other => panic!("unknown option {other}"),
         }
@@ -252,7 +264,7 @@ fn one_run(args: &Args, workload: &str, m: &str, flake: &Path) -> Result<Sample,
     let exe = std::env::current_exe().unwrap();
     let proxy =
         (args.rtt_ms > 0).then(|| format!("{} --delay-line {}", exe.display(), args.rtt_ms / 2));
-    lab.start(HostSpec::new("bench", Flavour::Trixie).link(Link {
+    lab.start(HostSpec::new("bench", args.remote).link(Link {
         rate_mbit: args.rate_mbit,
         proxy,
     }));
@@ -443,7 +455,7 @@ fn write_report(
         args.rate_mbit, args.rtt_ms, args.runs, args.scale
     ));
     md.push_str(&format!(
-        "- Machine: {} cores, {cpu}; Debian 12 client ({nix_local}), remote: lab host (Debian 13, Nix 2.26) in its own network namespace.\n\
+        "- Machine: {} cores, {cpu}; Debian 12 client ({nix_local}), remote: lab host ({remote}) in its own network namespace.\n\
          - Link: veth shaped with `tc tbf` to {} Mbit/s each way; {} ms round trip added by a delay line in the ssh path (ProxyCommand).\n\
          - Storage: sources, both stores and the host's files on a tmpfs (see bench/run): the link is measured, not this VM's disk.\n\
          - Every run: a fresh remote store and a fresh local store. Sizes are the issue's times `--scale` (30 steps of {} MB; {} files of 40 KB; {} leaves).\n\
@@ -454,6 +466,7 @@ fn write_report(
         (10.0 * args.scale * 10.0).round() / 10.0,
         ((5000.0 * args.scale) as usize).max(10),
         ((500.0 * args.scale) as usize).max(10),
+        remote = args.remote.describe(),
     ));
     let mut json = serde_json::Map::new();
     for (w, by_method) in results {

@@ -236,3 +236,38 @@ fn a_lock_made_here_is_one_every_remote_reads() {
         );
     });
 }
+
+/// A file changed both here (while the command ran) and there: the local edit stays, HOST's
+/// version goes beside it, exit 1.
+#[test]
+fn a_conflict_keeps_the_local_edit() {
+    matrix(|lab, client, host| {
+        let dir = workdir(lab, client, "conflict", host);
+        lab::write_rich_flake(&dir, &lab::unique_tag());
+        std::fs::write(dir.join("version.txt"), "1\n").unwrap();
+        lab::git_init(&dir);
+        let gate = format!("/root/gate-{}-{host}", client.flavour.nix_version());
+        let child = client
+            .edict(lab, &dir)
+            .args([host, "nix", "run", ".#gate", "--", &gate])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = lab.host(host).local_path(&format!("{gate}.started"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !started.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{host}: the gate never opened"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::fs::write(dir.join("version.txt"), "local edit\n").unwrap();
+        std::fs::write(lab.host(host).local_path(&gate), "go").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{host}: {}", describe(&out));
+        assert_eq!(read(&dir.join("version.txt")), "local edit\n");
+        assert_eq!(read(&dir.join(format!("version.txt.edict-{host}"))), "11\n");
+    });
+}
