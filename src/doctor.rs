@@ -605,7 +605,7 @@ fn remote_checks(r: &mut Run, conn: &Connection, machine: Option<&Machine>) {
             Ok(out) => {
                 let err = String::from_utf8_lossy(&out.stderr);
                 let user = std::env::var("USER").unwrap_or_else(|_| "YOUR-USER".into());
-                if err.contains("lacks a valid signature") {
+                if crate::results::lacks_signature(&err) {
                     r.fail(
                         "trust",
                         "this machine's store refuses unsigned paths from your user",

@@ -112,7 +112,7 @@ pub fn fetch(conn: &Connection, env: &RemoteEnv, links: &[Link]) -> Result<()> {
     };
     if let Some(out) = out.filter(|o| !o.status.success()) {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        if stderr.contains("lacks a valid signature") {
+        if lacks_signature(&stderr) {
             let user = std::env::var("USER").unwrap_or_else(|_| "YOUR-USER".into());
             bail!(
                 "{host}: copying results: this machine's Nix store refused the paths built on {host}: they are not signed by a key it trusts, and your user may not import unsigned paths.\n  nix said: {}\n  fix: either let your user import them: add `trusted-users = root {user}` to /etc/nix/nix.conf here and restart the daemon (`sudo systemctl restart nix-daemon`),\n       or sign on {host}: `nix key generate-secret --key-name {host}-1 > /etc/nix/key.private` there, `secret-key-files = /etc/nix/key.private` in its nix.conf, and its public key (`nix key convert-secret-to-public < /etc/nix/key.private`) in `extra-trusted-public-keys = …` here",
@@ -185,6 +185,13 @@ pub fn copy_command(conn: &Connection, nix_store: &str, paths: &[&str]) -> Cmd {
         .env("NIX_SSHOPTS", conn.nix_sshopts())
 }
 
+/// Whether nix's error is the importing store refusing unsigned paths: Nix 2.8 says
+/// "lacks a valid signature", Nix 2.26 and later "lacks a signature by a trusted key".
+pub fn lacks_signature(stderr: &str) -> bool {
+    stderr.contains("lacks a valid signature")
+        || stderr.contains("lacks a signature by a trusted key")
+}
+
 /// A value for a store URL's query: nix percent-decodes it, so a path with `&`, `#`, `%`
 /// or spaces (HOST's nix-store may live anywhere) arrives whole.
 fn percent_encode(value: &str) -> String {
@@ -209,6 +216,17 @@ pub fn check_local_nix() -> Result<()> {
 mod tests {
     use super::*;
     use crate::mapping::{LinkSpec, RemoteCwd};
+
+    #[test]
+    fn both_nix_wordings_of_an_unsigned_path_are_recognised() {
+        assert!(lacks_signature(
+            "error: cannot add path '/nix/store/x' because it lacks a valid signature"
+        ));
+        assert!(lacks_signature(
+            "error: cannot add path '/nix/store/x' because it lacks a signature by a trusted key"
+        ));
+        assert!(!lacks_signature("error: cannot connect to socket"));
+    }
 
     #[test]
     fn store_url_values_are_percent_encoded() {

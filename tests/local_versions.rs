@@ -271,3 +271,31 @@ fn a_conflict_keeps_the_local_edit() {
         assert_eq!(read(&dir.join(format!("version.txt.edict-{host}"))), "11\n");
     });
 }
+
+/// An ordinary local user of a multi-user install (the store behind a nix-daemon that
+/// trusts only root): the copy back is refused, and edict names why and the nix.conf lines
+/// that fix it, whatever the two versions.
+#[test]
+fn an_untrusted_local_user_is_told_what_fixes_the_copy() {
+    matrix(|lab, client, host| {
+        let dir = workdir(lab, client, "untrusted", host);
+        lab::write_rich_flake(&dir, &lab::unique_tag());
+        lab::git_init(&dir);
+        let bin = assert_cmd::cargo::cargo_bin("edict");
+        let out = client
+            .command_as(lab, "edict-untrusted", &dir, &bin.display().to_string())
+            .args([host, "nix", "build", ".#default"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{host}: {}", describe(&out));
+        lab::assert_mentions(
+            &String::from_utf8_lossy(&out.stderr),
+            &[
+                &format!("{host}: copying results"),
+                "this machine's Nix store refused the paths built on",
+                "trusted-users = root edict-untrusted",
+            ],
+        );
+        assert!(!dir.join("result").exists());
+    });
+}

@@ -1507,6 +1507,49 @@ mkdir -p .oldroot
 pivot_root . .oldroot
 exec chroot . /bin/sh -c 'umount -l /.oldroot; rmdir /.oldroot; cd "$0" && exec "$@"' "$cwd" "$@"
 "#;
+        self.command_with(lab, cwd, program, ENTER)
+    }
+
+    /// Like [`Client::command`], but run by `user`, an unprivileged user of the client root
+    /// (made on first use, in `nix-users`), through a nix-daemon that owns the client's store
+    /// and trusts only root: a local multi-user install. The user gets their own copy of the
+    /// lab's client ssh files.
+    pub fn command_as(&self, lab: &Lab, user: &str, cwd: &Path, program: &str) -> Command {
+        const ENTER_AS: &str = r#"set -e
+root=$1 upper=$2 work=$3 m=$4 store=$5 lab=$6 bin=$7 cwd=$8; shift 8
+mount -t overlay overlay -o "lowerdir=$root,upperdir=$upper,workdir=$work" "$m"
+mkdir -p "$m/nix" "$m$lab" "$m$bin" "$m/proc" "$m/dev" "$m/run/sshd"
+mount --bind "$store" "$m/nix"
+mount --bind "$lab" "$m$lab"
+mount --bind "$bin" "$m$bin"
+mount -t proc proc "$m/proc"
+mount --rbind /dev "$m/dev"
+cd "$m"
+mkdir -p .oldroot
+pivot_root . .oldroot
+exec chroot . /bin/sh -c '
+umount -l /.oldroot; rmdir /.oldroot
+set -e
+u=$AS_USER lab=$1 cwd=$2; shift 2
+id "$u" >/dev/null 2>&1 || useradd -m -s /bin/sh "$u"
+if getent group nix-users >/dev/null; then usermod -aG nix-users "$u"; fi
+mkdir -p /nix/var/nix/daemon-socket
+setpriv --pdeathsig TERM nix-daemon </dev/null >/dev/null 2>&1 &
+i=0; while [ ! -S /nix/var/nix/daemon-socket/socket ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
+d=/home/$u/.lab; mkdir -p "$d"
+cp "$lab/client_key" "$lab/known_hosts" "$d/"
+sed -e "s|$lab/client_key|$d/client_key|" -e "s|$lab/known_hosts|$d/known_hosts|" "$lab/ssh_config" > "$d/ssh_config"
+chown -R "$u:" "/home/$u" "$cwd"
+cd "$cwd"
+exec runuser -u "$u" -- env HOME="/home/$u" USER="$u" NIX_SSHOPTS="-F $d/ssh_config" "$@"
+' sh "$lab" "$cwd" "$@"
+"#;
+        let mut cmd = self.command_with(lab, cwd, program, ENTER_AS);
+        cmd.env("AS_USER", user);
+        cmd
+    }
+
+    fn command_with(&self, lab: &Lab, cwd: &Path, program: &str, enter: &str) -> Command {
         let bin = assert_cmd::cargo::cargo_bin("edict");
         let bin_dir = bin.parent().expect("edict's directory").to_path_buf();
         let mut cmd = Command::new("unshare");
@@ -1516,7 +1559,7 @@ exec chroot . /bin/sh -c 'umount -l /.oldroot; rmdir /.oldroot; cd "$0" && exec 
             "private",
             "sh",
             "-c",
-            ENTER,
+            enter,
             "sh",
         ])
         .arg(&self.root)
