@@ -645,6 +645,24 @@ fn join_rel(a: &str, b: &str) -> String {
     }
 }
 
+/// Whether a nix whose `nix --version` says `version` reads a relative `path:` input locked
+/// without a narHash (the form Nix 2.26 introduced, with a `parent`): CppNix 2.26 and later.
+/// Older Nix and Lix refuse such a lock ("lockfile contains mutable lock").
+pub fn reads_relative_locks(version: &str) -> bool {
+    if !version.contains("(Nix)") {
+        return false; // Lix, or a version edict cannot read: assume the old form
+    }
+    let mut nums = version
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .split('.')
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (nums.next().unwrap_or(0), nums.next().unwrap_or(0));
+    (major, minor) >= (2, 26)
+}
+
 /// The lock file for a Nix older than 2.26 (or Lix), when `text` locks a relative `path:`
 /// input the Nix ≥ 2.26 way (no narHash): the same lock without those nodes, so that the
 /// old nix locks them itself (the directory is in the sent tree) and keeps every other

@@ -40,18 +40,7 @@ impl RemoteEnv {
     /// Nix 2.26 introduced, with a `parent`): CppNix 2.26 and later. Older Nix and Lix refuse
     /// such a lock ("lockfile contains mutable lock").
     pub fn reads_relative_locks(&self) -> bool {
-        let v = &self.nix_version;
-        if !v.contains("(Nix)") {
-            return false; // Lix, or a version edict cannot read: assume the old form
-        }
-        let mut nums = v
-            .rsplit(' ')
-            .next()
-            .unwrap_or_default()
-            .split('.')
-            .map(|n| n.parse::<u32>().unwrap_or(0));
-        let (major, minor) = (nums.next().unwrap_or(0), nums.next().unwrap_or(0));
-        (major, minor) >= (2, 26)
+        crate::mapping::reads_relative_locks(&self.nix_version)
     }
 
     /// `nix-store` beside `nix`: what `nix copy --from ssh://` runs on HOST.

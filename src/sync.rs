@@ -686,6 +686,8 @@ pub fn back(
     let host = &conn.transport.label;
     let mut changes = Vec::new();
     let mut seen = BTreeSet::new();
+    // The local nix's version, asked only if a flake.lock comes back.
+    let local_nix = std::cell::OnceCell::new();
     for tree in &after.trees {
         // HOST's listing names the source: only one marked for sync-back, once, is taken
         // (never a lock input's directory, a --no-sync tree or another host's).
@@ -786,6 +788,27 @@ pub fn back(
                 // Re-check: the file may have been edited here while it was on its way.
                 } else if stamp(&dest).as_ref() != sent.get(&name) {
                     conflicts.push(name);
+                } else if name.file_name() == Some(std::ffi::OsStr::new("flake.lock"))
+                    && unreadable_here(&staging.path().join(&name), &local_nix)
+                {
+                    // HOST's newer nix wrote the lock in a form the nix here cannot read: a
+                    // build's rewrite stays there; a lock asked for comes back beside yours.
+                    exec::info(format_args!(
+                        "{host}'s nix ({}) wrote {} with relative path inputs in the Nix 2.26 form, which the nix here ({}) cannot read: yours stays{}",
+                        env.nix_version,
+                        exec::printable(&dest.to_string_lossy()),
+                        local_nix.get_or_init(local_nix_version),
+                        if plan.writes_lock {
+                            format!(
+                                ", {host}'s goes beside it (use it once Nix here is 2.26 or later)"
+                            )
+                        } else {
+                            String::new()
+                        }
+                    ));
+                    if plan.writes_lock {
+                        conflicts.push(name);
+                    }
                 } else if git
                     .as_ref()
                     .is_some_and(|g| g.reverted(&name, &staging.path().join(&name), &dest))
@@ -910,6 +933,25 @@ pub fn fetch_outputs(
         });
     }
     Ok(changes)
+}
+
+/// `nix --version` here ("" when it cannot be run).
+fn local_nix_version() -> String {
+    Cmd::new("nix")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Whether the lock file at `staged` (from HOST) locks relative inputs in the Nix 2.26 form
+/// while the nix here cannot read that form.
+fn unreadable_here(staged: &Path, local_nix: &std::cell::OnceCell<String>) -> bool {
+    std::fs::read_to_string(staged)
+        .ok()
+        .and_then(|t| crate::mapping::lock_for_old_nix(&t))
+        .is_some()
+        && !crate::mapping::reads_relative_locks(local_nix.get_or_init(local_nix_version))
 }
 
 /// What [`pull`] brought: rsync's output and the names it skipped for their size.

@@ -299,3 +299,79 @@ fn an_untrusted_local_user_is_told_what_fixes_the_copy() {
         assert!(!dir.join("result").exists());
     });
 }
+
+/// The local nix is 2.8 (this machine), HOST's 2.26 or 2.34: HOST rewrites a lock with a
+/// relative `path:./sub` input into the Nix 2.26 form, which Nix 2.8 refuses. A build never
+/// brings that rewrite back (the local lock stays, and still works here); `nix flake
+/// update` there brings HOST's lock back beside the local one, as a conflict, and says why.
+#[test]
+fn a_newer_hosts_lock_never_replaces_one_the_local_nix_reads() {
+    let lab = Lab::every();
+    for remote in [Flavour::Trixie, Flavour::Sid] {
+        let host = lab::default_name(remote);
+        let tag = lab::unique_tag();
+        let dir = lab.workdir(&format!("skew-{host}"));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(
+            dir.join("sub/flake.nix"),
+            format!("{{ outputs = {{ self }}: {{ v = \"sub-{tag}\"; }}; }}\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("flake.nix"),
+            format!("{{ inputs.sub.url = \"path:./sub\"; outputs = {{ self, sub }}: {{ packages.x86_64-linux.default = derivation {{ name = \"skew-{tag}\"; system = \"x86_64-linux\"; builder = \"/bin/sh\"; args = [ \"-c\" \"echo ${{sub.v}} > $out\" ]; }}; }}; }}\n"),
+        )
+        .unwrap();
+        lab::git_init(&dir);
+        let out = lab
+            .command("nix")
+            .args(["flake", "lock"])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", describe(&out));
+        lab::git(&dir, &["add", "flake.lock"]);
+        let lock = read(&dir.join("flake.lock"));
+
+        let out = lab
+            .edict(&dir)
+            .args([host, "nix", "build", ".#default"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{host}: {}", describe(&out));
+        assert_eq!(
+            read(&dir.join("flake.lock")),
+            lock,
+            "{host}: {}",
+            describe(&out)
+        );
+        let local = lab
+            .command("nix")
+            .args(["eval", "--raw", ".#packages.x86_64-linux.default.name"])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            local.status.success(),
+            "{host}: the local nix no longer reads the lock: {}",
+            describe(&local)
+        );
+
+        let out = lab
+            .edict(&dir)
+            .args([host, "nix", "flake", "update"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{host}: {}", describe(&out));
+        assert_eq!(read(&dir.join("flake.lock")), lock);
+        let theirs = read(&dir.join(format!("flake.lock.edict-{host}")));
+        assert!(theirs.contains("\"parent\""), "{host}: {theirs}");
+        lab::assert_mentions(
+            &String::from_utf8_lossy(&out.stderr),
+            &[
+                "in the Nix 2.26 form, which the nix here",
+                "cannot read: yours stays",
+            ],
+        );
+    }
+}
