@@ -504,12 +504,37 @@ fn remote_checks(r: &mut Run, conn: &Connection, machine: Option<&Machine>) {
             .unwrap_or_default()
     };
     let features = setting("experimental-features");
+    // Lock files: Nix 2.26 locks relative `path:` inputs in a form older Nix and Lix refuse.
+    let local = crate::sync::local_nix_version();
+    let skew = match (
+        crate::mapping::reads_relative_locks(&local),
+        crate::mapping::reads_relative_locks(&version),
+    ) {
+        (false, true) => Some(format!(
+            "; it writes relative path: inputs of flake.lock in the Nix 2.26 form, which the nix here ({local}) cannot read: edict keeps your lock on builds there and brings {host}'s back beside it after `nix flake lock/update`"
+        )),
+        (true, false) => Some(format!(
+            "; the nix here ({local}) writes relative path: inputs of flake.lock in the Nix 2.26 form, which it cannot read: edict sends it a lock without them, and it locks them itself"
+        )),
+        _ => None,
+    };
+    let skew_fix = "for one lock format on both sides, use Nix 2.26 or later on both machines (or older on both)";
     if features.contains("flakes") && features.contains("nix-command") {
-        r.ok("nix-version", format!("{version}, flakes on"));
+        match &skew {
+            None => r.ok("nix-version", format!("{version}, flakes on")),
+            Some(skew) => r.warn(
+                "nix-version",
+                format!("{version}, flakes on{skew}"),
+                skew_fix,
+            ),
+        }
     } else {
         r.warn(
             "nix-version",
-            format!("{version}, flakes off (edict passes --extra-experimental-features)"),
+            format!(
+                "{version}, flakes off (edict passes --extra-experimental-features){}",
+                skew.as_deref().unwrap_or_default()
+            ),
             format!("to turn them on for everything on {host}: add `experimental-features = nix-command flakes` to /etc/nix/nix.conf there (and restart nix-daemon)"),
         );
     }

@@ -354,6 +354,11 @@ fn report(changes: &[sync::Change], host: &str) -> bool {
             sync::Change::Conflict { path, remote_copy } => {
                 conflicts = true;
                 match remote_copy {
+                    Some(copy) if std::fs::symlink_metadata(path).is_err() => eprintln!(
+                        "edict: conflict: {} was not brought back from {host}; {host}'s version is in {}",
+                        exec::printable(&path.to_string_lossy()),
+                        exec::printable(&copy.to_string_lossy())
+                    ),
                     Some(copy) => eprintln!(
                         "edict: conflict: {} changed here and on {host}; kept yours, {host}'s version is in {}",
                         exec::printable(&path.to_string_lossy()),

@@ -794,10 +794,15 @@ pub fn back(
                     // HOST's newer nix wrote the lock in a form the nix here cannot read: a
                     // build's rewrite stays there; a lock asked for comes back beside yours.
                     exec::info(format_args!(
-                        "{host}'s nix ({}) wrote {} with relative path inputs in the Nix 2.26 form, which the nix here ({}) cannot read: yours stays{}",
+                        "{host}'s nix ({}) wrote {} with relative path inputs in the Nix 2.26 form, which the nix here ({}) cannot read: {}{}",
                         env.nix_version,
                         exec::printable(&dest.to_string_lossy()),
                         local_nix.get_or_init(local_nix_version),
+                        if dest.exists() {
+                            "yours stays"
+                        } else {
+                            "it is not put in your tree"
+                        },
                         if plan.writes_lock {
                             format!(
                                 ", {host}'s goes beside it (use it once Nix here is 2.26 or later)"
@@ -936,7 +941,7 @@ pub fn fetch_outputs(
 }
 
 /// `nix --version` here ("" when it cannot be run).
-fn local_nix_version() -> String {
+pub fn local_nix_version() -> String {
     Cmd::new("nix")
         .arg("--version")
         .output()
