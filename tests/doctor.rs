@@ -114,6 +114,11 @@ fn broken_hosts_show_the_right_failure_and_fix() {
     lab.start(HostSpec::new("chatty", Flavour::Bookworm).banner("Welcome to the farm"));
     lab.start(HostSpec::new("tcsh", Flavour::Bookworm).login_shell("/usr/bin/tcsh"));
     lab.start(HostSpec::new("noflakes", Flavour::Trixie).flakes(false));
+    // The same nix-side problems on today's Nix.
+    lab.start(HostSpec::new("hidden34", Flavour::Sid).nix_on_path(false));
+    lab.start(HostSpec::new("norsync34", Flavour::Sid).without_rsync());
+    lab.start(HostSpec::new("noflakes34", Flavour::Sid).flakes(false));
+    lab.start(HostSpec::new("chatty34", Flavour::Sid).banner("Welcome to the farm"));
     lab.stop("down");
     // rekeyed: known_hosts holds another key for it.
     let port = lab.host("rekeyed").port;
@@ -132,7 +137,18 @@ fn broken_hosts_show_the_right_failure_and_fix() {
     std::fs::write(lab.known_hosts(), kh).unwrap();
 
     let hosts = [
-        "healthy", "rekeyed", "down", "hidden", "norsync", "chatty", "noflakes", "tcsh",
+        "healthy",
+        "rekeyed",
+        "down",
+        "hidden",
+        "norsync",
+        "chatty",
+        "noflakes",
+        "tcsh",
+        "hidden34",
+        "norsync34",
+        "noflakes34",
+        "chatty34",
     ];
     let out = lab
         .edict(lab.dir())
@@ -185,6 +201,26 @@ fn broken_hosts_show_the_right_failure_and_fix() {
     assert_eq!(status(&json, "hidden", "build").0, "ok");
     expect("norsync", "rsync", "fail", "install rsync on norsync");
     expect("chatty", "quiet-shell", "fail", "[[ $- == *i* ]] || return");
+    expect(
+        "hidden34",
+        "nix-path",
+        "warn",
+        "remote-program=/nix/var/nix/profiles/default/bin/nix-store",
+    );
+    assert_eq!(status(&json, "hidden34", "build").0, "ok");
+    expect("norsync34", "rsync", "fail", "install rsync on norsync34");
+    expect(
+        "chatty34",
+        "quiet-shell",
+        "fail",
+        "[[ $- == *i* ]] || return",
+    );
+    expect(
+        "noflakes34",
+        "nix-version",
+        "warn",
+        "experimental-features = nix-command flakes",
+    );
     expect("tcsh", "quiet-shell", "fail", "chsh -s /bin/sh");
     assert_eq!(status(&json, "tcsh", "login").0, "ok");
     assert!(

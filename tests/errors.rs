@@ -54,29 +54,40 @@ fn unknown_host() {
 
 #[test]
 fn host_down() {
-    let mut lab = Lab::new();
-    lab.start(HostSpec::new("down", Flavour::Bookworm));
-    lab.stop("down");
-    fails(&lab, "down", 255, &["nothing accepts ssh connections"]);
+    for flavour in Flavour::ALL {
+        let mut lab = Lab::new();
+        lab.start(HostSpec::new("down", flavour));
+        lab.stop("down");
+        fails(&lab, "down", 255, &["nothing accepts ssh connections"]);
+    }
 }
 
 #[test]
 fn refused_key() {
-    let mut lab = Lab::new();
-    lab.start(HostSpec::new("nokey", Flavour::Bookworm));
-    std::fs::write(lab.host("nokey").dir.join("ssh/authorized_keys"), "").unwrap();
-    fails(
-        &lab,
-        "nokey",
-        255,
-        &["refused the login", "authorized_keys"],
-    );
+    // On each flavour: OpenSSH 9.2, 10.0 and 10.6 word their refusals their own way.
+    for flavour in Flavour::ALL {
+        let mut lab = Lab::new();
+        lab.start(HostSpec::new("nokey", flavour));
+        std::fs::write(lab.host("nokey").dir.join("ssh/authorized_keys"), "").unwrap();
+        fails(
+            &lab,
+            "nokey",
+            255,
+            &["refused the login", "authorized_keys"],
+        );
+    }
 }
 
 #[test]
 fn host_key_changed_or_unknown() {
+    for flavour in Flavour::ALL {
+        host_key_changed_or_unknown_on(flavour);
+    }
+}
+
+fn host_key_changed_or_unknown_on(flavour: Flavour) {
     let mut lab = Lab::new();
-    lab.start(HostSpec::new("changed", Flavour::Bookworm));
+    lab.start(HostSpec::new("changed", flavour));
     let port = lab.host("changed").port;
     // Another key where the real one should be: what a reinstall (or an attacker) looks like.
     let other = lab.dir().join("other_key");
@@ -130,8 +141,14 @@ fn rsync_missing_there() {
 
 #[test]
 fn disk_full_there() {
+    for flavour in Flavour::ALL {
+        disk_full_on(flavour);
+    }
+}
+
+fn disk_full_on(flavour: Flavour) {
     let mut lab = Lab::new();
-    lab.start(HostSpec::new("full", Flavour::Bookworm).home_kib(512));
+    lab.start(HostSpec::new("full", flavour).home_kib(512));
     let dir = lab.workdir("full");
     lab::write_rich_flake(&dir, &lab::unique_tag());
     std::fs::write(dir.join("big.bin"), vec![7u8; 2 << 20]).unwrap();
@@ -169,8 +186,14 @@ fn a_login_shell_that_prints_text() {
 /// builds once the file is added (not committed).
 #[test]
 fn a_flake_git_does_not_track() {
+    for flavour in Flavour::ALL {
+        a_flake_git_does_not_track_on(flavour);
+    }
+}
+
+fn a_flake_git_does_not_track_on(flavour: Flavour) {
     let mut lab = Lab::new();
-    lab.start(HostSpec::new("untracked", Flavour::Trixie));
+    lab.start(HostSpec::new("untracked", flavour));
     let dir = lab.workdir("untracked");
     std::fs::write(dir.join("README"), "hello\n").unwrap();
     lab::git_init(&dir);

@@ -262,7 +262,7 @@ fn fan_out_over_three_hosts_with_one_failing() {
     lab::write_rich_flake(&dir, &tag);
     let out = lab
         .edict(&dir)
-        .args(["nix28,nix226,broken", "nix", "build", ".#default"])
+        .args(["nix28,nix226,nix234,broken", "nix", "build", ".#default"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
@@ -275,12 +275,13 @@ fn fan_out_over_three_hosts_with_one_failing() {
             "TIME",
             "nix28 ",
             "nix226 ",
+            "nix234 ",
             "broken",
             "broken: finding nix",
         ],
     );
     // Results don't collide.
-    for host in ["nix28", "nix226"] {
+    for host in ["nix28", "nix226", "nix234"] {
         let link = std::fs::read_link(dir.join(format!("result-{host}"))).unwrap();
         assert!(
             link.display()
@@ -292,13 +293,15 @@ fn fan_out_over_three_hosts_with_one_failing() {
     // Output lines carry their host.
     let out = lab
         .edict(&dir)
-        .args(["nix28,nix226", "nix", "run", ".#args", "--", "x y"])
+        .args(["nix28,nix226,nix234", "nix", "run", ".#args", "--", "x y"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", describe(&out));
     let text = stdout(&out);
     assert!(
-        text.contains("nix28  | <x y>") && text.contains("nix226 | <x y>"),
+        text.contains("nix28  | <x y>")
+            && text.contains("nix226 | <x y>")
+            && text.contains("nix234 | <x y>"),
         "{text}"
     );
 }
@@ -332,7 +335,13 @@ fn several_hosts_bring_back_changes_only_from_the_one_named() {
     );
     let out = lab
         .edict(&dir)
-        .args(["--sync=nix226", "nix28,nix226", "nix", "run", ".#bump"])
+        .args([
+            "--sync=nix234",
+            "nix28,nix226,nix234",
+            "nix",
+            "run",
+            ".#bump",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", describe(&out));
@@ -341,15 +350,16 @@ fn several_hosts_bring_back_changes_only_from_the_one_named() {
         "2\n"
     );
     // `all`: every eligible pool machine.
-    let builders =
-        "ssh://nix28 x86_64-linux ; ssh://nix226 x86_64-linux ; ssh://nowhere aarch64-linux";
+    let builders = "ssh://nix28 x86_64-linux ; ssh://nix226 x86_64-linux ; ssh://nix234 x86_64-linux ; ssh://nowhere aarch64-linux";
     let out = lab
         .edict(&dir)
         .args(["--builders", builders, "all", "nix", "build", ".#dep"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", describe(&out));
-    assert!(dir.join("result-nix28").exists() && dir.join("result-nix226").exists());
+    for host in ["nix28", "nix226", "nix234"] {
+        assert!(dir.join(format!("result-{host}")).exists(), "{host}");
+    }
 }
 
 #[test]
