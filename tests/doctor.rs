@@ -258,25 +258,34 @@ fn broken_hosts_show_the_right_failure_and_fix() {
 #[test]
 fn an_untrusted_local_user_is_told_the_exact_fix() {
     let mut lab = Lab::new();
-    lab.start(HostSpec::new("trusty", Flavour::Trixie));
+    let hosts: Vec<String> = Flavour::ALL
+        .iter()
+        .map(|f| format!("trusty{}", f.nix_version().replace('.', "")))
+        .collect();
+    for (host, flavour) in hosts.iter().zip(Flavour::ALL) {
+        lab.start(HostSpec::new(host, flavour));
+    }
     let user = lab.local_user("edict-untrusted");
     let dir = user.workdir("doctor");
     let _daemon = LocalDaemon::start("root");
     let out = user
         .edict(&dir)
-        .args(["doctor", "--json", "trusty"])
+        .args(["doctor", "--json"])
+        .args(&hosts)
         .output()
         .unwrap();
     let (code, json) = doctor(out);
     assert_eq!(code, 1);
-    let (st, c) = status(&json, "trusty", "trust");
-    assert_eq!(st, "fail", "{c:#}");
-    assert!(
-        c["fix"]
-            .as_str()
-            .unwrap()
-            .contains("trusted-users = root edict-untrusted"),
-        "{c:#}"
-    );
-    assert_eq!(status(&json, "trusty", "build").0, "ok");
+    for host in &hosts {
+        let (st, c) = status(&json, host, "trust");
+        assert_eq!(st, "fail", "{host}: {c:#}");
+        assert!(
+            c["fix"]
+                .as_str()
+                .unwrap()
+                .contains("trusted-users = root edict-untrusted"),
+            "{host}: {c:#}"
+        );
+        assert_eq!(status(&json, host, "build").0, "ok", "{host}");
+    }
 }

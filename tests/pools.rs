@@ -364,10 +364,20 @@ fn several_hosts_bring_back_changes_only_from_the_one_named() {
 
 #[test]
 fn a_remote_that_heads_a_build_farm() {
+    // An old head with a newer builder, and today's head with an old builder.
+    for (head, builder) in [
+        (Flavour::Bookworm, Flavour::Trixie),
+        (Flavour::Sid, Flavour::Bookworm),
+    ] {
+        a_farm(head, builder);
+    }
+}
+
+fn a_farm(head: Flavour, builder: Flavour) {
     let mut lab = Lab::new();
-    lab.start(HostSpec::new("farmb", Flavour::Trixie));
+    lab.start(HostSpec::new("farmb", builder));
     let conf = lab.farm_head_conf("farmb");
-    lab.start(HostSpec::new("farma", Flavour::Bookworm).nix_conf(&conf));
+    lab.start(HostSpec::new("farma", head).nix_conf(&conf));
     lab.wire_farm("farma", "farmb");
     let dir = lab.workdir("farm");
     let tag = lab::unique_tag();

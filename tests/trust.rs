@@ -9,8 +9,14 @@ use lab::{Flavour, HostSpec, Lab, LocalDaemon, describe};
 
 #[test]
 fn untrusted_user_gets_the_fix_and_the_fix_works() {
+    for flavour in Flavour::ALL {
+        untrusted_user_on(flavour);
+    }
+}
+
+fn untrusted_user_on(flavour: Flavour) {
     let mut lab = Lab::new();
-    lab.start(HostSpec::new("builder", Flavour::Trixie));
+    lab.start(HostSpec::new("builder", flavour));
     let user = lab.local_user("edict-untrusted");
     let tag = lab::unique_tag();
     let dir = user.workdir("trust");
