@@ -38,6 +38,23 @@ fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
+/// A git flake in `dir` with a relative `path:./sub` input: its default package holds
+/// `sub-TAG`, read from the input (and `.#v` is that string).
+fn relative_flake(dir: &Path, tag: &str) {
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(
+        dir.join("sub/flake.nix"),
+        format!("{{ outputs = {{ self }}: {{ v = \"sub-{tag}\"; }}; }}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("flake.nix"),
+        format!("{{ inputs.sub.url = \"path:./sub\"; outputs = {{ self, sub }}: {{ v = sub.v; packages.x86_64-linux.default = derivation {{ name = \"rel-{tag}\"; system = \"x86_64-linux\"; builder = \"/bin/sh\"; args = [ \"-c\" \"echo ${{sub.v}} > $out\" ]; }}; }}; }}\n"),
+    )
+    .unwrap();
+    lab::git_init(dir);
+}
+
 #[test]
 fn build_results_are_gc_roots_in_the_local_store() {
     matrix(|lab, client, host| {
@@ -165,18 +182,7 @@ fn an_absolute_local_input_is_sent() {
 fn a_lock_made_there_is_one_the_local_nix_reads() {
     matrix(|lab, client, host| {
         let dir = workdir(lab, client, "rel", host);
-        std::fs::create_dir_all(dir.join("sub")).unwrap();
-        std::fs::write(
-            dir.join("sub/flake.nix"),
-            "{ outputs = { self }: { v = \"sub\"; }; }\n",
-        )
-        .unwrap();
-        std::fs::write(
-            dir.join("flake.nix"),
-            "{ inputs.sub.url = \"path:./sub\"; outputs = { self, sub }: { v = sub.v; }; }\n",
-        )
-        .unwrap();
-        lab::git_init(&dir);
+        relative_flake(&dir, &lab::unique_tag());
         let out = client
             .edict(lab, &dir)
             .args([host, "nix", "flake", "lock"])
@@ -199,18 +205,7 @@ fn a_lock_made_here_is_one_every_remote_reads() {
     matrix(|lab, client, host| {
         let tag = lab::unique_tag();
         let dir = workdir(lab, client, "relhere", host);
-        std::fs::create_dir_all(dir.join("sub")).unwrap();
-        std::fs::write(
-            dir.join("sub/flake.nix"),
-            format!("{{ outputs = {{ self }}: {{ v = \"sub-{tag}\"; }}; }}\n"),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.join("flake.nix"),
-            format!("{{ inputs.sub.url = \"path:./sub\"; outputs = {{ self, sub }}: {{ packages.x86_64-linux.default = derivation {{ name = \"rel-{tag}\"; system = \"x86_64-linux\"; builder = \"/bin/sh\"; args = [ \"-c\" \"echo ${{sub.v}} > $out\" ]; }}; }}; }}\n"),
-        )
-        .unwrap();
-        lab::git_init(&dir);
+        relative_flake(&dir, &tag);
         let out = client
             .command(lab, &dir, "nix")
             .args(["flake", "lock"])
@@ -311,18 +306,7 @@ fn a_newer_hosts_lock_never_replaces_one_the_local_nix_reads() {
         let host = lab::default_name(remote);
         let tag = lab::unique_tag();
         let dir = lab.workdir(&format!("skew-{host}"));
-        std::fs::create_dir_all(dir.join("sub")).unwrap();
-        std::fs::write(
-            dir.join("sub/flake.nix"),
-            format!("{{ outputs = {{ self }}: {{ v = \"sub-{tag}\"; }}; }}\n"),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.join("flake.nix"),
-            format!("{{ inputs.sub.url = \"path:./sub\"; outputs = {{ self, sub }}: {{ packages.x86_64-linux.default = derivation {{ name = \"skew-{tag}\"; system = \"x86_64-linux\"; builder = \"/bin/sh\"; args = [ \"-c\" \"echo ${{sub.v}} > $out\" ]; }}; }}; }}\n"),
-        )
-        .unwrap();
-        lab::git_init(&dir);
+        relative_flake(&dir, &tag);
         let out = lab
             .command("nix")
             .args(["flake", "lock"])

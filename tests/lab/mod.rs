@@ -1493,21 +1493,9 @@ impl Client {
     /// `program args…` as root inside the client root, in `cwd` (a path under the lab's
     /// directory), with the lab's client environment.
     pub fn command(&self, lab: &Lab, cwd: &Path, program: &str) -> Command {
-        const ENTER: &str = r#"set -e
-root=$1 upper=$2 work=$3 m=$4 store=$5 lab=$6 bin=$7 cwd=$8; shift 8
-mount -t overlay overlay -o "lowerdir=$root,upperdir=$upper,workdir=$work" "$m"
-mkdir -p "$m/nix" "$m$lab" "$m$bin" "$m/proc" "$m/dev" "$m/run/sshd"
-mount --bind "$store" "$m/nix"
-mount --bind "$lab" "$m$lab"
-mount --bind "$bin" "$m$bin"
-mount -t proc proc "$m/proc"
-mount --rbind /dev "$m/dev"
-cd "$m"
-mkdir -p .oldroot
-pivot_root . .oldroot
-exec chroot . /bin/sh -c 'umount -l /.oldroot; rmdir /.oldroot; cd "$0" && exec "$@"' "$cwd" "$@"
+        const THEN: &str = r#"exec chroot . /bin/sh -c 'umount -l /.oldroot; rmdir /.oldroot; cd "$0" && exec "$@"' "$cwd" "$@"
 "#;
-        self.command_with(lab, cwd, program, ENTER)
+        self.command_with(lab, cwd, program, THEN)
     }
 
     /// Like [`Client::command`], but run by `user`, an unprivileged user of the client root
@@ -1515,19 +1503,7 @@ exec chroot . /bin/sh -c 'umount -l /.oldroot; rmdir /.oldroot; cd "$0" && exec 
     /// and trusts only root: a local multi-user install. The user gets their own copy of the
     /// lab's client ssh files.
     pub fn command_as(&self, lab: &Lab, user: &str, cwd: &Path, program: &str) -> Command {
-        const ENTER_AS: &str = r#"set -e
-root=$1 upper=$2 work=$3 m=$4 store=$5 lab=$6 bin=$7 cwd=$8; shift 8
-mount -t overlay overlay -o "lowerdir=$root,upperdir=$upper,workdir=$work" "$m"
-mkdir -p "$m/nix" "$m$lab" "$m$bin" "$m/proc" "$m/dev" "$m/run/sshd"
-mount --bind "$store" "$m/nix"
-mount --bind "$lab" "$m$lab"
-mount --bind "$bin" "$m$bin"
-mount -t proc proc "$m/proc"
-mount --rbind /dev "$m/dev"
-cd "$m"
-mkdir -p .oldroot
-pivot_root . .oldroot
-exec chroot . /bin/sh -c '
+        const THEN_AS: &str = r#"exec chroot . /bin/sh -c '
 umount -l /.oldroot; rmdir /.oldroot
 set -e
 u=$AS_USER lab=$1 cwd=$2; shift 2
@@ -1544,12 +1520,28 @@ cd "$cwd"
 exec runuser -u "$u" -- env HOME="/home/$u" USER="$u" NIX_SSHOPTS="-F $d/ssh_config" "$@"
 ' sh "$lab" "$cwd" "$@"
 "#;
-        let mut cmd = self.command_with(lab, cwd, program, ENTER_AS);
+        let mut cmd = self.command_with(lab, cwd, program, THEN_AS);
         cmd.env("AS_USER", user);
         cmd
     }
 
-    fn command_with(&self, lab: &Lab, cwd: &Path, program: &str, enter: &str) -> Command {
+    /// Enters the client root (overlay, private /nix, the lab and edict's directory bound
+    /// in, pivot_root), then runs `then`, a script that chroots and runs the command.
+    fn command_with(&self, lab: &Lab, cwd: &Path, program: &str, then: &str) -> Command {
+        const ENTER: &str = r#"set -e
+root=$1 upper=$2 work=$3 m=$4 store=$5 lab=$6 bin=$7 cwd=$8; shift 8
+mount -t overlay overlay -o "lowerdir=$root,upperdir=$upper,workdir=$work" "$m"
+mkdir -p "$m/nix" "$m$lab" "$m$bin" "$m/proc" "$m/dev" "$m/run/sshd"
+mount --bind "$store" "$m/nix"
+mount --bind "$lab" "$m$lab"
+mount --bind "$bin" "$m$bin"
+mount -t proc proc "$m/proc"
+mount --rbind /dev "$m/dev"
+cd "$m"
+mkdir -p .oldroot
+pivot_root . .oldroot
+"#;
+        let enter = format!("{ENTER}{then}");
         let bin = assert_cmd::cargo::cargo_bin("edict");
         let bin_dir = bin.parent().expect("edict's directory").to_path_buf();
         let mut cmd = Command::new("unshare");
@@ -1559,7 +1551,7 @@ exec runuser -u "$u" -- env HOME="/home/$u" USER="$u" NIX_SSHOPTS="-F $d/ssh_con
             "private",
             "sh",
             "-c",
-            enter,
+            &enter,
             "sh",
         ])
         .arg(&self.root)
