@@ -389,12 +389,14 @@ fn run_script(env: &RemoteEnv, plan: &Plan) -> String {
     // One line, so that `-v` prints it as one pasteable line (the pid and marker files are
     // gone after the run; a pasted copy still works without them: `true`, not the special
     // builtin `:`, whose failed redirection would end the shell).
+    // The working directory may be one git does not track (an empty `build/`): it is not in
+    // the mirror, so it is made there, and nix searches upward for the flake as it does here.
     // nix runs as a child, not exec'd, so that the pid file goes the moment it ends: the
     // lock session, when it ends early (edict killed, the connection dropped), stops a
     // command whose pid file is still there. The trap keeps this shell alive through a
     // Ctrl-C (nix still gets it) to pass nix's exit code on.
     format!(
-        "{index}{snapshot}cd {cwd} || exit 127; {{ echo $$ > {pid}; true > {start}; }} 2>/dev/null; trap true INT TERM HUP; {cmd}; rc=$?; rm -f {pid}; exit $rc",
+        "{index}{snapshot}mkdir -p {cwd} 2>/dev/null; cd {cwd} || exit 127; {{ echo $$ > {pid}; true > {start}; }} 2>/dev/null; trap true INT TERM HUP; {cmd}; rc=$?; rm -f {pid}; exit $rc",
         index = (0..plan.sources.len())
             .filter(|&i| plan.sources[i].kind == crate::mapping::SourceKind::Git)
             .map(|i| crate::sync::adopt_index_script(&plan.mirror(i, &env.dirs)))

@@ -1502,3 +1502,23 @@ fn multi_user_hosts_reached_as_an_ordinary_user() {
         );
     }
 }
+
+/// From a subdirectory that git does not track (an empty `build/`, an ignored `target/`),
+/// nix here searches upward for the flake; so does edict's command there, in that same
+/// directory of the mirror.
+#[test]
+fn from_an_untracked_subdirectory_the_flake_above_is_used() {
+    each_host(|lab, host, _| {
+        let dir = lab.workdir(&format!("untracked-sub-{host}"));
+        lab::write_rich_flake(&dir, &lab::unique_tag());
+        lab::git_init(&dir);
+        let build = dir.join("build");
+        std::fs::create_dir_all(&build).unwrap();
+        let out = ok(lab.edict(&build).args([host, "nix", "build"]));
+        assert!(build.join("result/greeting").exists(), "{}", describe(&out));
+        let out = ok(lab
+            .edict(&build)
+            .args([host, "nix", "run", ".#args", "--", "x"]));
+        assert_eq!(stdout(&out), "<x>\n");
+    });
+}
