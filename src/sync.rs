@@ -781,6 +781,7 @@ pub fn back(
                 }
                 .into());
             }
+            let mut new_locks = Vec::new();
             for name in take {
                 let dest = src.root.join(&name);
                 if let Err(why) = pulled.check(&name, host, max_size) {
@@ -827,9 +828,36 @@ pub fn back(
                     conflicts.push(name);
                 } else {
                     changes.push(match here.replace(&staged, &name, &name) {
-                        Ok(()) => Change::Taken(dest),
+                        Ok(()) => {
+                            if src.kind == SourceKind::Git
+                                && sent.get(&name).is_none()
+                                && name.file_name() == Some(std::ffi::OsStr::new("flake.lock"))
+                            {
+                                new_locks.push(name.to_string_lossy().into_owned());
+                            }
+                            Change::Taken(dest)
+                        }
                         Err(why) => refuse(&name, why.to_string()),
                     });
+                }
+            }
+            // A new lock file is marked intent-to-add, as nix does when it writes one here:
+            // the next run sends it, and `git status` shows it as nix would leave it.
+            if !new_locks.is_empty() {
+                let add = Cmd::new("git")
+                    .args([
+                        "-C",
+                        &src.root.display().to_string(),
+                        "add",
+                        "--intent-to-add",
+                        "--",
+                    ])
+                    .args(new_locks.iter().cloned());
+                if !add.output().is_ok_and(|o| o.status.success()) {
+                    exec::info(format_args!(
+                        "could not mark the new lock file(s) for git here; fix: {}",
+                        add.line()
+                    ));
                 }
             }
             for name in conflicts {

@@ -189,6 +189,12 @@ fn a_lock_made_there_is_one_the_local_nix_reads() {
             .output()
             .unwrap();
         assert!(out.status.success(), "{host}: {}", describe(&out));
+        // Marked intent-to-add, as nix marks a lock it writes in a git tree.
+        assert_eq!(
+            lab::git(&dir, &["status", "--porcelain", "flake.lock"]),
+            " A flake.lock\n",
+            "{host}"
+        );
         let out = client
             .command(lab, &dir, "nix")
             .args(["eval", "--raw", ".#v"])
@@ -196,6 +202,27 @@ fn a_lock_made_there_is_one_the_local_nix_reads() {
             .unwrap();
         assert!(out.status.success(), "{host}: {}", describe(&out));
     });
+}
+
+/// The same with this machine's Nix 2.8 and a 2.8 remote: the new lock is intent-to-add
+/// here, as nix here leaves it, so the next run sends it.
+#[test]
+fn a_new_lock_from_there_is_intent_to_add_here() {
+    let lab = Lab::every();
+    let dir = lab.workdir("ita");
+    relative_flake(&dir, &lab::unique_tag());
+    let out = lab
+        .edict(&dir)
+        .args(["nix28", "nix", "flake", "lock"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        lab::git(&dir, &["status", "--porcelain", "flake.lock"]),
+        " A flake.lock\n"
+    );
+    let files = lab::git(&dir, &["ls-files"]);
+    assert!(files.lines().any(|f| f == "flake.lock"), "{files}");
 }
 
 /// A relative `path:./sub` input locked by the local nix (2.26 and later lock it without a
