@@ -107,6 +107,8 @@ pub fn run(
     });
 
     let mut code = 0;
+    // At least as wide as its title: two-letter host names would misalign it.
+    let width = width.max("HOST".len());
     let mut table = format!("{:<width$}  EXIT   TIME\n", "HOST");
     for o in &outcomes {
         let (this, exit) = match &o.result {

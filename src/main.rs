@@ -262,7 +262,7 @@ fn doctor(cli: &cli::Cli) -> Result<u8> {
             .iter()
             .map(|h| {
                 Ok((
-                    select::transport(h, &pool, &ssh_opts)?,
+                    select::any_transport(h, &pool, &ssh_opts)?,
                     pool.iter().find(|m| &m.name == h).cloned(),
                 ))
             })
@@ -299,7 +299,7 @@ fn gc(cli: &cli::Cli) -> Result<u8> {
         anyhow::bail!("gc: no hosts given and the builder pool is empty\n  fix: `edict gc HOST…`");
     }
     for host in &hosts {
-        let conn = ssh::Connection::open(select::transport(host, &pool, &ssh_opts)?)?;
+        let conn = ssh::Connection::open(select::any_transport(host, &pool, &ssh_opts)?)?;
         let script = format!(
             "{}{}",
             remote::CACHE_DIR,

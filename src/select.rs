@@ -272,7 +272,19 @@ pub fn many(spec: &str, pool: &[Machine], needs: &Needs, ssh_opts: &str) -> Resu
 }
 
 /// One HOST: a pool machine of that name (its key and host key apply), else a destination.
+/// A machine the pool disables is not run on, even when named.
 pub fn transport(host: &str, pool: &[Machine], ssh_opts: &str) -> Result<Transport> {
+    if pool.iter().any(|m| m.name == host && !m.enabled) {
+        bail!(
+            "{host}: choosing hosts: {host} is disabled in the builder pool (`enable = false`)\n  fix: enable it in the machines file, or name another host"
+        );
+    }
+    any_transport(host, pool, ssh_opts)
+}
+
+/// Like [`transport`], a disabled pool machine included: for `edict doctor` and `edict gc`,
+/// which look at a machine without running a job there.
+pub fn any_transport(host: &str, pool: &[Machine], ssh_opts: &str) -> Result<Transport> {
     match pool.iter().find(|m| m.name == host) {
         Some(m) => Transport::for_machine(m, ssh_opts),
         None => Ok(Transport::new(

@@ -98,6 +98,32 @@ fn auto_picks_the_fastest_and_falls_back_when_it_is_down() {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["chosen"], "arm", "{json:#}");
 
+    // A disabled machine is not run on even when named; the doctor still checks it.
+    let out = lab
+        .edict(&dir)
+        .args(["--builders", &builders, "off", "nix", "build", ".#dep"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    lab::assert_mentions(
+        &stderr(&out),
+        &[
+            "off: choosing hosts",
+            "disabled in the builder pool",
+            "fix:",
+        ],
+    );
+    let out = lab
+        .edict(&dir)
+        .args(["--builders", &builders, "doctor", "--json", "off"])
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&out).contains("\"host\": \"off\""),
+        "{}",
+        describe(&out)
+    );
+
     // The fast one goes down: auto falls back to the next.
     lab.stop("nix226");
     let out = lab
@@ -403,4 +429,33 @@ fn a_farm(head: Flavour, builder: Flavour) {
         lab.host("farma").local_path(&target).exists(),
         "the head has it"
     );
+}
+
+/// The summary table stays aligned with host names shorter than its title.
+#[test]
+fn the_summary_table_aligns_short_host_names() {
+    let mut lab = Lab::new();
+    lab.start(HostSpec::new("ha", Flavour::Bookworm));
+    lab.start(HostSpec::new("hb", Flavour::Sid));
+    let dir = lab.workdir("short");
+    lab::write_rich_flake(&dir, &lab::unique_tag());
+    let out = lab
+        .edict(&dir)
+        .args(["ha,hb", "nix", "build", ".#dep"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let err = stderr(&out);
+    let header = err
+        .lines()
+        .find(|l| l.contains("HOST") && l.contains("EXIT"))
+        .unwrap();
+    let column = header.find("EXIT").unwrap();
+    for host in ["ha", "hb"] {
+        let row = err
+            .lines()
+            .find(|l| l.contains(&format!("{host}  ")) && l.trim_end().ends_with('s'))
+            .unwrap_or_else(|| panic!("no row for {host}: {err}"));
+        assert_eq!(row.find('0'), Some(column), "{header}\n{row}");
+    }
 }
