@@ -91,7 +91,7 @@ pub fn describe(plan: &Plan, host: &str, no_link: bool) -> String {
             );
         }
     }
-    for n in &plan.notes {
+    for n in plan.notes_for(host) {
         let _ = writeln!(s, "note:      {n}");
     }
     s

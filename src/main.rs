@@ -78,7 +78,7 @@ fn run(cli: &cli::Cli) -> Result<u8> {
         print!("{}", dryrun::describe(&plan, &cli.host, cli.no_link));
         return Ok(0);
     }
-    for note in &plan.notes {
+    for note in plan.notes_for(&cli.host) {
         exec::info(note);
     }
     if !cli.no_link && !plan.links.is_empty() {

@@ -275,7 +275,7 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
             }
             if updating {
                 p.notes.push(format!(
-                    "input `{input}` of {} is the local path {}, which HOST cannot see; `nix flake update/lock` there will fail for it",
+                    "input `{input}` of {} is the local path {}, which {{host}} cannot see; `nix flake update/lock` there will fail for it",
                     lock.display(),
                     path.display()
                 ));
@@ -326,6 +326,15 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
             p.sources[src].sync_back = true;
         }
     }
+    // What acts on HOST rather than here, said before it runs.
+    if sub_refs.first() == Some(&"profile") {
+        p.notes
+            .push("`nix profile` changes {host}'s profile, not this machine's".into());
+    }
+    if args.has_flag(&["--keep-failed", "-K"]) {
+        p.notes
+            .push("failed builds are kept on {host} (nix names the directory there)".into());
+    }
     match sync {
         SyncMode::Force => p
             .sources
@@ -334,6 +343,11 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
             .for_each(|s| s.sync_back = true),
         SyncMode::Off => p.sources.iter_mut().for_each(|s| s.sync_back = false),
         SyncMode::Auto => {}
+    }
+    if updating && sync == SyncMode::Auto && !p.sources.iter().any(|s| s.sync_back) {
+        p.notes.push(
+            "the lock file this writes stays on {host}: you are not inside the flake, so nothing comes back; add --sync to bring it back".into(),
+        );
     }
     Ok(p)
 }
@@ -764,6 +778,14 @@ fn push_inputs(stack: &mut Vec<(String, String)>, prefix: &str, node: &serde_jso
 }
 
 impl Plan {
+    /// The notes for the user, naming the host(s) the command runs on.
+    pub fn notes_for(&self, host: &str) -> Vec<String> {
+        self.notes
+            .iter()
+            .map(|n| n.replace("{host}", host))
+            .collect()
+    }
+
     /// The mirror directory of source `src` on HOST.
     pub fn mirror(&self, src: usize, dirs: &RemoteDirs) -> String {
         format!("{}/{}", dirs.mirrors, self.sources[src].name)
@@ -1266,6 +1288,34 @@ mod tests {
         assert!(
             w.contains(&"/h/.cache/edict/runs/r1/outputs/0".to_string()),
             "{w:?}"
+        );
+    }
+
+    #[test]
+    fn what_acts_on_host_is_said_with_its_name() {
+        let f = Fixture::new();
+        let notes =
+            |cwd: &str, line: &[&str]| f.plan(cwd, line, SyncMode::Auto).unwrap().notes_for("box");
+        let has = |notes: &[String], text: &str| notes.iter().any(|n| n.contains(text));
+        assert!(has(
+            &notes("repo", &["profile", "install", ".#x"]),
+            "changes box's profile"
+        ));
+        assert!(has(
+            &notes("repo", &["build", "--keep-failed", ".#x"]),
+            "failed builds are kept on box"
+        ));
+        // A lock written for a flake the cwd is not in stays there, and that is said.
+        let away = notes("repo", &["flake", "update", "../elsewhere"]);
+        assert!(
+            has(&away, "stays on box") && has(&away, "--sync"),
+            "{away:?}"
+        );
+        assert!(notes("repo", &["flake", "update"]).is_empty());
+        assert!(
+            notes("repo", &["build", ".#x"])
+                .iter()
+                .all(|n| !n.contains("{host}"))
         );
     }
 

@@ -534,10 +534,17 @@ fn flake_lock_update_and_check_bring_back_the_lock_file() {
         std::fs::remove_file(dir.join("flake.lock")).unwrap();
         let elsewhere = lab.workdir(&format!("lock-elsewhere-{host}"));
         let flake = dir.display().to_string();
-        ok(lab
+        let out = ok(lab
             .edict(&elsewhere)
             .args([host, "nix", "flake", "lock", &flake]));
         assert!(!dir.join("flake.lock").exists());
+        lab::assert_mentions(
+            &stderr(&out),
+            &[
+                &format!("the lock file this writes stays on {host}"),
+                "add --sync",
+            ],
+        );
         ok(lab
             .edict(&elsewhere)
             .args(["--sync", host, "nix", "flake", "lock", &flake]));
