@@ -82,7 +82,7 @@ fn run(cli: &cli::Cli) -> Result<u8> {
         exec::info(note);
     }
     if !cli.no_link && !plan.links.is_empty() {
-        results::check_local_nix()?;
+        results::check_local(&cli.host, &plan)?;
     }
 
     // Which host(s): as written, or chosen from the builder pool.

@@ -207,9 +207,49 @@ fn percent_encode(value: &str) -> String {
         .collect()
 }
 
-/// The local nix must exist before anything is sent, or results could not come back.
-pub fn check_local_nix() -> Result<()> {
-    which::which("nix").map(|_| ()).context("nix is not installed on this machine (or not on PATH), so results built remotely can't be copied here\n  fix: install Nix here, or pass --no-link to run without retrieving results")
+/// What must hold here for results to come back, checked before anything is sent (a
+/// remote build is minutes lost when the copy then fails): nix is installed, this machine's
+/// store answers (a daemon that is down, a socket the user may not use), and no result
+/// link's place is taken by a real file or directory.
+pub fn check_local(host: &str, plan: &Plan) -> Result<()> {
+    which::which("nix").map(|_| ()).context("nix is not installed on this machine (or not on PATH), so results built remotely can't be copied here\n  fix: install Nix here, or pass --no-link to run without retrieving results")?;
+    // Asking the store for a path it cannot have opens it, through the daemon if there is
+    // one, in a few milliseconds: "not valid" is the healthy answer.
+    if let Ok(out) = Cmd::new("nix-store")
+        .args([
+            "--query",
+            "--hash",
+            "/nix/store/00000000000000000000000000000000-edict-probe",
+        ])
+        .output()
+    {
+        let said = String::from_utf8_lossy(&out.stderr);
+        if said.contains("cannot connect to socket") || said.contains("Permission denied") {
+            let user = std::env::var("USER").unwrap_or_else(|_| "YOUR-USER".into());
+            let fix = if said.contains("Permission denied") {
+                format!(
+                    "add your user to the group that owns /nix/var/nix/daemon-socket (on Debian: `sudo usermod -aG nix-users {user}`), then log in again"
+                )
+            } else {
+                "start this machine's nix-daemon (`sudo systemctl start nix-daemon`), or run as the store's owner".to_string()
+            };
+            bail!(
+                "{host}: checking this machine's nix store before sending anything: nix here cannot reach it, so results built on {host} could not come back.\n  nix said: {}\n  fix: {fix} (or pass --no-link)",
+                exec::stderr_tail(&out)
+            );
+        }
+    }
+    for l in &plan.links {
+        if let Ok(m) = std::fs::symlink_metadata(&l.local_base) {
+            if !m.file_type().is_symlink() {
+                bail!(
+                    "{host}: creating result links: {} exists and is not a symlink, so edict will not replace it (checked before sending anything)\n  fix: move it away, or pass -o/--out-link to choose another name",
+                    l.local_base.display()
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -275,3 +275,29 @@ fn a_repository_owned_by_someone_else() {
     );
     nothing_sent(&lab, "owner");
 }
+
+/// A real file or directory where the result link goes is the user's: edict says so before
+/// sending anything (not after a remote build and copy).
+#[test]
+fn a_result_that_is_not_a_link_is_found_before_sending() {
+    let mut lab = Lab::new();
+    lab.start(HostSpec::new("taken", Flavour::Bookworm));
+    let dir = lab.workdir("taken");
+    lab::write_rich_flake(&dir, &lab::unique_tag());
+    std::fs::create_dir_all(dir.join("result")).unwrap();
+    std::fs::write(dir.join("result/mine.txt"), "mine\n").unwrap();
+    fails_with(
+        lab.edict(&dir).args(["taken", "nix", "build", ".#default"]),
+        1,
+        &[
+            "exists and is not a symlink",
+            "checked before sending anything",
+            "fix: move it away",
+        ],
+    );
+    assert!(lab.mirrors("taken").is_empty(), "nothing was sent");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("result/mine.txt")).unwrap(),
+        "mine\n"
+    );
+}

@@ -59,3 +59,31 @@ fn untrusted_user_on(flavour: Flavour) {
     );
     assert!(lab::locally_valid(&target.display().to_string()));
 }
+
+/// A local store edict cannot reach (the nix-daemon here is down, as for an ordinary user
+/// whose daemon stopped) is found before anything is sent: no remote build is wasted, and
+/// the fix is to start the daemon, not to "run it by hand".
+#[test]
+fn a_local_daemon_that_is_down_is_found_before_sending() {
+    let mut lab = Lab::new();
+    lab.start(HostSpec::new("builder", Flavour::Bookworm));
+    let user = lab.local_user("edict-untrusted");
+    let dir = user.workdir("nodaemon");
+    lab::write_rich_flake(&dir, &lab::unique_tag());
+    // No daemon: the user's nix has no store it may use.
+    let _none = lab::NoDaemon::hold();
+    let out = user
+        .edict(&dir)
+        .args(["builder", "nix", "build", ".#default"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    lab::assert_mentions(
+        &String::from_utf8_lossy(&out.stderr),
+        &[
+            "builder: checking this machine's nix store before sending anything",
+            "start this machine's nix-daemon",
+        ],
+    );
+    assert!(lab.mirrors("builder").is_empty(), "nothing was sent");
+}

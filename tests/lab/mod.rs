@@ -1273,18 +1273,37 @@ pub struct LocalDaemon {
     _lock: std::fs::File,
 }
 
+/// The right to this machine's daemon socket: one daemon (or none) at a time.
+fn daemon_lock() -> std::fs::File {
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/tmp/edict-lab-daemon.lock")
+        .expect("opening the daemon lock");
+    // SAFETY: flock on an fd we own.
+    let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
+    assert_eq!(rc, 0, "locking the daemon lock");
+    lock
+}
+
+/// While held, no lab daemon runs on this machine's store: a test of a daemon that is down.
+pub struct NoDaemon {
+    _lock: std::fs::File,
+}
+
+impl NoDaemon {
+    pub fn hold() -> Self {
+        NoDaemon {
+            _lock: daemon_lock(),
+        }
+    }
+}
+
 impl LocalDaemon {
     pub fn start(trusted_users: &str) -> Self {
         // One daemon at a time on this machine's socket.
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open("/tmp/edict-lab-daemon.lock")
-            .expect("opening the daemon lock");
-        // SAFETY: flock on an fd we own.
-        let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
-        assert_eq!(rc, 0, "locking the daemon lock");
+        let lock = daemon_lock();
         let config = format!("{CLIENT_NIX_CONFIG}trusted-users = {trusted_users}\n");
         let mut cmd = Command::new("nix-daemon");
         cmd.env("NIX_CONFIG", config)
