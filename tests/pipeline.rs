@@ -405,12 +405,19 @@ fn nixpkgs_switches_reach_an_impure_evaluation() {
     });
 }
 
-/// Without git on HOST, the index sent is used as is (Nix 2.26 reads the repository with
-/// libgit2): self.rev and dirtiness still match this machine's.
+/// Without git on HOST, the index sent is used as is (Nix 2.26 and later read the
+/// repository with libgit2; Nix 2.8 needs git): self.rev and dirtiness still match this
+/// machine's.
 #[test]
 fn a_host_without_git_sees_the_same_tree() {
+    for flavour in [Flavour::Trixie, Flavour::Sid] {
+        a_host_without_git_on(flavour);
+    }
+}
+
+fn a_host_without_git_on(flavour: Flavour) {
     let mut lab = Lab::new();
-    lab.start(HostSpec::new("nogit", Flavour::Trixie).without_git());
+    lab.start(HostSpec::new("nogit", flavour).without_git());
     assert!(!lab.ssh("nogit", "command -v git").status.success());
     let dir = lab.workdir("nogit");
     lab::write_rich_flake(&dir, &lab::unique_tag());
