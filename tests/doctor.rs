@@ -119,6 +119,7 @@ fn broken_hosts_show_the_right_failure_and_fix() {
     lab.start(HostSpec::new("norsync34", Flavour::Sid).without_rsync());
     lab.start(HostSpec::new("noflakes34", Flavour::Sid).flakes(false));
     lab.start(HostSpec::new("chatty34", Flavour::Sid).banner("Welcome to the farm"));
+    lab.start(HostSpec::new("tcsh34", Flavour::Sid).login_shell("/usr/bin/tcsh"));
     lab.stop("down");
     // rekeyed: known_hosts holds another key for it.
     let port = lab.host("rekeyed").port;
@@ -149,6 +150,7 @@ fn broken_hosts_show_the_right_failure_and_fix() {
         "norsync34",
         "noflakes34",
         "chatty34",
+        "tcsh34",
     ];
     let out = lab
         .edict(lab.dir())
@@ -215,6 +217,7 @@ fn broken_hosts_show_the_right_failure_and_fix() {
         "fail",
         "[[ $- == *i* ]] || return",
     );
+    expect("tcsh34", "quiet-shell", "fail", "chsh -s /bin/sh");
     expect(
         "noflakes34",
         "nix-version",

@@ -242,9 +242,11 @@ fn a_flake_git_does_not_track_on(flavour: Flavour) {
 /// edict says that the login shell is the problem and how to fix it, before sending anything.
 #[test]
 fn a_csh_login_shell_is_named_with_a_fix() {
-    let mut lab = Lab::new();
-    lab.start(HostSpec::new("tcsh", Flavour::Bookworm).login_shell("/usr/bin/tcsh"));
-    fails(&lab, "tcsh", 1, &["login shell", "csh", "chsh -s /bin/sh"]);
+    for flavour in Flavour::ALL {
+        let mut lab = Lab::new();
+        lab.start(HostSpec::new("tcsh", flavour).login_shell("/usr/bin/tcsh"));
+        fails(&lab, "tcsh", 1, &["login shell", "csh", "chsh -s /bin/sh"]);
+    }
 }
 
 /// A repository another user owns: git (and nix) here refuse it since git 2.35.2. edict

@@ -1378,8 +1378,14 @@ fn sshd_sessions(listener: i32) -> Vec<i32> {
 /// backslashes and quotes, and sync-back all work as with sh.
 #[test]
 fn a_fish_login_shell_changes_nothing() {
+    for flavour in Flavour::ALL {
+        a_fish_login_shell_on(flavour);
+    }
+}
+
+fn a_fish_login_shell_on(flavour: Flavour) {
     let mut lab = Lab::new();
-    lab.start(HostSpec::new("fish", Flavour::Bookworm).login_shell("/usr/bin/fish"));
+    lab.start(HostSpec::new("fish", flavour).login_shell("/usr/bin/fish"));
     let shell = lab.ssh_ok("fish", "echo fish $FISH_VERSION");
     assert!(shell.trim().len() > "fish ".len(), "not fish: {shell:?}");
     let dir = lab.workdir("fish");

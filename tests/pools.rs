@@ -34,7 +34,7 @@ fn auto_picks_the_fastest_and_falls_back_when_it_is_down() {
         toml_pool(&[
             ("slow", "ssh://nix28", "speed-factor = 1.0"),
             ("fast", "ssh://nix226", "speed-factor = 4.0"),
-            ("arm", "ssh://nix28", "system-types = [\"aarch64-linux\"]"),
+            ("arm", "ssh://nix234", "system-types = [\"aarch64-linux\"]"),
             (
                 "off",
                 "ssh://nix226",

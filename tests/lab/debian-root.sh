@@ -17,7 +17,7 @@ esac
 cache=${EDICT_LAB_CACHE:-/var/cache/edict-lab}
 mirror=${EDICT_LAB_MIRROR:-http://deb.debian.org/debian}
 # Bump the suffix when the package list below changes, so old caches are not reused.
-root=$cache/$suite-v1
+root=$cache/$suite-v2
 marker=$root/.edict-lab-complete
 
 if [ -e "$marker" ]; then echo "$root"; exit 0; fi
@@ -51,7 +51,7 @@ unshare --mount --propagation private sh -euc '
   # archive mirror reached here may serve a sid Release file past its Valid-Until).
   chroot "$root" env DEBIAN_FRONTEND=noninteractive apt-get -q -o Acquire::Check-Valid-Until=false update || true
   chroot "$root" env DEBIAN_FRONTEND=noninteractive apt-get -q install -y --no-install-recommends \
-    nix-bin openssh-server openssh-client rsync git ca-certificates
+    nix-bin openssh-server openssh-client rsync git ca-certificates fish tcsh
   chroot "$root" apt-get clean
   chroot "$root" nix --version
 ' sh "$root" >&2

@@ -92,8 +92,8 @@ pub struct HostSpec {
     /// A line the login shell prints for every session (in ~/.bashrc), which breaks the
     /// rsync and nix protocols.
     pub banner: Option<String>,
-    /// root's login shell (bookworm hosts only: /etc/passwd is replaced in the host's mount
-    /// namespace), e.g. `/usr/bin/fish`, which reads quotes differently from sh.
+    /// root's login shell (/etc/passwd is replaced in the host's mount namespace, or in its
+    /// overlay), e.g. `/usr/bin/fish`, which reads quotes differently from sh.
     pub login_shell: Option<String>,
     /// Extra lines for the host's nix.conf.
     pub extra_nix_conf: String,
@@ -181,10 +181,7 @@ impl HostSpec {
     }
 
     pub fn login_shell(mut self, shell: &str) -> Self {
-        assert!(
-            self.flavour == Flavour::Bookworm && self.user.is_none(),
-            "a login shell is set for root on bookworm hosts only"
-        );
+        assert!(self.user.is_none(), "a login shell is set for root only");
         self.login_shell = Some(shell.to_string());
         self
     }
@@ -762,16 +759,7 @@ fn start_sshd(
             };
             let passwd = match &spec.login_shell {
                 Some(shell) => {
-                    let text = std::fs::read_to_string("/etc/passwd").map_err(|e| e.to_string())?;
-                    let text: String = text
-                        .lines()
-                        .map(|l| match l.rsplit_once(':') {
-                            Some((head, _)) if l.starts_with("root:") => {
-                                format!("{head}:{shell}\n")
-                            }
-                            _ => format!("{l}\n"),
-                        })
-                        .collect();
+                    let text = passwd_with_root_shell(Path::new("/etc/passwd"), shell)?;
                     std::fs::write(dir.join("passwd"), text).map_err(|e| e.to_string())?;
                     "mount --bind $D/passwd /etc/passwd\n"
                 }
@@ -794,6 +782,11 @@ fn start_sshd(
             // Trixie: a chroot into an overlay of the shared cached root; /nix, /etc/nix,
             // /root and the ssh files are private binds. /dev must be rbind-mounted (devpts):
             // Nix 2.26 opens a pseudoterminal for every build.
+            if let Some(shell) = &spec.login_shell {
+                std::fs::create_dir_all(dir.join("upper/etc")).map_err(|e| e.to_string())?;
+                let text = passwd_with_root_shell(&root.join("etc/passwd"), shell)?;
+                std::fs::write(dir.join("upper/etc/passwd"), text).map_err(|e| e.to_string())?;
+            }
             for sub in [
                 "upper/nix",
                 "upper/etc/nix",
@@ -875,6 +868,18 @@ fn start_sshd(
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// The passwd file at `path` with root's login shell set to `shell`.
+fn passwd_with_root_shell(path: &Path, shell: &str) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    Ok(text
+        .lines()
+        .map(|l| match l.rsplit_once(':') {
+            Some((head, _)) if l.starts_with("root:") => format!("{head}:{shell}\n"),
+            _ => format!("{l}\n"),
+        })
+        .collect())
 }
 
 /// An unprivileged user on this machine (the bookworm hosts share its /etc/passwd), whose
