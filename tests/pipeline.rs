@@ -1420,10 +1420,16 @@ fn a_fish_login_shell_on(flavour: Flavour) {
 /// and the next run sends the source whole.
 #[test]
 fn ctrl_c_while_syncing_is_an_interruption_not_an_error() {
+    for flavour in Flavour::ALL {
+        ctrl_c_while_syncing_on(flavour);
+    }
+}
+
+fn ctrl_c_while_syncing_on(flavour: Flavour) {
     use std::os::unix::process::CommandExt as _;
     let mut lab = Lab::new();
     // 4 MB at 8 Mbit/s: four seconds of rsync to interrupt.
-    lab.start(HostSpec::slow("slow"));
+    lab.start(HostSpec::slow("slow", flavour));
     let dir = lab.workdir("slow");
     lab::write_rich_flake(&dir, &lab::unique_tag());
     let noise: Vec<u8> = (0..4u32 << 20)
@@ -1461,12 +1467,17 @@ fn ctrl_c_while_syncing_is_an_interruption_not_an_error() {
 /// (130, "interrupted while preparing"); the other run is untouched.
 #[test]
 fn ctrl_c_while_waiting_for_the_lock() {
-    use std::os::unix::process::CommandExt as _;
     let lab = Lab::every();
-    let host = lab::default_name(Flavour::Bookworm);
-    let dir = lab.workdir("lockwait");
+    for flavour in Flavour::ALL {
+        ctrl_c_while_waiting_on(&lab, lab::default_name(flavour));
+    }
+}
+
+fn ctrl_c_while_waiting_on(lab: &Lab, host: &str) {
+    use std::os::unix::process::CommandExt as _;
+    let dir = lab.workdir(&format!("lockwait-{host}"));
     lab::write_rich_flake(&dir, &lab::unique_tag());
-    let (mut first, remote_pid) = start_sleeper(&lab, host, &mut lab.edict(&dir), "lockwait");
+    let (mut first, remote_pid) = start_sleeper(lab, host, &mut lab.edict(&dir), "lockwait");
     let mut second = lab
         .edict(&dir)
         .args([host, "nix", "build", ".#default"])

@@ -260,9 +260,15 @@ fn what_comes_back_is_bounded_and_every_refusal_is_named() {
 /// naming the step, as README says.
 #[test]
 fn a_signal_during_sync_back_places_nothing_and_exits_130() {
+    for flavour in Flavour::ALL {
+        a_signal_during_sync_back_on(flavour);
+    }
+}
+
+fn a_signal_during_sync_back_on(flavour: Flavour) {
     let mut lab = Lab::new();
     // 3 MB at 8 Mbit/s: three seconds of pull to interrupt.
-    lab.start(lab::HostSpec::slow("slowback"));
+    lab.start(lab::HostSpec::slow("slowback", flavour));
     let dir = flake(&lab, "slowback", &[]);
     let mut child = lab
         .edict(&dir)
@@ -643,8 +649,14 @@ fn gc_removes_mirrors_but_not_one_in_use() {
 /// running on; the next run works.
 #[test]
 fn sigkill_during_sync_back_leaves_nothing_in_the_tree() {
+    for flavour in Flavour::ALL {
+        sigkill_during_sync_back_on(flavour);
+    }
+}
+
+fn sigkill_during_sync_back_on(flavour: Flavour) {
     let mut lab = Lab::new();
-    lab.start(lab::HostSpec::slow("slowkill"));
+    lab.start(lab::HostSpec::slow("slowkill", flavour));
     let dir = flake(&lab, "slowkill", &[]);
     let cache = lab.workdir("cache-slowkill");
     let mut child = lab

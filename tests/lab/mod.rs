@@ -138,10 +138,10 @@ impl HostSpec {
         }
     }
 
-    /// A bookworm host behind an 8 Mbit/s link: a few MB take seconds each way, time for a
+    /// A host behind an 8 Mbit/s link: a few MB take seconds each way, time for a
     /// test to interrupt edict mid-transfer.
-    pub fn slow(name: &str) -> Self {
-        HostSpec::new(name, Flavour::Bookworm).link(Link {
+    pub fn slow(name: &str, flavour: Flavour) -> Self {
+        HostSpec::new(name, flavour).link(Link {
             rate_mbit: 8,
             proxy: None,
         })
