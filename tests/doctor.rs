@@ -105,21 +105,21 @@ fn a_healthy_host_is_all_ok_and_a_newer_nix_is_told_about_lock_files() {
 
 #[test]
 fn broken_hosts_show_the_right_failure_and_fix() {
+    for flavour in Flavour::ALL {
+        broken_hosts_on(flavour);
+    }
+}
+
+fn broken_hosts_on(flavour: Flavour) {
     let mut lab = Lab::new();
-    lab.start(HostSpec::new("healthy", Flavour::Bookworm));
-    lab.start(HostSpec::new("rekeyed", Flavour::Bookworm));
-    lab.start(HostSpec::new("down", Flavour::Bookworm));
-    lab.start(HostSpec::new("hidden", Flavour::Trixie).nix_on_path(false));
-    lab.start(HostSpec::new("norsync", Flavour::Trixie).without_rsync());
-    lab.start(HostSpec::new("chatty", Flavour::Bookworm).banner("Welcome to the farm"));
-    lab.start(HostSpec::new("tcsh", Flavour::Bookworm).login_shell("/usr/bin/tcsh"));
-    lab.start(HostSpec::new("noflakes", Flavour::Trixie).flakes(false));
-    // The same nix-side problems on today's Nix.
-    lab.start(HostSpec::new("hidden34", Flavour::Sid).nix_on_path(false));
-    lab.start(HostSpec::new("norsync34", Flavour::Sid).without_rsync());
-    lab.start(HostSpec::new("noflakes34", Flavour::Sid).flakes(false));
-    lab.start(HostSpec::new("chatty34", Flavour::Sid).banner("Welcome to the farm"));
-    lab.start(HostSpec::new("tcsh34", Flavour::Sid).login_shell("/usr/bin/tcsh"));
+    lab.start(HostSpec::new("healthy", flavour));
+    lab.start(HostSpec::new("rekeyed", flavour));
+    lab.start(HostSpec::new("down", flavour));
+    lab.start(HostSpec::new("hidden", flavour).nix_on_path(false));
+    lab.start(HostSpec::new("norsync", flavour).without_rsync());
+    lab.start(HostSpec::new("chatty", flavour).banner("Welcome to the farm"));
+    lab.start(HostSpec::new("tcsh", flavour).login_shell("/usr/bin/tcsh"));
+    lab.start(HostSpec::new("noflakes", flavour).flakes(false));
     lab.stop("down");
     // rekeyed: known_hosts holds another key for it.
     let port = lab.host("rekeyed").port;
@@ -138,19 +138,7 @@ fn broken_hosts_show_the_right_failure_and_fix() {
     std::fs::write(lab.known_hosts(), kh).unwrap();
 
     let hosts = [
-        "healthy",
-        "rekeyed",
-        "down",
-        "hidden",
-        "norsync",
-        "chatty",
-        "noflakes",
-        "tcsh",
-        "hidden34",
-        "norsync34",
-        "noflakes34",
-        "chatty34",
-        "tcsh34",
+        "healthy", "rekeyed", "down", "hidden", "norsync", "chatty", "noflakes", "tcsh",
     ];
     let out = lab
         .edict(lab.dir())
@@ -174,9 +162,15 @@ fn broken_hosts_show_the_right_failure_and_fix() {
         "system",
         "trust",
     ] {
+        // A newer nix than this machine's is healthy; the lock-format note makes it a warn.
+        let want = if check == "nix-version" && flavour != Flavour::Bookworm {
+            "warn"
+        } else {
+            "ok"
+        };
         assert_eq!(
             status(&json, "healthy", check).0,
-            "ok",
+            want,
             "healthy {check}: {json:#}"
         );
     }
@@ -204,22 +198,7 @@ fn broken_hosts_show_the_right_failure_and_fix() {
     expect("norsync", "rsync", "fail", "install rsync on norsync");
     expect("chatty", "quiet-shell", "fail", "[[ $- == *i* ]] || return");
     expect(
-        "hidden34",
-        "nix-path",
-        "warn",
-        "remote-program=/nix/var/nix/profiles/default/bin/nix-store",
-    );
-    assert_eq!(status(&json, "hidden34", "build").0, "ok");
-    expect("norsync34", "rsync", "fail", "install rsync on norsync34");
-    expect(
-        "chatty34",
-        "quiet-shell",
-        "fail",
-        "[[ $- == *i* ]] || return",
-    );
-    expect("tcsh34", "quiet-shell", "fail", "chsh -s /bin/sh");
-    expect(
-        "noflakes34",
+        "noflakes",
         "nix-version",
         "warn",
         "experimental-features = nix-command flakes",
