@@ -276,15 +276,7 @@ fn a_conflict_keeps_the_local_edit() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let started = lab.host(host).local_path(&format!("{gate}.started"));
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while !started.exists() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{host}: the gate never opened"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        lab::wait_for(&lab.host(host).local_path(&format!("{gate}.started")));
         std::fs::write(dir.join("version.txt"), "local edit\n").unwrap();
         std::fs::write(lab.host(host).local_path(&gate), "go").unwrap();
         let out = child.wait_with_output().unwrap();

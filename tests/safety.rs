@@ -68,15 +68,7 @@ fn gated(
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let started = lab.host(host).local_path(&format!("{gate}.started"));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !started.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the gated command never started"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    lab::wait_for(&lab.host(host).local_path(&format!("{gate}.started")));
     (child, lab.host(host).local_path(&gate))
 }
 

@@ -1006,6 +1006,20 @@ impl StderrLog {
     }
 }
 
+/// Waits (up to a minute) until `path` exists: a remote command's sign that it reached a
+/// point the test acts on. (Lab hosts write to paths this machine can see.)
+pub fn wait_for(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Asserts that `text` (an error message) mentions every one of `needles`.
 pub fn assert_mentions(text: &str, needles: &[&str]) {
     for n in needles {
