@@ -38,6 +38,25 @@ fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
+/// `edict HOST nix build .#default` from the client in `dir`, which must succeed; returns
+/// edict's output and the content of the `./result` it made in the client's store.
+fn build_there(
+    lab: &Lab,
+    client: &Client,
+    dir: &Path,
+    host: &str,
+) -> (std::process::Output, String) {
+    let out = client
+        .edict(lab, dir)
+        .args([host, "nix", "build", ".#default"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{host}: {}", describe(&out));
+    let target = std::fs::read_link(dir.join("result")).unwrap();
+    let built = read(&client.store_path(&target));
+    (out, built)
+}
+
 /// A git flake in `dir` with a relative `path:./sub` input: its default package holds
 /// `sub-TAG`, read from the input (and `.#v` is that string).
 fn relative_flake(dir: &Path, tag: &str) {
@@ -165,14 +184,8 @@ fn an_absolute_local_input_is_sent() {
             .output()
             .unwrap();
         assert!(out.status.success(), "{host}: {}", describe(&out));
-        let out = client
-            .edict(lab, &dir)
-            .args([host, "nix", "build", ".#default"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{host}: {}", describe(&out));
-        let target = std::fs::read_link(dir.join("result")).unwrap();
-        assert_eq!(read(&client.store_path(&target)), format!("dep-{tag}\n"));
+        let (_, built) = build_there(lab, client, &dir, host);
+        assert_eq!(built, format!("dep-{tag}\n"));
     });
 }
 
@@ -241,14 +254,8 @@ fn a_lock_made_here_is_one_every_remote_reads() {
         assert!(out.status.success(), "{}", describe(&out));
         lab::git(&dir, &["add", "flake.lock"]);
         let lock = read(&dir.join("flake.lock"));
-        let out = client
-            .edict(lab, &dir)
-            .args([host, "nix", "build", ".#default"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{host}: {}", describe(&out));
-        let target = std::fs::read_link(dir.join("result")).unwrap();
-        assert_eq!(read(&client.store_path(&target)), format!("sub-{tag}\n"));
+        let (out, built) = build_there(lab, client, &dir, host);
+        assert_eq!(built, format!("sub-{tag}\n"));
         // The local lock stays the local nix's, whatever HOST's nix would have written.
         assert_eq!(
             read(&dir.join("flake.lock")),
