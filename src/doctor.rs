@@ -623,7 +623,7 @@ fn remote_checks(r: &mut Run, conn: &Connection, machine: Option<&Machine>) {
 
     // 12. Trust: import that path here, for real.
     if built && out_path.starts_with('/') {
-        let copy = crate::results::copy_command(conn, &nix_store, &[&out_path]);
+        let copy = crate::results::copy_command(conn, &nix_store, "--from", &[&out_path]);
         let line = copy.line();
         match copy.output() {
             Ok(out) if out.status.success() => r.ok("trust", "a path built there imports here"),

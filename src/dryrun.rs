@@ -41,7 +41,14 @@ pub fn describe(plan: &Plan, host: &str, no_link: bool) -> String {
             plan.mirror(i, &dirs)
         );
     }
-    if plan.sources.is_empty() {
+    for pin in &plan.pinned {
+        let _ = writeln!(
+            s,
+            "sync up:   input {} as flake.lock pins it: {} -> {host} (nix copy)",
+            pin.input, pin.store_path
+        );
+    }
+    if plan.sources.is_empty() && plan.pinned.is_empty() {
         s.push_str("sync up:   nothing (no local flakes or files in the command)\n");
     }
     let _ = writeln!(s, "run in:    {}", plan.render_cwd(&dirs));

@@ -33,6 +33,21 @@ pub struct LocalRef {
     pub fragment: String,
 }
 
+/// A path or value for a URL that nix percent-decodes (a store URL's query, a flake ref),
+/// so one with `&`, `#`, `%`, `?` or spaces arrives whole.
+pub fn percent_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 impl LocalRef {
     /// The same ref pointing at `path` instead (the remote mirror), keeping scheme, query
     /// and fragment. `path` must be an absolute path made of URL-safe characters.
@@ -191,6 +206,18 @@ fn percent_decode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn store_url_values_are_percent_encoded() {
+        assert_eq!(
+            percent_encode("/nix/var/nix/profiles/default/bin/nix-store"),
+            "/nix/var/nix/profiles/default/bin/nix-store"
+        );
+        assert_eq!(
+            percent_encode("/opt/my nix&co/#1%/nix-store"),
+            "/opt/my%20nix%26co/%231%25/nix-store"
+        );
+    }
 
     fn local(s: &str) -> LocalRef {
         match parse(s) {

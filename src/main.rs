@@ -13,6 +13,7 @@ mod fanout;
 mod flakeref;
 mod mapping;
 mod nixargs;
+mod pinned;
 mod pool;
 mod remote;
 mod results;
@@ -84,6 +85,7 @@ fn run(cli: &cli::Cli) -> Result<u8> {
     if !cli.no_link && !plan.links.is_empty() {
         results::check_local(&cli.host, &plan)?;
     }
+    pinned::make_valid_here(&cli.host, &plan)?;
 
     // Which host(s): as written, or chosen from the builder pool.
     let ssh_opts = ssh::Transport::ssh_opts_from_env();
@@ -128,6 +130,7 @@ pub(crate) fn pipeline(
 
     // 3. Sync up.
     exec::debug(format_args!("{host}: prepared; syncing"));
+    signals.step(&host, "syncing", pinned::send(&conn, &env, plan))?;
     let uploads = signals.step(&host, "syncing", sync::upload(&conn, &env, plan))?;
     if signals.caught() {
         return Err(signals::Interrupted {

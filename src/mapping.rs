@@ -109,6 +109,24 @@ pub struct Plan {
     pub relative_locks: Vec<(usize, String)>,
     /// The command is `nix flake lock/update`: the lock file it writes is its result.
     pub writes_lock: bool,
+    /// Local inputs flake.lock pins by content, which HOST gets as store paths.
+    pub pinned: Vec<Pinned>,
+}
+
+/// A local input (outside every synced source) that flake.lock pins by its `narHash`. Nix
+/// here evaluates the store path that hash names whenever the store has it, whatever the
+/// input's tree holds now (a newer commit, an edit): HOST gets that same store path, and
+/// the lock stays as it is (an override would make nix there warn and re-lock).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pinned {
+    /// The input's path in the lock (`a/b` for input `b` of input `a`).
+    pub input: String,
+    /// The store path the lock's narHash names.
+    pub store_path: String,
+    /// The lock's attributes for it (JSON, its path made absolute): what `fetchTree` fetches
+    /// again when this machine's store no longer has the path (collected since the last
+    /// evaluation).
+    pub locked: String,
 }
 
 /// What the user asked for on edict's own command line that changes the plan.
@@ -145,6 +163,7 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
         outputs: Vec::new(),
         relative_locks: Vec::new(),
         writes_lock: false,
+        pinned: Vec::new(),
     };
     let sub_refs = args.subcommand();
     // Just past the subcommand words: where edict inserts flags of its own.
@@ -250,7 +269,7 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
     let mut overrides = Vec::new();
     for (src, dir) in p.flakes.clone() {
         let lock = p.sources[src].root.join(&dir).join("flake.lock");
-        let found = local_inputs(&lock)?;
+        let found = local_inputs(&lock, &store_dir(local.env))?;
         // A lock may name inputs its flake.nix no longer declares (a cloned repo's lock is
         // someone else's words): nix ignores those ("Removed input"), and edict sends only
         // what nix would read. Asked of nix only when the lock names a local path.
@@ -259,7 +278,8 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
         } else {
             (local.declared_inputs)(&p.sources[src].root.join(&dir).join("flake.nix"))
         };
-        for (input, path, kind) in found {
+        for found in found {
+            let (input, path) = (found.input, found.path);
             let top = input.split('/').next().unwrap_or_default();
             if declared
                 .as_ref()
@@ -281,6 +301,20 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
                 ));
                 continue;
             }
+            if let Some((store_path, locked)) = found.pin {
+                if !args.overrides(&input) && !p.pinned.iter().any(|x| x.store_path == store_path) {
+                    p.pinned.push(Pinned {
+                        input,
+                        store_path,
+                        locked,
+                    });
+                }
+                continue;
+            }
+            if !found.exists {
+                continue; // gone here and not pinned: let nix there report it as nix here would
+            }
+            let kind = found.kind;
             let lref = LocalRef {
                 kind: if kind == SourceKind::Git {
                     LocalKind::GitFile
@@ -712,8 +746,20 @@ pub fn lock_for_old_nix(text: &str) -> Option<String> {
     serde_json::to_string_pretty(&json).ok()
 }
 
-/// Local inputs a flake.lock records: (input path like `a/b`, absolute path, kind).
-fn local_inputs(lock: &Path) -> Result<Vec<(String, PathBuf, SourceKind)>> {
+/// A local input a flake.lock records.
+struct LockedLocal {
+    /// Its path in the lock, like `a/b`.
+    input: String,
+    /// Where it is here: canonical when it exists, else as the lock names it.
+    path: PathBuf,
+    exists: bool,
+    kind: SourceKind,
+    /// (store path, flake ref) when the lock pins its content by narHash.
+    pin: Option<(String, String)>,
+}
+
+/// The local inputs a flake.lock records.
+fn local_inputs(lock: &Path, store_dir: &str) -> Result<Vec<LockedLocal>> {
     let text = match std::fs::read_to_string(lock) {
         Ok(t) => t,
         Err(_) => return Ok(Vec::new()),
@@ -751,19 +797,93 @@ fn local_inputs(lock: &Path) -> Result<Vec<(String, PathBuf, SourceKind)>> {
                 .map(|p| (p.to_string(), SourceKind::Git)),
             _ => None,
         };
-        match local {
-            Some((path, kind)) => {
-                let abs = absolute(flake_dir, Path::new(&path));
-                // A path input that no longer exists here can't be synced: let nix report it.
-                if let Ok(abs) = std::fs::canonicalize(&abs) {
-                    out.push((input, abs, kind));
+        let Some((path, kind)) = local else {
+            push_inputs(&mut stack, &input, node);
+            continue;
+        };
+        let abs = absolute(flake_dir, Path::new(&path));
+        let (path, exists) = match std::fs::canonicalize(&abs) {
+            Ok(p) => (p, true),
+            Err(_) => (abs, false),
+        };
+        let pin = locked["narHash"]
+            .as_str()
+            .and_then(|h| source_store_path(store_dir, h))
+            .map(|store_path| {
+                // The lock's own attributes, with the path made absolute: what nix fetches.
+                let mut attrs = locked.clone();
+                let key = if kind == SourceKind::Git {
+                    "url"
+                } else {
+                    "path"
+                };
+                let at = path.to_string_lossy();
+                attrs[key] = if kind == SourceKind::Git {
+                    format!("file://{at}")
+                } else {
+                    at.into_owned()
                 }
-            }
-            None => push_inputs(&mut stack, &input, node),
-        }
+                .into();
+                (store_path, attrs.to_string())
+            });
+        out.push(LockedLocal {
+            input,
+            path,
+            exists,
+            kind,
+            pin,
+        });
     }
-    out.sort();
+    out.sort_by(|a, b| a.input.cmp(&b.input));
     Ok(out)
+}
+
+/// This machine's store directory: what store paths are named under, here and on HOST
+/// (`nix copy` needs both to agree).
+fn store_dir(env: &[(String, String)]) -> String {
+    env.iter()
+        .find(|(k, _)| k == "NIX_STORE_DIR")
+        .map(|(_, v)| v.trim_end_matches('/').to_string())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "/nix/store".into())
+}
+
+/// The store path of a locked input's tree: nix adds a fetched tree as a content-addressed
+/// path named `source`, so its path follows from the narHash alone (libstore
+/// `makeFixedOutputPath`, recursive sha256). `None` for a hash that is not SRI sha256.
+pub fn source_store_path(store_dir: &str, nar_hash: &str) -> Option<String> {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let digest = base64::engine::general_purpose::STANDARD
+        .decode(nar_hash.strip_prefix("sha256-")?)
+        .ok()
+        .filter(|d| d.len() == 32)?;
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let fingerprint = format!("source:sha256:{hex}:{store_dir}:source");
+    let full = sha2::Sha256::digest(fingerprint.as_bytes());
+    let mut short = [0u8; 20];
+    for (i, b) in full.iter().enumerate() {
+        short[i % 20] ^= b;
+    }
+    Some(format!("{store_dir}/{}-source", nix_base32(&short)))
+}
+
+/// Nix's base-32 (libutil `printHash32`): its own alphabet, least significant bits first.
+fn nix_base32(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 32] = b"0123456789abcdfghijklmnpqrsvwxyz";
+    let len = (bytes.len() * 8 - 1) / 5 + 1;
+    (0..len)
+        .rev()
+        .map(|n| {
+            let b = n * 5;
+            let (i, j) = (b / 8, b % 8);
+            let low = bytes[i] >> j;
+            let high = bytes
+                .get(i + 1)
+                .map_or(0, |next| (u16::from(*next) << (8 - j)) as u8);
+            ALPHABET[usize::from((low | high) & 0x1f)] as char
+        })
+        .collect()
 }
 
 fn push_inputs(stack: &mut Vec<(String, String)>, prefix: &str, node: &serde_json::Value) {
@@ -1151,34 +1271,91 @@ mod tests {
     }
 
     #[test]
-    fn flake_lock_path_inputs_outside_are_overridden() {
+    fn flake_lock_path_inputs_outside_are_pinned_or_overridden() {
         let f = Fixture::new();
         let lib = f.root().join("elsewhere");
+        let git = f.root().join("gone repo");
         let lock = serde_json::json!({
             "nodes": {
-                "lib": {"locked": {"type": "path", "path": lib.to_string_lossy(), "lastModified": 1, "narHash": "sha256-x"}, "original": {"type": "path", "path": lib.to_string_lossy()}},
+                "lib": {"locked": {"type": "path", "path": lib.to_string_lossy(), "lastModified": 1, "narHash": "sha256-c+N+jhB55JVsGuaUZzpnh9kMu29aZEryBO7HpSDN+HI="}, "original": {"type": "path", "path": lib.to_string_lossy()}},
+                "rep": {"locked": {"type": "git", "url": format!("file://{}", git.display()), "rev": "a3e7314881398b1022548dbd51db494538dfabee", "ref": "master", "revCount": 1, "lastModified": 1, "narHash": "sha256-FzPcjjJ2mDj77oZxqIOPat7IQ+7CEOL2Fp6ciHQRLdY="}},
+                "loose": {"locked": {"type": "path", "path": lib.to_string_lossy()}},
                 "inner": {"locked": {"type": "path", "path": "./sub"}, "original": {"type": "path", "path": "./sub"}},
                 "np": {"locked": {"type": "github", "owner": "o", "repo": "r", "rev": "x"}},
-                "root": {"inputs": {"lib": "lib", "inner": "inner", "np": "np", "alias": ["lib"]}}
+                "root": {"inputs": {"lib": "lib", "rep": "rep", "loose": "loose", "inner": "inner", "np": "np", "alias": ["lib"]}}
             },
             "root": "root", "version": 7
         });
         std::fs::write(f.root().join("repo/flake.lock"), lock.to_string()).unwrap();
         let p = f.plan("repo", &["build", ".#x"], SyncMode::Auto).unwrap();
+        // Pinned by narHash: HOST gets the store path, whether or not the tree is still
+        // here (the git repo is gone); the lock is left alone.
+        let pins: Vec<(&str, &str)> = p
+            .pinned
+            .iter()
+            .map(|x| (x.input.as_str(), x.store_path.as_str()))
+            .collect();
+        assert_eq!(
+            pins,
+            [
+                ("lib", "/nix/store/x3majs0p416rwz92ygvc4c4z2gpy867w-source"),
+                ("rep", "/nix/store/52sabl4i1zjn7497z4ryf591rhjkbrss-source"),
+            ]
+        );
+        let locked: serde_json::Value = serde_json::from_str(&p.pinned[1].locked).unwrap();
+        assert_eq!(locked["url"], format!("file://{}", git.display()));
+        assert_eq!(locked["rev"], "a3e7314881398b1022548dbd51db494538dfabee");
+        // Not pinned (no narHash): synced and overridden, as before.
         assert_eq!(p.sources.len(), 2, "{:?}", p.sources);
         let w = p.render_words(&dirs());
-        assert_eq!(&w[1..3], ["--override-input", "lib"]);
+        assert_eq!(&w[1..3], ["--override-input", "loose"]);
         assert!(
             w[3].starts_with("path:/h/.cache/edict/mirrors/elsewhere-"),
             "{w:?}"
         );
         assert!(!p.sources[1].sync_back);
+        // The user's own override wins over the lock.
+        let p = f
+            .plan(
+                "repo",
+                &["build", ".#x", "--override-input", "lib", "github:o/r"],
+                SyncMode::Auto,
+            )
+            .unwrap();
+        assert_eq!(p.pinned.len(), 1);
         // Updating the lock file can't use overrides (they imply --no-write-lock-file).
         let p = f
             .plan("repo", &["flake", "update"], SyncMode::Auto)
             .unwrap();
         assert_eq!(p.sources.len(), 1);
-        assert_eq!(p.notes.len(), 1);
+        assert!(p.pinned.is_empty());
+        assert_eq!(p.notes.len(), 3, "{:?}", p.notes);
+    }
+
+    #[test]
+    fn a_locked_tree_has_the_store_path_nix_gives_it() {
+        // Values from `nix-store --print-fixed-path --recursive sha256 HASH source`.
+        assert_eq!(
+            source_store_path(
+                "/nix/store",
+                "sha256-FzPcjjJ2mDj77oZxqIOPat7IQ+7CEOL2Fp6ciHQRLdY="
+            )
+            .as_deref(),
+            Some("/nix/store/52sabl4i1zjn7497z4ryf591rhjkbrss-source")
+        );
+        assert_eq!(
+            source_store_path(
+                "/gnu/store",
+                "sha256-FzPcjjJ2mDj77oZxqIOPat7IQ+7CEOL2Fp6ciHQRLdY="
+            )
+            .as_deref(),
+            Some("/gnu/store/dygmsrs3m44qy4xmj1002vmxxmr5907z-source")
+        );
+        assert_eq!(source_store_path("/nix/store", "sha256-short"), None);
+        assert_eq!(source_store_path("/nix/store", "sha512-x"), None);
+        let env = [("NIX_STORE_DIR".to_string(), "/gnu/store/".to_string())];
+        assert_eq!(store_dir(&env), "/gnu/store");
+        assert_eq!(store_dir(&[]), "/nix/store");
     }
 
     #[test]

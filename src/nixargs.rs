@@ -62,6 +62,13 @@ impl NixArgs {
             .any(|a| a.role == Role::Flag && names.contains(&a.text.as_str()))
     }
 
+    /// Whether the command line overrides `input` (`--override-input INPUT REF`).
+    pub fn overrides(&self, input: &str) -> bool {
+        self.args.windows(2).any(|w| {
+            w[0].role == Role::Flag && w[0].text == "--override-input" && w[1].text == input
+        })
+    }
+
     /// Whether nix will use the flake in the current directory without being told: the
     /// commands whose installable defaults to `.`, given none and no `--file`/`--expr`.
     pub fn implicit_cwd_flake(&self) -> bool {

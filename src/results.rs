@@ -86,7 +86,7 @@ pub fn fetch(conn: &Connection, env: &RemoteEnv, links: &[Link]) -> Result<()> {
         exec::debug("results: already in the local store, nothing to copy");
         targets.clear();
     }
-    let copy = copy_command(conn, &env.nix_store(), &targets);
+    let copy = copy_command(conn, &env.nix_store(), "--from", &targets);
     let out = if targets.is_empty() {
         None
     } else {
@@ -132,12 +132,7 @@ pub fn fetch(conn: &Connection, env: &RemoteEnv, links: &[Link]) -> Result<()> {
                 exec::stderr_tail(&out)
             );
         }
-        // ssh's own errors start with `ssh:` (or name a host key); nix's mention `ssh://`.
-        if stderr.lines().any(|l| {
-            l.starts_with("ssh:")
-                || l.contains("Host key verification failed")
-                || l.contains("Permission denied (")
-        }) {
+        if crate::ssh::said_by_ssh(&stderr) {
             return Err(ssh_failure(host, "copying results", &stderr));
         }
         bail!(
@@ -164,13 +159,14 @@ pub fn fetch(conn: &Connection, env: &RemoteEnv, links: &[Link]) -> Result<()> {
     Ok(())
 }
 
-/// `nix copy` of `paths` from HOST into this machine's store, through the shared connection;
-/// `nix_store` is HOST's nix-store (it may be off the PATH there).
-pub fn copy_command(conn: &Connection, nix_store: &str, paths: &[&str]) -> Cmd {
+/// `nix copy` of `paths` between HOST and this machine's store (`direction` is `--from`
+/// HOST or `--to` HOST), through the shared connection; `nix_store` is HOST's nix-store (it
+/// may be off the PATH there).
+pub fn copy_command(conn: &Connection, nix_store: &str, direction: &str, paths: &[&str]) -> Cmd {
     let store = format!(
         "ssh://{}?remote-program={}",
         conn.transport.dest.target(),
-        percent_encode(nix_store)
+        crate::flakeref::percent_encode(nix_store)
     );
     Cmd::new("nix")
         .args([
@@ -178,7 +174,7 @@ pub fn copy_command(conn: &Connection, nix_store: &str, paths: &[&str]) -> Cmd {
             "nix-command",
             "copy",
             "--no-check-sigs",
-            "--from",
+            direction,
             &store,
         ])
         .args(paths.iter().copied())
@@ -190,21 +186,6 @@ pub fn copy_command(conn: &Connection, nix_store: &str, paths: &[&str]) -> Cmd {
 pub fn lacks_signature(stderr: &str) -> bool {
     stderr.contains("lacks a valid signature")
         || stderr.contains("lacks a signature by a trusted key")
-}
-
-/// A value for a store URL's query: nix percent-decodes it, so a path with `&`, `#`, `%`
-/// or spaces (HOST's nix-store may live anywhere) arrives whole.
-fn percent_encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 /// What must hold here for results to come back, checked before anything is sent (a
@@ -269,18 +250,6 @@ mod tests {
     }
 
     #[test]
-    fn store_url_values_are_percent_encoded() {
-        assert_eq!(
-            percent_encode("/nix/var/nix/profiles/default/bin/nix-store"),
-            "/nix/var/nix/profiles/default/bin/nix-store"
-        );
-        assert_eq!(
-            percent_encode("/opt/my nix&co/#1%/nix-store"),
-            "/opt/my%20nix%26co/%231%25/nix-store"
-        );
-    }
-
-    #[test]
     fn links_map_to_their_local_bases() {
         let plan = Plan {
             sources: vec![],
@@ -300,6 +269,7 @@ mod tests {
             outputs: vec![],
             relative_locks: vec![],
             writes_lock: false,
+            pinned: Vec::new(),
         };
         let found: Vec<(String, String)> = [
             ("0/result", "/nix/store/a-x"),

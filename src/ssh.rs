@@ -425,6 +425,16 @@ pub fn exit_code_for(e: &anyhow::Error) -> u8 {
 
 /// Turns ssh's stderr into an error that says what went wrong with which host, at which
 /// step, and what to do about it.
+/// Whether a failed command's stderr is ssh's own (the connection, not the program behind
+/// it): ssh's errors start with `ssh:` or name a host key or the login; nix's mention `ssh://`.
+pub fn said_by_ssh(stderr: &str) -> bool {
+    stderr.lines().any(|l| {
+        l.starts_with("ssh:")
+            || l.contains("Host key verification failed")
+            || l.contains("Permission denied (")
+    })
+}
+
 pub fn ssh_failure(host: &str, step: &str, stderr: &str) -> anyhow::Error {
     let said = stderr
         .lines()

@@ -1230,6 +1230,7 @@ mod tests {
             outputs: vec![],
             relative_locks: vec![],
             writes_lock: false,
+            pinned: Vec::new(),
         };
         let tracked = Tracked {
             files: vec!["flake.nix".into(), "sub/deep/flake.nix".into()],

@@ -189,6 +189,47 @@ fn an_absolute_local_input_is_sent() {
     });
 }
 
+/// A lock made by the local nix that pins a git input at an old rev and a path input at an
+/// old narHash: every remote evaluates exactly those, as the local nix does.
+#[test]
+fn pinned_local_inputs_are_the_ones_the_lock_pins() {
+    matrix(|lab, client, host| {
+        let tag = lab::unique_tag();
+        let top = lab::pinned_inputs_flake(&workdir(lab, client, "pin", host), &tag);
+        let out = client
+            .command(lab, &top, "nix")
+            .args(["flake", "lock"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{host}: {}", describe(&out));
+        lab::move_pinned_inputs(&top);
+        let want = format!("a-{tag}-v1 b-{tag}-v1");
+        let here = client
+            .command(lab, &top, "nix")
+            .args(["eval", "--raw", ".#v"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&here.stdout),
+            want,
+            "{}",
+            describe(&here)
+        );
+        let out = client
+            .edict(lab, &top)
+            .args([host, "nix", "eval", "--raw", ".#v"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{host}: {}", describe(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), want, "{host}");
+        assert!(
+            !String::from_utf8_lossy(&out.stderr).contains("lock file"),
+            "{host}: {}",
+            describe(&out)
+        );
+    });
+}
+
 /// A relative `path:./sub` input, locked on HOST (`nix flake lock` there): the lock that
 /// comes back is one the local nix reads.
 #[test]

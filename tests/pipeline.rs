@@ -668,7 +668,7 @@ fn no_link_and_output_flags_pass_through() {
 }
 
 #[test]
-fn local_inputs_are_synced_and_overridden() {
+fn local_inputs_are_synced_overridden_or_pinned() {
     each_host(|lab, host, _| {
         let dir = lab.workdir(&format!("ovr-{host}"));
         let dep = lab.workdir(&format!("dep-{host}"));
@@ -697,7 +697,8 @@ fn local_inputs_are_synced_and_overridden() {
             "from-dep\n"
         );
 
-        // A path input recorded in flake.lock (outside the flake) is synced and overridden.
+        // A path input recorded in flake.lock (outside the flake) arrives as the store path
+        // the lock pins.
         let lib = lab.workdir(&format!("lib-{host}"));
         std::fs::write(
             lib.join("flake.nix"),

@@ -1266,6 +1266,56 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Three directories in `base`: `a` (a git repo) and `b` (a plain directory), each a flake
+/// whose `v` is `a-TAG-v1` / `b-TAG-v1`, and `top`, a git flake with both as inputs by
+/// absolute path: its `.#v` and the content of its default package are "a-TAG-v1
+/// b-TAG-v1" once locked. Returns `top`; lock it with the local nix, then
+/// [`move_pinned_inputs`].
+pub fn pinned_inputs_flake(base: &Path, tag: &str) -> PathBuf {
+    let (a, b, top) = (base.join("a"), base.join("b"), base.join("top"));
+    for (dir, name) in [(&a, "a"), (&b, "b")] {
+        std::fs::create_dir_all(dir).expect("creating an input");
+        std::fs::write(
+            dir.join("flake.nix"),
+            format!("{{ outputs = {{ self }}: {{ v = \"{name}-{tag}-v1\"; }}; }}\n"),
+        )
+        .expect("writing an input");
+    }
+    git_init(&a);
+    std::fs::create_dir_all(&top).expect("creating the flake");
+    std::fs::write(
+        top.join("flake.nix"),
+        format!(
+            "{{\n  inputs.a.url = \"git+file://{}\";\n  inputs.b.url = \"path:{}\";\n  outputs = {{ self, a, b }}: {{\n    v = \"${{a.v}} ${{b.v}}\";\n    packages.x86_64-linux.default = derivation {{ name = \"pinned-{tag}\"; system = \"x86_64-linux\"; builder = \"/bin/sh\"; args = [ \"-c\" \"echo ${{a.v}} ${{b.v}} > $out\" ]; }};\n  }};\n}}\n",
+            a.display(),
+            b.display()
+        ),
+    )
+    .expect("writing flake.nix");
+    git_init(&top);
+    top
+}
+
+/// Moves the inputs of [`pinned_inputs_flake`] past what its lock pins: a new commit and
+/// an uncommitted edit in `a`, an edit in `b`.
+pub fn move_pinned_inputs(top: &Path) {
+    let base = top.parent().expect("the flake's parent");
+    let bump = |file: &Path, to: &str| {
+        let text = std::fs::read_to_string(file).expect("reading an input");
+        std::fs::write(file, text.replace("-v1\"", &format!("-{to}\""))).expect("bumping");
+    };
+    bump(&base.join("a/flake.nix"), "v2");
+    git(&base.join("a"), &["commit", "-q", "-am", "v2"]);
+    std::fs::write(
+        base.join("a/flake.nix"),
+        std::fs::read_to_string(base.join("a/flake.nix"))
+            .expect("reading")
+            .replace("-v2\"", "-v3\""),
+    )
+    .expect("editing");
+    bump(&base.join("b/flake.nix"), "v2");
+}
+
 /// Whether a store path is valid in this machine's store.
 pub fn locally_valid(path: &str) -> bool {
     Command::new("nix-store")
