@@ -1,6 +1,7 @@
 //! edict's own command line: options, HOST, then the nix command (or the `.#app` shorthand).
 
 use crate::mapping::SyncMode;
+use crate::nixargs::Program;
 use anyhow::{Result, bail};
 use clap::Parser;
 
@@ -171,6 +172,52 @@ const NIX_COMMANDS: &[&str] = &[
     "why-depends",
 ];
 
+/// The other legacy commands: each acts on a store, a profile or a channel, which on HOST
+/// would be HOST's, not this machine's. (what it does there, what to run instead)
+const LEGACY_REFUSED: &[(&str, &str, &str)] = &[
+    (
+        "nix-env",
+        "would change HOST's profile, not yours here",
+        "to build there and get the result here: `edict {host} nix-build …` or `edict {host} nix build …`; to change HOST's own profile: `ssh {host} nix-env …`",
+    ),
+    (
+        "nix-instantiate",
+        "would write derivations into HOST's store and print paths this machine does not have",
+        "to evaluate there with your files sent: `edict {host} nix eval -f FILE ATTR` (or `--expr`); to build: `edict {host} nix-build …`",
+    ),
+    (
+        "nix-store",
+        "would act on HOST's store, not this machine's",
+        "run it where the store is: `ssh {host} nix-store …`, or here; to build there and get the result here: `edict {host} nix-build …`",
+    ),
+    (
+        "nix-collect-garbage",
+        "would collect HOST's store",
+        "run it on HOST (`ssh {host} nix-collect-garbage`); `edict gc {host}` removes edict's own copies there",
+    ),
+    (
+        "nix-channel",
+        "would change HOST's channels",
+        "run it on HOST: `ssh {host} nix-channel …`",
+    ),
+    (
+        "nix-copy-closure",
+        "copies between stores itself",
+        "run it here: `nix-copy-closure --from {host} PATH`",
+    ),
+    ("nix-hash", "hashes files, which are here", "run it here"),
+    (
+        "nix-prefetch-url",
+        "would fetch into HOST's store",
+        "run it here, or on HOST with ssh",
+    ),
+    (
+        "nix-daemon",
+        "is HOST's service",
+        "manage it on HOST (`ssh {host} sudo systemctl restart nix-daemon`)",
+    ),
+];
+
 /// Where the command runs, from HOST as written.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Hosts {
@@ -190,19 +237,23 @@ impl Cli {
         }
     }
 
-    /// Where to run, and the words to give nix (after `nix`). HOST may be left out:
-    /// `edict nix build …` and `edict .#app` choose from the pool.
-    pub fn hosts_and_words(&self) -> Result<(Hosts, Vec<String>)> {
+    /// Where to run, the program, and the words to give it (after its name). HOST may be
+    /// left out: `edict nix build …`, `edict nix-build` and `edict .#app` choose from the pool.
+    pub fn hosts_and_words(&self) -> Result<(Hosts, Program, Vec<String>)> {
         let host = self.host.as_str();
-        if host == "nix" {
-            let mut command = vec!["nix".to_string()];
+        if matches!(host, "nix" | "nix-build" | "nix-shell")
+            || LEGACY_REFUSED.iter().any(|(n, _, _)| *n == host)
+        {
+            let mut command = vec![host.to_string()];
             command.extend(self.command.iter().cloned());
-            return Ok((Hosts::Auto, self.words(&command)?));
+            let (program, words) = self.words(&command)?;
+            return Ok((Hosts::Auto, program, words));
         }
         if host.starts_with('.') || host.starts_with('/') || host.contains('#') {
             let mut command = vec![host.to_string()];
             command.extend(self.command.iter().cloned());
-            return Ok((Hosts::Auto, self.words(&command)?));
+            let (program, words) = self.words(&command)?;
+            return Ok((Hosts::Auto, program, words));
         }
         let hosts = match host {
             "auto" => Hosts::Auto,
@@ -210,16 +261,17 @@ impl Cli {
             h if h.contains(',') => Hosts::Many(h.to_string()),
             h => Hosts::One(h.to_string()),
         };
-        Ok((hosts, self.words(&self.command)?))
+        let (program, words) = self.words(&self.command)?;
+        Ok((hosts, program, words))
     }
 
     /// The words to give nix (after `nix`).
     #[cfg(test)]
     pub fn nix_words(&self) -> Result<Vec<String>> {
-        self.words(&self.command)
+        self.words(&self.command).map(|(_, w)| w)
     }
 
-    fn words(&self, command: &[String]) -> Result<Vec<String>> {
+    fn words(&self, command: &[String]) -> Result<(Program, Vec<String>)> {
         let (first, rest) = match command.split_first() {
             Some(x) => x,
             None => bail!(
@@ -234,7 +286,23 @@ impl Cli {
                     self.host
                 );
             }
-            return Ok(rest.to_vec());
+            return Ok((Program::Nix, rest.to_vec()));
+        }
+        match first.as_str() {
+            "nix-build" => return Ok((Program::NixBuild, rest.to_vec())),
+            "nix-shell" => return Ok((Program::NixShell, rest.to_vec())),
+            _ => {}
+        }
+        if let Some((name, what, fix)) = LEGACY_REFUSED.iter().find(|(n, _, _)| n == first) {
+            let host = if self.host == *name {
+                "HOST"
+            } else {
+                &self.host
+            };
+            bail!(
+                "edict runs nix, nix-build and nix-shell on a remote host; `{name}` there {what}\n  fix: {}",
+                fix.replace("{host}", host)
+            );
         }
         if NIX_COMMANDS.contains(&first.as_str()) {
             bail!(
@@ -255,7 +323,7 @@ impl Cli {
             words.push("--".into());
             words.extend(rest.iter().cloned());
         }
-        Ok(words)
+        Ok((Program::Nix, words))
     }
 }
 
@@ -327,22 +395,73 @@ mod tests {
         let h = |args: &[&str]| parse(args).unwrap().hosts_and_words().unwrap();
         assert_eq!(
             h(&["b", "nix", "build"]),
-            (Hosts::One("b".into()), vec!["build".to_string()])
+            (
+                Hosts::One("b".into()),
+                Program::Nix,
+                vec!["build".to_string()]
+            )
         );
         assert_eq!(h(&["auto", "nix", "build"]).0, Hosts::Auto);
         assert_eq!(h(&["all", "nix", "build"]).0, Hosts::Many("all".into()));
         assert_eq!(h(&["a,b", "nix", "build"]).0, Hosts::Many("a,b".into()));
         assert_eq!(
             h(&["nix", "build", ".#x"]),
-            (Hosts::Auto, vec!["build".to_string(), ".#x".into()])
+            (
+                Hosts::Auto,
+                Program::Nix,
+                vec!["build".to_string(), ".#x".into()]
+            )
         );
         assert_eq!(
             h(&[".#app", "x"]),
             (
                 Hosts::Auto,
+                Program::Nix,
                 vec!["run".to_string(), ".#app".into(), "--".into(), "x".into()]
             )
         );
+        // The legacy commands that build and enter shells, with or without HOST.
+        assert_eq!(
+            h(&["b", "nix-build", "-A", "x"]),
+            (
+                Hosts::One("b".into()),
+                Program::NixBuild,
+                vec!["-A".to_string(), "x".into()]
+            )
+        );
+        assert_eq!(
+            h(&["nix-shell", "--run", "make"]),
+            (
+                Hosts::Auto,
+                Program::NixShell,
+                vec!["--run".to_string(), "make".into()]
+            )
+        );
+    }
+
+    #[test]
+    fn legacy_commands_that_act_on_a_store_or_profile_are_refused_with_what_to_run() {
+        for (line, says) in [
+            (
+                &["b", "nix-env", "-iA", "hello"][..],
+                "`edict b nix-build …`",
+            ),
+            (&["nix-env", "-i"][..], "`edict HOST nix-build …`"),
+            (
+                &["b", "nix-store", "-r", "/nix/store/x"][..],
+                "`ssh b nix-store …`",
+            ),
+            (
+                &["b", "nix-instantiate", "x.nix"][..],
+                "`edict b nix eval -f FILE ATTR`",
+            ),
+            (&["b", "nix-collect-garbage"][..], "`edict gc b`"),
+        ] {
+            let e = parse(line).unwrap().hosts_and_words().unwrap_err();
+            let e = format!("{e:#}");
+            assert!(e.contains("edict runs nix, nix-build and nix-shell"), "{e}");
+            assert!(e.contains(says), "{line:?}: {e}");
+        }
     }
 
     #[test]

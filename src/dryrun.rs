@@ -2,7 +2,6 @@
 //! back — without connecting to HOST. Remote paths are shown under `~/.cache/edict`.
 
 use crate::mapping::{Plan, RemoteDirs, SourceKind};
-use crate::remote::FLAKE_FLAGS;
 use crate::sync;
 use std::fmt::Write as _;
 
@@ -52,11 +51,8 @@ pub fn describe(plan: &Plan, host: &str, no_link: bool) -> String {
         s.push_str("sync up:   nothing (no local flakes or files in the command)\n");
     }
     let _ = writeln!(s, "run in:    {}", plan.render_cwd(&dirs));
-    let words: Vec<String> = plan
-        .env_words()
+    let words: Vec<String> = crate::remote::program_words(plan, "nix")
         .into_iter()
-        .chain(std::iter::once("nix".to_string()))
-        .chain(FLAKE_FLAGS.iter().map(|w| w.to_string()))
         .chain(plan.render_words(&dirs))
         .collect();
     let _ = writeln!(

@@ -58,10 +58,13 @@ fn run(cli: &cli::Cli) -> Result<u8> {
     if cli.host == "gc" {
         return gc(cli);
     }
-    let (hosts, words) = cli.hosts_and_words()?;
+    let (hosts, program, words) = cli.hosts_and_words()?;
 
     // 1. Classify: which words are flake refs, local files, result links.
-    let args = nixargs::classify(&words);
+    let args = match program {
+        nixargs::Program::Nix => nixargs::classify(&words),
+        legacy => nixargs::classify_legacy(legacy, &words),
+    };
 
     // 2. Map every local source to its mirror on HOST and rewrite the command.
     let cwd = std::env::current_dir().context("the current directory is not accessible")?;

@@ -8,7 +8,7 @@
 //! becomes a clean path that nix on HOST accepts.
 
 use crate::flakeref::{self, FlakeRef, LocalKind, LocalRef};
-use crate::nixargs::{NixArgs, Role};
+use crate::nixargs::{NixArgs, Program, Role};
 use anyhow::{Context, Result, bail};
 use std::path::{Component, Path, PathBuf};
 
@@ -57,8 +57,9 @@ pub enum Word {
         src: usize,
         rel: String,
     },
-    /// A plain path inside a mirror.
+    /// A plain path inside a mirror, after `prefix` (`nixpkgs=` of `-I nixpkgs=PATH`).
     Path {
+        prefix: String,
         src: usize,
         rel: String,
     },
@@ -91,6 +92,8 @@ pub struct RemoteDirs {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
+    /// What runs on HOST: `nix`, `nix-build` or `nix-shell`.
+    pub program: Program,
     pub sources: Vec<Source>,
     pub words: Vec<Word>,
     pub cwd: RemoteCwd,
@@ -153,6 +156,7 @@ pub struct Local<'a> {
 
 pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
     let mut p = Plan {
+        program: args.program,
         sources: Vec::new(),
         words: Vec::new(),
         cwd: RemoteCwd::Run,
@@ -208,11 +212,29 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
                 let path = absolute(local.cwd, Path::new(&arg.text));
                 // `-f` names an expression, which may import its neighbours; the others
                 // (`--arg-from-file`, `--reference-lock-file`) name one file.
+                // (`nix-build FILE`'s positional file is an expression too.)
                 let flag = at.checked_sub(1).map(|i| args.args[i].text.as_str());
-                let expression = matches!(flag, Some("-f" | "--file"));
+                let expression = arg.positional || matches!(flag, Some("-f" | "--file"));
                 let (src, rel) = add_file_source(&mut p, &path, expression, local)?;
-                Word::Path { src, rel }
+                Word::Path {
+                    prefix: String::new(),
+                    src,
+                    rel,
+                }
             }
+            // `-I nixpkgs=./np`: the directory (or its git tree) goes, the name stays.
+            Role::SearchPath => match search_path_entry(&arg.text) {
+                Some((prefix, path)) if !path.is_empty() => {
+                    let path = absolute(local.cwd, Path::new(path));
+                    let (src, rel) = add_file_source(&mut p, &path, true, local)?;
+                    Word::Path {
+                        prefix: prefix.to_string(),
+                        src,
+                        rel,
+                    }
+                }
+                _ => Word::Lit(arg.text.clone()),
+            },
             // A file nix writes (`--output-lock-file`): written in the run's scratch dir on
             // HOST and fetched to its place here afterwards; its directory is never sent.
             Role::OutputFile if is_local_file_arg(&arg.text) => {
@@ -246,9 +268,45 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
         p.flakes.push((src, rel));
     }
 
-    // `nix build` makes `./result` unless told otherwise; edict has it made in the run's
-    // scratch dir on HOST instead, so the mirror stays clean, and recreates it here.
-    if sub_refs == ["build"] && p.links.is_empty() && !args.has_flag(&["--no-link"]) {
+    // nix-build and nix-shell read ./default.nix (nix-shell: ./shell.nix first) when
+    // given no file and no -E/-p.
+    if args.program != Program::Nix && !args.args.iter().any(|a| a.positional) {
+        let candidates: &[&str] = match args.program {
+            Program::NixShell => &["shell.nix", "default.nix"],
+            _ => &["default.nix"],
+        };
+        let Some(file) = candidates
+            .iter()
+            .map(|c| local.cwd.join(c))
+            .find(|f| f.exists())
+        else {
+            bail!(
+                "{} reads {} in the current directory {} when given no file, and there is none\n  fix: name the expression (`{0} ./path/to/file.nix`), or run it where the file is",
+                args.program.name(),
+                candidates.join(" or "),
+                local.cwd.display()
+            );
+        };
+        let (src, rel) = add_file_source(&mut p, &file, true, local)?;
+        // Run in the mirror of the cwd, nix finds it as here; sent alone, name it.
+        if p.sources[src].kind == SourceKind::File {
+            p.words.push(Word::Path {
+                prefix: String::new(),
+                src,
+                rel,
+            });
+        }
+    }
+
+    // `nix build` and `nix-build` make `./result` unless told otherwise; edict has it made
+    // in the run's scratch dir on HOST instead, so the mirror stays clean, and recreates it
+    // here.
+    let makes_result = match args.program {
+        Program::Nix => sub_refs == ["build"] && !args.has_flag(&["--no-link"]),
+        Program::NixBuild => !args.has_flag(&["--no-out-link", "--no-link"]),
+        Program::NixShell => false,
+    };
+    if makes_result && p.links.is_empty() {
         p.words.insert(cmd_end, Word::Run("links/0/result".into()));
         p.words.insert(cmd_end, Word::Lit("--out-link".into()));
         p.links.push(LinkSpec {
@@ -568,6 +626,17 @@ fn add_source(p: &mut Plan, root: PathBuf, kind: SourceKind, local: &Local) -> u
         sync_back: false,
     });
     p.sources.len() - 1
+}
+
+/// A search path entry split into its `NAME=` prefix (or "") and path; `None` for a URL
+/// or `channel:`/`flake:` entry, which mean the same on HOST.
+fn search_path_entry(entry: &str) -> Option<(&str, &str)> {
+    let (prefix, path) = match entry.split_once('=') {
+        // A name has no `/` (`nixpkgs=…`, `nixos-config=…`); a path with `=` is a path.
+        Some((name, path)) if !name.contains('/') => (&entry[..=name.len()], path),
+        _ => ("", entry),
+    };
+    is_local_file_arg(path).then_some((prefix, path))
 }
 
 /// `-f`/lock-file values that name local files (not `<nixpkgs>`, URLs or store paths).
@@ -942,7 +1011,9 @@ impl Plan {
             .map(|w| match w {
                 Word::Lit(t) => t.clone(),
                 Word::Ref { local, src, rel } => local.with_path(&self.in_mirror(*src, rel, dirs)),
-                Word::Path { src, rel } => self.in_mirror(*src, rel, dirs),
+                Word::Path { prefix, src, rel } => {
+                    format!("{prefix}{}", self.in_mirror(*src, rel, dirs))
+                }
                 Word::Run(rel) => format!("{}/{rel}", dirs.run),
             })
             .collect()
@@ -989,10 +1060,18 @@ mod tests {
             std::fs::canonicalize(self.dir.path()).unwrap()
         }
         fn plan(&self, cwd: &str, line: &[&str], sync: SyncMode) -> Result<Plan> {
-            let cwd = self.root().join(cwd);
             let words: Vec<String> = line.iter().map(|s| s.to_string()).collect();
+            self.plan_of(cwd, &classify(&words), sync)
+        }
+        fn legacy(&self, cwd: &str, program: Program, line: &[&str]) -> Result<Plan> {
+            let words: Vec<String> = line.iter().map(|s| s.to_string()).collect();
+            let args = crate::nixargs::classify_legacy(program, &words);
+            self.plan_of(cwd, &args, SyncMode::Auto)
+        }
+        fn plan_of(&self, cwd: &str, args: &NixArgs, sync: SyncMode) -> Result<Plan> {
+            let cwd = self.root().join(cwd);
             plan(
-                &classify(&words),
+                args,
                 &Local {
                     cwd: &cwd,
                     machine_id: "m1",
@@ -1268,6 +1347,117 @@ mod tests {
             .plan("repo", &["build", "./missing#x"], SyncMode::Auto)
             .unwrap_err();
         assert!(format!("{err:#}").contains("does not exist"), "{err:#}");
+    }
+
+    #[test]
+    fn nix_build_and_nix_shell_send_their_expressions_and_make_result_links() {
+        let f = Fixture::new();
+        let build = Program::NixBuild;
+        // No file: ./default.nix, in its git tree; run in its mirror; ./result comes back.
+        std::fs::write(f.root().join("repo/sub/default.nix"), "{}").unwrap();
+        let p = f.legacy("repo/sub", build, &["-A", "x"]).unwrap();
+        assert_eq!(p.program, build);
+        assert_eq!(p.sources.len(), 1);
+        assert_eq!(p.sources[0].kind, SourceKind::Git);
+        assert!(p.sources[0].sync_back);
+        let repo = f.root().join("repo");
+        assert_eq!(
+            p.links,
+            [LinkSpec {
+                local_base: repo.join("sub/result")
+            }]
+        );
+        assert_eq!(
+            p.render_words(&dirs()),
+            [
+                "--out-link",
+                "/h/.cache/edict/runs/r1/links/0/result",
+                "-A",
+                "x"
+            ]
+        );
+        assert!(p.render_cwd(&dirs()).ends_with("/sub"));
+        // A file elsewhere, -o, -I with a local path and with a URL; `--arg`'s values stay.
+        let p = f
+            .legacy(
+                "repo",
+                build,
+                &[
+                    "../plain dir $x/flake.nix",
+                    "-o",
+                    "out",
+                    "-I",
+                    "np=../elsewhere",
+                    "-I",
+                    "nixpkgs=https://example.org/x.tar.gz",
+                    "--arg",
+                    "a",
+                    "./not-a-file",
+                ],
+            )
+            .unwrap();
+        let w = p.render_words(&dirs());
+        assert!(
+            w[0].starts_with("/h/.cache/edict/mirrors/plain_dir__x-")
+                && w[0].ends_with("/flake.nix"),
+            "{w:?}"
+        );
+        assert_eq!(w[1..3], ["-o", "/h/.cache/edict/runs/r1/links/0/result"]);
+        assert!(
+            w[4].starts_with("np=/h/.cache/edict/mirrors/elsewhere-"),
+            "{w:?}"
+        );
+        assert_eq!(
+            w[5..],
+            [
+                "-I",
+                "nixpkgs=https://example.org/x.tar.gz",
+                "--arg",
+                "a",
+                "./not-a-file"
+            ]
+        );
+        assert_eq!(
+            p.links,
+            [LinkSpec {
+                local_base: repo.join("out")
+            }]
+        );
+        // -E: the positionals are expressions; nothing is sent, no default.nix needed.
+        let p = f
+            .legacy(
+                "elsewhere",
+                build,
+                &["-E", "import ./x.nix", "--no-out-link"],
+            )
+            .unwrap();
+        assert!(p.sources.is_empty() && p.links.is_empty());
+        assert_eq!(
+            p.render_words(&dirs()),
+            ["-E", "import ./x.nix", "--no-out-link"]
+        );
+        // nix-shell: shell.nix before default.nix, no result link, `--run`'s line untouched.
+        std::fs::write(f.root().join("repo/shell.nix"), "{}").unwrap();
+        let p = f
+            .legacy(
+                "repo",
+                Program::NixShell,
+                &["--run", "./build.sh --out ./x"],
+            )
+            .unwrap();
+        assert!(p.links.is_empty());
+        assert_eq!(p.render_words(&dirs()), ["--run", "./build.sh --out ./x"]);
+        // -p: package names, not files.
+        let p = f
+            .legacy("elsewhere", Program::NixShell, &["-p", "hello", "git"])
+            .unwrap();
+        assert!(p.sources.is_empty());
+        // No file where nix would look: said before anything is sent.
+        let err = f.legacy("elsewhere", build, &[]).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("nix-build reads default.nix in the current directory"),
+            "{err:#}"
+        );
     }
 
     #[test]

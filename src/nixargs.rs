@@ -20,8 +20,11 @@ pub enum Role {
     FlakeRef,
     /// The value of `-o/--out-link`: a local path where a result link should appear.
     OutLink,
-    /// A local file nix reads: `-f/--file`, `--reference-lock-file`.
+    /// A local file nix reads: `-f/--file`, `--reference-lock-file`, nix-build's files.
     InputFile,
+    /// A search path entry (`-I nixpkgs=./np`, `-I ./dir`): a local directory or file after
+    /// an optional `NAME=`, or a URL.
+    SearchPath,
     /// A local file nix writes: `--output-lock-file`.
     OutputFile,
     /// A word for the program nix runs (`nix run .#app ARGS`, `-c CMD ARGS`).
@@ -40,9 +43,29 @@ pub struct Arg {
     pub positional: bool,
 }
 
-/// A classified nix command line (the words after `nix`).
+/// The program edict runs on HOST: `nix`, or one of the legacy commands that build and
+/// enter shells from Nix expressions (many users still build `default.nix` with them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Program {
+    Nix,
+    NixBuild,
+    NixShell,
+}
+
+impl Program {
+    pub fn name(self) -> &'static str {
+        match self {
+            Program::Nix => "nix",
+            Program::NixBuild => "nix-build",
+            Program::NixShell => "nix-shell",
+        }
+    }
+}
+
+/// A classified command line (the words after the program's name).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NixArgs {
+    pub program: Program,
     pub args: Vec<Arg>,
 }
 
@@ -172,8 +195,8 @@ const ONE: &[(&str, Role)] = &[
     ("-t", Role::FlakeRef),
     ("--update-input", Role::InputName),
     ("--expr", Role::Value),
-    ("--include", Role::Value),
-    ("-I", Role::Value),
+    ("--include", Role::SearchPath),
+    ("-I", Role::SearchPath),
     ("--eval-store", Role::Value),
     ("--log-format", Role::Value),
     ("--profile", Role::Value),
@@ -310,6 +333,11 @@ fn arity(flag: &str, sub: &[String]) -> Option<(usize, [Role; 2])> {
     if let Some((_, role)) = ONE.iter().find(|(f, _)| *f == flag) {
         return Some((1, [*role, Role::Value]));
     }
+    setting_arity(flag)
+}
+
+/// A nix.conf setting given as a flag (`--cores 4`, `--extra-substituters X`, `--sandbox`).
+fn setting_arity(flag: &str) -> Option<(usize, [Role; 2])> {
     if let Some(name) = flag.strip_prefix("--") {
         let name = name.strip_prefix("extra-").unwrap_or(name);
         if VALUE_SETTINGS.contains(&name) {
@@ -319,12 +347,132 @@ fn arity(flag: &str, sub: &[String]) -> Option<(usize, [Role; 2])> {
     Some((0, [Role::Value; 2]))
 }
 
+/// What a command's grammar says about its words, for [`scan`].
+trait Grammar {
+    /// How many words follow `flag` and their roles; `None` for a flag taking the rest.
+    fn arity(&self, flag: &str) -> Option<(usize, [Role; 2])>;
+    /// A flag was seen (some change what the positionals mean).
+    fn flag(&mut self, _flag: &str) {}
+    /// The role of the next positional word, and whether it is an installable-like
+    /// positional (false for a subcommand word).
+    fn positional(&mut self, word: &str) -> (Role, bool);
+}
+
+/// The grammar of `nix SUBCOMMAND…`.
+#[derive(Default)]
+struct Nix {
+    sub: Vec<String>,
+    sub_done: bool,
+    count: usize,
+}
+
+impl Grammar for Nix {
+    fn arity(&self, flag: &str) -> Option<(usize, [Role; 2])> {
+        arity(flag, &self.sub)
+    }
+
+    fn positional(&mut self, word: &str) -> (Role, bool) {
+        // First the subcommand path, then per-command meaning.
+        if !self.sub_done {
+            self.sub.push(word.to_string());
+            let is_group = self.sub.len() == 1 && GROUPS.contains(&self.sub[0].as_str());
+            self.sub_done = !is_group;
+            return (Role::Command, false);
+        }
+        let first = self.count == 0;
+        self.count += 1;
+        let role = match positionals(&self.sub) {
+            Positionals::Installables => Role::FlakeRef,
+            Positionals::FirstThenProgram if first => Role::FlakeRef,
+            // Nix still parses its flags after the installable (hence `nix run X -- --flag`).
+            Positionals::FirstThenProgram => Role::ProgramArg,
+            Positionals::FirstThenValues if first => Role::FlakeRef,
+            Positionals::FirstThenValues | Positionals::Values => Role::Value,
+            Positionals::Program => Role::ProgramArg,
+            Positionals::FlakeUpdate => {
+                if matches!(
+                    crate::flakeref::parse(word),
+                    crate::flakeref::FlakeRef::Local(_)
+                ) {
+                    Role::FlakeRef
+                } else {
+                    Role::InputName
+                }
+            }
+        };
+        (role, true)
+    }
+}
+
+/// The grammar of `nix-build` and `nix-shell` (nix's src/nix-build/nix-build.cc, one
+/// program for both, plus the common and evaluation flags every legacy command takes).
+struct Legacy {
+    program: Program,
+    /// `-E`/`--expr`, or nix-shell's `-p`/`--packages`: positionals are expressions or
+    /// package names, not files.
+    values: bool,
+}
+
+impl Grammar for Legacy {
+    fn arity(&self, flag: &str) -> Option<(usize, [Role; 2])> {
+        let v = [Role::Value; 2];
+        Some(match flag {
+            "--arg" | "--argstr" | "--option" => (2, v),
+            "-o" | "--out-link" => (1, [Role::OutLink, Role::Value]),
+            "-I" | "--include" => (1, [Role::SearchPath, Role::Value]),
+            // A shell command line (`--run 'make -j4'`): one word, never a path to rewrite.
+            "-A" | "--attr" | "--add-root" | "--drv-link" | "--run" | "--command" | "--exclude"
+            | "--keep" | "-j" | "--max-jobs" | "--cores" | "--timeout" | "--max-silent-time"
+            | "--store" | "--eval-store" | "--log-format" => (1, v),
+            _ => return setting_arity(flag),
+        })
+    }
+
+    fn flag(&mut self, flag: &str) {
+        let packages = self.program == Program::NixShell && matches!(flag, "-p" | "--packages");
+        if matches!(flag, "-E" | "--expr") || packages {
+            self.values = true;
+        }
+    }
+
+    fn positional(&mut self, _word: &str) -> (Role, bool) {
+        // A file or directory with an expression (the mapping tells local ones from
+        // `<nixpkgs>` and URLs), unless -E/-p made them expressions or names.
+        (
+            if self.values {
+                Role::Value
+            } else {
+                Role::InputFile
+            },
+            true,
+        )
+    }
+}
+
 /// Classifies the words after `nix`.
 pub fn classify(words: &[String]) -> NixArgs {
+    NixArgs {
+        program: Program::Nix,
+        args: scan(words, &mut Nix::default()),
+    }
+}
+
+/// Classifies the words after `nix-build` or `nix-shell`.
+pub fn classify_legacy(program: Program, words: &[String]) -> NixArgs {
+    NixArgs {
+        program,
+        args: scan(
+            words,
+            &mut Legacy {
+                program,
+                values: false,
+            },
+        ),
+    }
+}
+
+fn scan(words: &[String], grammar: &mut dyn Grammar) -> Vec<Arg> {
     let mut args: Vec<Arg> = Vec::with_capacity(words.len());
-    let mut sub: Vec<String> = Vec::new();
-    let mut sub_done = false;
-    let mut positional_count = 0usize;
     let mut flags_done = false;
     let mut rest_to_program = false;
     let mut queue: std::collections::VecDeque<String> = words.iter().cloned().collect();
@@ -354,83 +502,76 @@ pub fn classify(words: &[String]) -> NixArgs {
             } else {
                 vec![word.clone()]
             };
-            if flags.len() > 1 {
-                // Keep the cluster as one word on the command line; its values follow it.
-                let mut roles = Vec::new();
-                for f in &flags {
-                    match arity(f, &sub) {
-                        None => {
-                            rest_to_program = true;
-                            break;
-                        }
-                        Some((n, r)) => roles.extend(r.into_iter().take(n)),
+            // Keep a cluster as one word on the command line; its values follow it.
+            let mut roles = Vec::new();
+            for f in &flags {
+                grammar.flag(f);
+                match grammar.arity(f) {
+                    None => {
+                        rest_to_program = true;
+                        break;
                     }
+                    Some((n, r)) => roles.extend(r.into_iter().take(n)),
                 }
-                push(&mut args, word, Role::Flag);
-                for role in roles {
-                    if let Some(v) = queue.pop_front() {
-                        push(&mut args, v, role);
-                    }
-                }
-                continue;
             }
-            match arity(&word, &sub) {
-                None => {
-                    push(&mut args, word, Role::Flag);
-                    rest_to_program = true;
-                }
-                Some((n, roles)) => {
-                    push(&mut args, word, Role::Flag);
-                    for role in roles.into_iter().take(n) {
-                        if let Some(v) = queue.pop_front() {
-                            push(&mut args, v, role);
-                        }
-                    }
+            push(&mut args, word, Role::Flag);
+            for role in roles {
+                if let Some(v) = queue.pop_front() {
+                    push(&mut args, v, role);
                 }
             }
             continue;
         }
-        // A positional word: first the subcommand path, then per-command meaning.
-        if !sub_done {
-            sub.push(word.clone());
-            push(&mut args, word, Role::Command);
-            let is_group = sub.len() == 1 && GROUPS.contains(&sub[0].as_str());
-            sub_done = !is_group;
-            continue;
-        }
-        let role = match positionals(&sub) {
-            Positionals::Installables => Role::FlakeRef,
-            Positionals::FirstThenProgram if positional_count == 0 => Role::FlakeRef,
-            // Nix still parses its flags after the installable (hence `nix run X -- --flag`).
-            Positionals::FirstThenProgram => Role::ProgramArg,
-            Positionals::FirstThenValues if positional_count == 0 => Role::FlakeRef,
-            Positionals::FirstThenValues | Positionals::Values => Role::Value,
-            Positionals::Program => Role::ProgramArg,
-            Positionals::FlakeUpdate => {
-                if matches!(
-                    crate::flakeref::parse(&word),
-                    crate::flakeref::FlakeRef::Local(_)
-                ) {
-                    Role::FlakeRef
-                } else {
-                    Role::InputName
-                }
-            }
-        };
-        positional_count += 1;
+        let (role, positional) = grammar.positional(&word);
         args.push(Arg {
             text: word,
             role,
-            positional: true,
+            positional,
         });
     }
-    NixArgs { args }
+    args
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use Role::*;
+
+    fn legacy_roles(program: Program, line: &str) -> Vec<(String, Role)> {
+        classify_legacy(program, &split(line))
+            .args
+            .into_iter()
+            .map(|a| (a.text, a.role))
+            .collect()
+    }
+
+    #[test]
+    fn legacy_commands_name_files_links_and_search_paths() {
+        let r = legacy_roles(
+            Program::NixBuild,
+            "./release.nix -A pkgs.x --arg a ./v --argstr b ./w -o out -I np=./np -KQ <nixpkgs> -j 4 --cores 2 --no-sandbox --option sandbox false",
+        );
+        let of = |w: &str| r.iter().find(|(t, _)| t == w).map(|(_, role)| *role);
+        assert_eq!(of("./release.nix"), Some(InputFile));
+        assert_eq!(of("pkgs.x"), Some(Value));
+        assert_eq!(of("./v"), Some(Value));
+        assert_eq!(of("./w"), Some(Value));
+        assert_eq!(of("out"), Some(OutLink));
+        assert_eq!(of("np=./np"), Some(SearchPath));
+        assert_eq!(of("-KQ"), Some(Flag));
+        assert_eq!(of("<nixpkgs>"), Some(InputFile)); // the mapping leaves it alone
+        assert_eq!(of("4"), Some(Value));
+        assert_eq!(of("false"), Some(Value));
+        // -E makes positionals expressions; -p (nix-shell) package names.
+        let r = legacy_roles(Program::NixBuild, "-E 'import ./x.nix {}'");
+        assert_eq!(r[1], ("import ./x.nix {}".into(), Value));
+        let r = legacy_roles(Program::NixShell, "-p hello --run 'make ./x'");
+        assert_eq!(r[1], ("hello".into(), Value));
+        assert_eq!(r[3], ("make ./x".into(), Value));
+        // nix-build has no -p: there a positional stays a file.
+        let r = legacy_roles(Program::NixBuild, "-p ./x.nix");
+        assert_eq!(r[1], ("./x.nix".into(), InputFile));
+    }
 
     fn roles(line: &str) -> Vec<(String, Role)> {
         let words = split(line);

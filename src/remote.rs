@@ -9,6 +9,7 @@
 
 use crate::exec::{self, quote, quote_words};
 use crate::mapping::{Plan, RemoteDirs};
+use crate::nixargs::Program;
 use crate::signals::Signals;
 use crate::ssh::{Connection, Tty, ssh_failure};
 use anyhow::{Context, Result, bail};
@@ -372,14 +373,27 @@ fn prepare_script(mirror_names: &[String], run_id: &str) -> String {
     s
 }
 
-/// The remote command's words: nix, flakes on, the rewritten arguments.
+/// The remote command's words: nix (flakes on) or nix-build/nix-shell beside it, the
+/// rewritten arguments.
 pub fn command_words(env: &RemoteEnv, plan: &Plan) -> Vec<String> {
-    plan.env_words()
+    program_words(plan, &env.nix)
         .into_iter()
-        .chain(std::iter::once(env.nix.clone()))
-        .chain(FLAKE_FLAGS.iter().map(|s| s.to_string()))
         .chain(plan.render_words(&env.dirs))
         .collect()
+}
+
+/// The words before the arguments: forwarded variables, the program (`nix` is HOST's nix,
+/// the legacy commands are found beside it), and for nix the flags that turn flakes on.
+pub fn program_words(plan: &Plan, nix: &str) -> Vec<String> {
+    let mut words = plan.env_words();
+    match plan.program {
+        Program::Nix => {
+            words.push(nix.to_string());
+            words.extend(FLAKE_FLAGS.iter().map(|s| s.to_string()));
+        }
+        legacy => words.push(sibling(nix, legacy.name())),
+    }
+    words
 }
 
 fn run_script(env: &RemoteEnv, plan: &Plan) -> String {

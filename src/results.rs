@@ -252,6 +252,7 @@ mod tests {
     #[test]
     fn links_map_to_their_local_bases() {
         let plan = Plan {
+            program: crate::nixargs::Program::Nix,
             sources: vec![],
             words: vec![],
             cwd: RemoteCwd::Run,

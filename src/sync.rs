@@ -1215,6 +1215,7 @@ mod tests {
             std::fs::write(dir.path().join(f), "{}").unwrap();
         }
         let plan = |flakes: &[&str]| Plan {
+            program: crate::nixargs::Program::Nix,
             sources: vec![crate::mapping::Source {
                 root: dir.path().to_path_buf(),
                 kind: SourceKind::Git,

@@ -159,3 +159,140 @@ fn pinned_inputs_reach_an_untrusted_user() {
         );
     }
 }
+
+/// A `default.nix` project: `x` reads `./lib.nix`, `y` is plain; `shell.nix` sets
+/// GREETING. The tag makes the paths new to every store.
+fn legacy_project(dir: &Path, tag: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let drv = |name: &str, script: &str| {
+        format!(
+            "derivation {{ name = \"{name}-{tag}\"; system = \"x86_64-linux\"; builder = \"/bin/sh\"; args = [ \"-c\" \"{script}\" ]; }}"
+        )
+    };
+    std::fs::write(
+        dir.join("default.nix"),
+        format!(
+            "let lib = import ./lib.nix; in {{\n  x = {};\n  y = {};\n}}\n",
+            drv("legacy-x", "echo ${lib.v} > $out"),
+            drv("legacy-y", "echo y > $out")
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("lib.nix"), "{ v = \"committed\"; }\n").unwrap();
+    std::fs::write(
+        dir.join("shell.nix"),
+        format!("derivation {{ name = \"legacy-shell-{tag}\"; system = \"x86_64-linux\"; builder = \"/bin/sh\"; args = [ \"-c\" \"echo > $out\" ]; GREETING = \"hello-{tag}\"; }}\n"),
+    )
+    .unwrap();
+}
+
+/// `nix-build` in a git project: the expression and what it imports are sent (an
+/// uncommitted edit included), it runs there, and `result`, `result-2` come back as GC
+/// roots — the same store paths nix-build here makes.
+#[test]
+fn nix_build_builds_there_and_links_here() {
+    each_host(|lab, host| {
+        let tag = lab::unique_tag();
+        let dir = lab.workdir(&format!("legacy-{host}"));
+        legacy_project(&dir, &tag);
+        lab::git_init(&dir);
+        std::fs::write(dir.join("lib.nix"), "{ v = \"edited\"; }\n").unwrap();
+
+        let out = run(lab
+            .edict(&dir)
+            .args([host, "nix-build", "-A", "x", "-A", "y"]));
+        assert!(out.status.success(), "{host}: {}", describe(&out));
+        let x = std::fs::read_link(dir.join("result")).unwrap();
+        let y = std::fs::read_link(dir.join("result-2")).unwrap();
+        assert_eq!(std::fs::read_to_string(&x).unwrap(), "edited\n");
+        assert_eq!(std::fs::read_to_string(&y).unwrap(), "y\n");
+        // nix-build's own stdout: the paths, now valid here.
+        assert_eq!(
+            text(&out.stdout),
+            format!("{}\n{}\n", x.display(), y.display())
+        );
+        let roots = text(&run(lab.command("nix-store").args(["--gc", "--print-roots"])).stdout);
+        assert!(
+            roots.contains(&format!(
+                "{} -> {}",
+                dir.join("result").display(),
+                x.display()
+            )),
+            "{roots}"
+        );
+        // What nix-build here makes of the same expression.
+        let here = run(lab
+            .command("nix-build")
+            .args(["-A", "x", "--no-out-link"])
+            .current_dir(&dir));
+        assert_eq!(
+            text(&here.stdout).trim(),
+            x.display().to_string(),
+            "{}",
+            describe(&here)
+        );
+
+        // A file elsewhere with `-o`, and a search path entry that is a local directory.
+        let other = lab.workdir(&format!("legacy-other-{host}"));
+        std::fs::write(other.join("v.nix"), format!("\"via-search-path-{tag}\"\n")).unwrap();
+        std::fs::write(
+            other.join("top.nix"),
+            format!("derivation {{ name = \"legacy-top-{tag}\"; system = \"x86_64-linux\"; builder = \"/bin/sh\"; args = [ \"-c\" \"echo ${{import <here/v.nix>}} > $out\" ]; }}\n"),
+        )
+        .unwrap();
+        let other_arg = format!("../legacy-other-{host}/top.nix");
+        let search = format!("here=../legacy-other-{host}");
+        let out =
+            run(lab
+                .edict(&dir)
+                .args([host, "nix-build", &other_arg, "-o", "top", "-I", &search]));
+        assert!(out.status.success(), "{host}: {}", describe(&out));
+        assert_eq!(
+            std::fs::read_to_string(dir.join("top")).unwrap(),
+            format!("via-search-path-{tag}\n")
+        );
+    });
+}
+
+/// `nix-shell --run` in the project: shell.nix is read there, the command runs in the
+/// project's mirror, what it writes comes back, and its exit code is edict's.
+#[test]
+fn nix_shell_runs_there_and_brings_back_what_it_wrote() {
+    each_host(|lab, host| {
+        let tag = lab::unique_tag();
+        let dir = lab.workdir(&format!("legacy-shell-{host}"));
+        legacy_project(&dir, &tag);
+        lab::git_init(&dir);
+        let out = run(lab.edict(&dir).args([
+            host,
+            "nix-shell",
+            "--run",
+            "echo $GREETING > greeting.txt; exit 3",
+        ]));
+        assert_eq!(out.status.code(), Some(3), "{host}: {}", describe(&out));
+        assert_eq!(
+            std::fs::read_to_string(dir.join("greeting.txt")).unwrap(),
+            format!("hello-{tag}\n")
+        );
+        assert!(!dir.join("result").exists());
+    });
+}
+
+/// Legacy commands that act on a store, a profile or channels are refused before any
+/// connection, with what to run instead; nix-build without a default.nix says so.
+#[test]
+fn other_legacy_commands_are_refused_before_connecting() {
+    let lab = Lab::every();
+    let dir = lab.workdir("legacy-refused");
+    for (line, says) in [
+        (vec!["nix28", "nix-env", "-iA", "hello"], "nix-env"),
+        (vec!["nix28", "nix-store", "--gc"], "nix-store"),
+        (vec!["nix28", "nix-build"], "nix-build reads default.nix"),
+    ] {
+        let before = lab.logins("nix28");
+        let out = run(lab.edict(&dir).args(&line));
+        assert_eq!(out.status.code(), Some(1), "{line:?}: {}", describe(&out));
+        lab::assert_mentions(&text(&out.stderr), &[says, "fix:"]);
+        assert_eq!(lab.logins("nix28"), before, "{line:?} connected");
+    }
+}
