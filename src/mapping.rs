@@ -909,7 +909,7 @@ fn local_inputs(lock: &Path, store_dir: &str) -> Result<Vec<LockedLocal>> {
 
 /// This machine's store directory: what store paths are named under, here and on HOST
 /// (`nix copy` needs both to agree).
-fn store_dir(env: &[(String, String)]) -> String {
+pub fn store_dir(env: &[(String, String)]) -> String {
     env.iter()
         .find(|(k, _)| k == "NIX_STORE_DIR")
         .map(|(_, v)| v.trim_end_matches('/').to_string())

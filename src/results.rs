@@ -7,7 +7,7 @@ use crate::mapping::Plan;
 use crate::remote::RemoteEnv;
 use crate::ssh::{Connection, ssh_failure};
 use anyhow::{Context, Result, bail};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// A result link to recreate here: `local` → `target` (a store path built on HOST).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,9 +38,7 @@ pub fn links(plan: &Plan, found: &[(String, String)]) -> Vec<Link> {
                     && s.bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b"_+-".contains(&b))
             });
-        let target_ok = target
-            .strip_prefix("/nix/store/")
-            .is_some_and(|name| !name.is_empty() && !name.starts_with('.') && !name.contains('/'));
+        let target_ok = store_path_of(Path::new(target), "/nix/store").as_ref() == Some(target);
         if !suffix_ok || !target_ok {
             continue;
         }
@@ -73,7 +71,20 @@ pub fn fetch(conn: &Connection, env: &RemoteEnv, links: &[Link]) -> Result<()> {
             }
         }
     }
-    let mut targets: Vec<&str> = links.iter().map(|l| l.target.as_str()).collect();
+    let targets: Vec<&str> = links.iter().map(|l| l.target.as_str()).collect();
+    copy_closures(conn, env, &targets, "copying results")?;
+    for l in links {
+        add_root(&l.target, &l.local)?;
+        exec::debug(format_args!("{} -> {}", l.local.display(), l.target));
+    }
+    Ok(())
+}
+
+/// Copies the closures of store paths from HOST into this machine's store (none when all
+/// are here already); `step` names the step in errors.
+pub fn copy_closures(conn: &Connection, env: &RemoteEnv, paths: &[&str], step: &str) -> Result<()> {
+    let host = &conn.transport.label;
+    let mut targets: Vec<&str> = paths.to_vec();
     targets.sort_unstable();
     targets.dedup();
     // Already here (a rebuild of something unchanged): no need for a remote session at all.
@@ -82,79 +93,98 @@ pub fn fetch(conn: &Connection, env: &RemoteEnv, links: &[Link]) -> Result<()> {
         .args(targets.iter().copied())
         .output()
         .is_ok_and(|o| o.status.success());
-    if all_valid {
-        exec::debug("results: already in the local store, nothing to copy");
-        targets.clear();
+    if all_valid || targets.is_empty() {
+        exec::debug(format_args!(
+            "{step}: already in the local store, nothing to copy"
+        ));
+        return Ok(());
     }
     let copy = copy_command(conn, &env.nix_store(), "--from", &targets);
-    let out = if targets.is_empty() {
-        None
-    } else {
-        // One import at a time into the local store: several hosts of a fan-out often
-        // bring the same paths, and Nix 2.8's ssh import breaks its protocol when a path
-        // becomes valid while it waits for the lock ("not an absolute path: 'nix-archive-1'").
-        static IMPORT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // One import at a time into the local store: several hosts of a fan-out often bring
+    // the same paths, and Nix 2.8's ssh import breaks its protocol when a path becomes
+    // valid while it waits for the lock ("not an absolute path: 'nix-archive-1'").
+    static IMPORT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let out = {
         let _one_at_a_time = IMPORT
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let out = copy.output()?;
         // Another process may have imported the same path meanwhile: a second try finds it
         // valid and copies only what is still missing.
-        Some(
-            if !out.status.success()
-                && String::from_utf8_lossy(&out.stderr).contains("nix-archive-1")
-            {
-                copy.output()?
-            } else {
-                out
-            },
-        )
+        if !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("nix-archive-1") {
+            copy.output()?
+        } else {
+            out
+        }
     };
-    if let Some(out) = out.filter(|o| !o.status.success()) {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if lacks_signature(&stderr) {
-            let user = std::env::var("USER").unwrap_or_else(|_| "YOUR-USER".into());
-            bail!(
-                "{host}: copying results: this machine's Nix store refused the paths built on {host}: they are not signed by a key it trusts, and your user may not import unsigned paths.\n  nix said: {}\n  fix: either let your user import them: add `trusted-users = root {user}` to /etc/nix/nix.conf here and restart the daemon (`sudo systemctl restart nix-daemon`),\n       or sign on {host}: `nix key generate-secret --key-name {host}-1 > /etc/nix/key.private` there, `secret-key-files = /etc/nix/key.private` in its nix.conf, and its public key (`nix key convert-secret-to-public < /etc/nix/key.private`) in `extra-trusted-public-keys = …` here",
-                exec::stderr_tail(&out)
-            );
-        }
-        if stderr.contains("daemon-socket") && stderr.contains("Permission denied") {
-            let user = std::env::var("USER").unwrap_or_else(|_| "YOUR-USER".into());
-            bail!(
-                "{host}: copying results: your user may not talk to this machine's nix-daemon.\n  nix said: {}\n  fix: add your user to the group that owns /nix/var/nix/daemon-socket (on Debian: `sudo usermod -aG nix-users {user}`), then log in again",
-                exec::stderr_tail(&out)
-            );
-        }
-        if let Some(explained) = crate::ssh::chatty_shell(host, &stderr) {
-            bail!(
-                "{host}: copying results: {explained}\n  nix said: {}",
-                exec::stderr_tail(&out)
-            );
-        }
-        if crate::ssh::said_by_ssh(&stderr) {
-            return Err(ssh_failure(host, "copying results", &stderr));
-        }
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if lacks_signature(&stderr) {
+        let user = std::env::var("USER").unwrap_or_else(|_| "YOUR-USER".into());
         bail!(
-            "{host}: copying results: `{}` failed:\n  {}\n  fix: run it by hand with -v to see more",
-            copy.line(),
-            exec::stderr_tail(&out).replace('\n', "\n  ")
+            "{host}: {step}: this machine's Nix store refused the paths built on {host}: they are not signed by a key it trusts, and your user may not import unsigned paths.\n  nix said: {}\n  fix: either let your user import them: add `trusted-users = root {user}` to /etc/nix/nix.conf here and restart the daemon (`sudo systemctl restart nix-daemon`),\n       or sign on {host}: `nix key generate-secret --key-name {host}-1 > /etc/nix/key.private` there, `secret-key-files = /etc/nix/key.private` in its nix.conf, and its public key (`nix key convert-secret-to-public < /etc/nix/key.private`) in `extra-trusted-public-keys = …` here",
+            exec::stderr_tail(&out)
         );
     }
-    for l in links {
-        let root = Cmd::new("nix-store")
-            .args(["--realise", &l.target, "--add-root"])
-            .arg(l.local.display().to_string());
-        let out = root.output()?;
-        if !out.status.success() {
-            bail!(
-                "creating the result link {}: `{}` failed: {}",
-                l.local.display(),
-                root.line(),
-                exec::stderr_tail(&out)
-            );
-        }
-        exec::debug(format_args!("{} -> {}", l.local.display(), l.target));
+    if stderr.contains("daemon-socket") && stderr.contains("Permission denied") {
+        let user = std::env::var("USER").unwrap_or_else(|_| "YOUR-USER".into());
+        bail!(
+            "{host}: {step}: your user may not talk to this machine's nix-daemon.\n  nix said: {}\n  fix: add your user to the group that owns /nix/var/nix/daemon-socket (on Debian: `sudo usermod -aG nix-users {user}`), then log in again",
+            exec::stderr_tail(&out)
+        );
+    }
+    if let Some(explained) = crate::ssh::chatty_shell(host, &stderr) {
+        bail!(
+            "{host}: {step}: {explained}\n  nix said: {}",
+            exec::stderr_tail(&out)
+        );
+    }
+    if crate::ssh::said_by_ssh(&stderr) {
+        return Err(ssh_failure(host, step, &stderr));
+    }
+    bail!(
+        "{host}: {step}: `{}` failed:\n  {}\n  fix: run it by hand with -v to see more",
+        copy.line(),
+        exec::stderr_tail(&out).replace('\n', "\n  ")
+    );
+}
+
+/// The store path a symlink `target` leads into (`/nix/store/…-x` of
+/// `/nix/store/…-x/bin/y`), when it is one: an absolute path whose first name under the
+/// store dir is a plain store path name and whose rest never climbs.
+pub fn store_path_of(target: &Path, store_dir: &str) -> Option<String> {
+    let rest = target.strip_prefix(store_dir).ok()?;
+    let mut parts = rest.components();
+    let name = match parts.next()? {
+        std::path::Component::Normal(n) => n.to_str()?,
+        _ => return None,
+    };
+    let plain = name.len() > 33
+        && name.as_bytes()[32] == b'-'
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-._?=".contains(&b))
+        && !name.starts_with('.');
+    (plain && parts.all(|c| matches!(c, std::path::Component::Normal(_))))
+        .then(|| format!("{store_dir}/{name}"))
+}
+
+/// Makes `link` → `target` (a valid store path) here an indirect GC root, as `nix build`
+/// makes its links: the symlink, and nix's record of it.
+pub fn add_root(target: &str, link: &std::path::Path) -> Result<()> {
+    let root = Cmd::new("nix-store")
+        .args(["--realise", target, "--add-root"])
+        .arg(link.display().to_string());
+    let out = root.output()?;
+    if !out.status.success() {
+        bail!(
+            "creating the result link {}: `{}` failed: {}",
+            link.display(),
+            root.line(),
+            exec::stderr_tail(&out)
+        );
     }
     Ok(())
 }

@@ -771,7 +771,8 @@ pub fn back(
                 .with_context(|| format!("{host}: {step}: opening the staging directory"))?;
             let names: Vec<PathBuf> = take.iter().chain(&conflicts).cloned().collect();
             let mirror = plan.mirror(tree.src, &env.dirs);
-            let pulled = pull(conn, env, &mirror, &names, staging.path(), max_size, &step)?;
+            let mut pulled = pull(conn, env, &mirror, &names, staging.path(), max_size, &step)?;
+            pulled.copy_store_links(conn, env, &names, &step);
             // Stopped (Ctrl-C, SIGTERM) while HOST's files were on their way: place none of
             // them; the staging directory goes with this error.
             if signals.caught() {
@@ -829,6 +830,7 @@ pub fn back(
                 } else {
                     changes.push(match here.replace(&staged, &name, &name) {
                         Ok(()) => {
+                            pulled.root_store_link(&name, &dest);
                             if src.kind == SourceKind::Git
                                 && sent.get(&name).is_none()
                                 && name.file_name() == Some(std::ffi::OsStr::new("flake.lock"))
@@ -865,7 +867,11 @@ pub fn back(
                     changes.push(refuse(&name, why));
                     continue;
                 }
-                changes.push(match place_copy(&here, &staged, &name, host) {
+                let placed = place_copy(&here, &staged, &name, host);
+                if let Ok(copy) = &placed {
+                    pulled.root_store_link(&name, copy);
+                }
+                changes.push(match placed {
                     Ok(copy) => Change::Conflict {
                         path: src.root.join(&name),
                         remote_copy: Some(copy),
@@ -992,6 +998,11 @@ struct Pulled {
     staging: PathBuf,
     out: std::process::Output,
     too_large: BTreeSet<PathBuf>,
+    /// Symlinks into the store whose closures are now in this machine's store, by name,
+    /// with the store path each leads to.
+    in_store: BTreeMap<PathBuf, String>,
+    /// Symlinks into the store whose closures could not be copied, with why.
+    not_in_store: BTreeMap<PathBuf, String>,
 }
 
 /// Pulls `names` (relative to `from` on HOST) into `staging`: each one file, never a whole
@@ -1043,12 +1054,79 @@ fn pull(
         staging: staging.to_path_buf(),
         out,
         too_large,
+        in_store: BTreeMap::new(),
+        not_in_store: BTreeMap::new(),
     })
 }
 
 impl Pulled {
-    /// Whether `name` came and may be placed: a regular file, or a symlink that stays in
-    /// the tree (relative, never above its root); else why not.
+    /// Symlinks among `names` that lead into the store (a `result` a nested `nix build`
+    /// made, say): their closures are copied from HOST, so that each comes back as a GC root
+    /// like nix build's own links, never dangling; those that cannot be copied stay there.
+    fn copy_store_links(
+        &mut self,
+        conn: &Connection,
+        env: &RemoteEnv,
+        names: &[PathBuf],
+        step: &str,
+    ) {
+        let store_dir = crate::mapping::store_dir(&std::env::vars().collect::<Vec<_>>());
+        let links: Vec<(PathBuf, String)> = names
+            .iter()
+            .filter_map(|name| {
+                let target = std::fs::read_link(self.staging.join(name)).ok()?;
+                let path = crate::results::store_path_of(&target, &store_dir)?;
+                Some((name.clone(), path))
+            })
+            .collect();
+        if links.is_empty() {
+            return;
+        }
+        let paths: Vec<&str> = links.iter().map(|(_, p)| p.as_str()).collect();
+        match crate::results::copy_closures(conn, env, &paths, step) {
+            Ok(()) => self.in_store.extend(links),
+            Err(e) => {
+                let why = format!(
+                    "it is a symlink into the store, and its target could not be copied here: {e:#}"
+                );
+                self.not_in_store
+                    .extend(links.into_iter().map(|(name, _)| (name, why.clone())));
+            }
+        }
+    }
+
+    /// Makes a store symlink placed at `dest` a GC root here, as `nix build` makes its
+    /// links (saying so when it cannot); other names are left alone.
+    fn root_store_link(&self, name: &Path, dest: &Path) {
+        let Some(path) = self.in_store.get(name) else {
+            return;
+        };
+        // Into a store path, not its top: nix roots only a link to the path itself, so
+        // the link stays as it was made, and the closure is here until a GC.
+        if std::fs::read_link(dest).ok().as_deref() != Some(Path::new(path)) {
+            exec::info(format_args!(
+                "{} leads inside {path}, which is now in this store but not a GC root here",
+                exec::printable(&dest.to_string_lossy())
+            ));
+            return;
+        }
+        // nix-store names the link by a string: a name that is not UTF-8 keeps its link
+        // but cannot be named to nix.
+        let rooted = match dest.to_str() {
+            Some(_) => crate::results::add_root(path, dest),
+            None => Err(anyhow::anyhow!("its name is not UTF-8")),
+        };
+        if let Err(e) = rooted {
+            exec::info(format_args!(
+                "{} leads to {path}, which is now in this store, but it could not be made a GC root: {e:#}",
+                exec::printable(&dest.to_string_lossy())
+            ));
+        }
+    }
+
+    /// Whether `name` came and may be placed: a regular file, a symlink that stays in the
+    /// tree (relative, never above its root), or one into the store whose closure is here;
+    /// else why not.
     fn check(&self, name: &Path, host: &str, max_size: u64) -> Result<(), String> {
         let staged = self.staging.join(name);
         let Ok(meta) = std::fs::symlink_metadata(&staged) else {
@@ -1076,7 +1154,10 @@ impl Pulled {
             ));
         }
         let target = std::fs::read_link(&staged).unwrap_or_default();
-        if contain::stays_inside(name, &target) {
+        if let Some(why) = self.not_in_store.get(name) {
+            return Err(why.clone());
+        }
+        if self.in_store.contains_key(name) || contain::stays_inside(name, &target) {
             Ok(())
         } else {
             Err(format!(

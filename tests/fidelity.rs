@@ -95,6 +95,8 @@ fn a_pinned_input_this_store_lost_is_fetched_again_or_refused() {
         .iter()
         .map(|i| pinned["inputs"][i]["path"].as_str().unwrap().to_string())
         .collect();
+    let b = top.parent().unwrap().join("b/flake.nix");
+    let locked_mtime = std::fs::metadata(&b).unwrap().modified().unwrap();
     lab::move_pinned_inputs(&top);
     let gc = |paths: &[String]| {
         let out = run(lab.command("nix-store").arg("--delete").args(paths));
@@ -125,12 +127,18 @@ fn a_pinned_input_this_store_lost_is_fetched_again_or_refused() {
         "nothing was sent"
     );
 
-    // `b` back as it was locked: both are fetched again here (`a` by its rev), then sent.
-    let b = top.parent().unwrap().join("b/flake.nix");
+    // `b` back as it was locked (content and time: nix checks its lastModified too):
+    // both are fetched again here (`a` by its rev), then sent.
     let was = std::fs::read_to_string(&b)
         .unwrap()
         .replace("-v2\"", "-v1\"");
     std::fs::write(&b, was).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&b)
+        .unwrap()
+        .set_modified(locked_mtime)
+        .unwrap();
     let out = run(lab.edict(&top).args([host, "nix", "eval", "--raw", ".#v"]));
     assert!(out.status.success(), "{}", describe(&out));
     assert_eq!(text(&out.stdout), format!("a-{tag}-v1 b-{tag}-v1"));
@@ -295,4 +303,48 @@ fn other_legacy_commands_are_refused_before_connecting() {
         lab::assert_mentions(&text(&out.stderr), &[says, "fix:"]);
         assert_eq!(lab.logins("nix28"), before, "{line:?} connected");
     }
+}
+
+/// A `result` that a command made there by running nix itself (`nix develop -c nix build`,
+/// an app that builds) comes back like nix build's own: its closure in this store and the
+/// link a GC root, never dangling. A link into a store path comes back with its closure.
+#[test]
+fn store_links_a_nested_build_made_come_back_with_their_closures() {
+    each_host(|lab, host| {
+        let tag = lab::unique_tag();
+        let dir = lab.workdir(&format!("nested-{host}"));
+        lab::write_rich_flake(&dir, &tag);
+        lab::git_init(&dir);
+        let out = run(lab.edict(&dir).args([
+            host,
+            "nix",
+            "run",
+            ".#shell",
+            "--",
+            "nix build .#default && ln -s \"$(readlink result)/greeting\" greeting",
+        ]));
+        assert!(out.status.success(), "{host}: {}", describe(&out));
+        let target = std::fs::read_link(dir.join("result")).unwrap();
+        let target = target.to_str().unwrap();
+        assert!(target.ends_with(&format!("-edict-top-{tag}")), "{target}");
+        assert!(lab::locally_valid(target), "{host}: {target} dangles");
+        let dep = std::fs::read_to_string(Path::new(target).join("dep")).unwrap();
+        assert!(lab::locally_valid(dep.trim()), "the closure came along");
+        let roots = text(
+            &run(lab
+                .command("nix-store")
+                .args(["--query", "--roots", target]))
+            .stdout,
+        );
+        assert!(
+            roots.contains(&dir.join("result").display().to_string()),
+            "{host}: not a GC root: {roots}"
+        );
+        // Into a store path: it comes back, and what it leads to is here.
+        assert_eq!(
+            std::fs::read_to_string(dir.join("greeting")).unwrap(),
+            "hello\n"
+        );
+        lab::assert_mentions(&text(&out.stderr), &["greeting", "not a GC root here"]);
+    });
 }
