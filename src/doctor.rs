@@ -106,7 +106,13 @@ impl Run {
         let (what, fix) = message
             .split_once("\n  fix: ")
             .map_or((message, fallback), |(a, b)| (a, b.to_string()));
-        self.fail(id, what.replace('\n', " "), fix);
+        // One line in the table: ssh's lines kept apart.
+        let what: Vec<&str> = what
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        self.fail(id, what.join(" / "), fix);
     }
     fn skip_rest(&mut self, why: &str) {
         for (id, _) in CHECKS {
@@ -306,7 +312,7 @@ pub fn check(transport: Transport, machine: Option<&Machine>) -> Report {
             return r.report();
         }
     };
-    remote_checks(&mut r, &conn, machine);
+    remote_checks(&mut r, &conn, machine, (&hostname, port));
     r.report()
 }
 
@@ -432,10 +438,19 @@ fn host_key(
 }
 
 /// Checks 6–13, over the open connection.
-fn remote_checks(r: &mut Run, conn: &Connection, machine: Option<&Machine>) {
+fn remote_checks(r: &mut Run, conn: &Connection, machine: Option<&Machine>, addr: (&str, u16)) {
     let host = conn.transport.label.clone();
+    // What a script prints, after whatever the login shell printed first (a banner, which
+    // the quiet-shell check reports): a marker line separates them.
+    const BEGIN: &str = "EDICT-DOCTOR-BEGIN\n";
     let sh = |script: &str| -> (bool, String, String) {
-        match conn.ssh(Tty::No, script).output() {
+        match conn
+            .ssh(
+                Tty::No,
+                &format!("printf '{}\\n'; {script}", BEGIN.trim_end()),
+            )
+            .output()
+        {
             Ok(out) => {
                 if exec::verbosity() >= 2 {
                     eprintln!(
@@ -444,9 +459,13 @@ fn remote_checks(r: &mut Run, conn: &Connection, machine: Option<&Machine>) {
                         String::from_utf8_lossy(&out.stderr)
                     );
                 }
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                let stdout = stdout
+                    .split_once(BEGIN)
+                    .map_or(&*stdout, |(_, after)| after);
                 (
                     out.status.success(),
-                    String::from_utf8_lossy(&out.stdout).trim().to_string(),
+                    stdout.trim().to_string(),
                     exec::stderr_tail(&out),
                 )
             }
@@ -489,6 +508,7 @@ fn remote_checks(r: &mut Run, conn: &Connection, machine: Option<&Machine>) {
 
     // 7. Version and experimental features.
     let (_, version, _) = sh(&format!("{nix_q} --version"));
+    let version = crate::mapping::version_line(&version);
     // Its settings, once (`show-config`, or `config show` where that was dropped).
     let (_, config, _) = sh(&format!(
         "{nix_q} --extra-experimental-features nix-command show-config 2>/dev/null || {nix_q} --extra-experimental-features nix-command config show"
@@ -629,12 +649,11 @@ fn remote_checks(r: &mut Run, conn: &Connection, machine: Option<&Machine>) {
             Ok(out) if out.status.success() => r.ok("trust", "a path built there imports here"),
             Ok(out) => {
                 let err = String::from_utf8_lossy(&out.stderr);
-                let user = std::env::var("USER").unwrap_or_else(|_| "YOUR-USER".into());
                 if crate::results::lacks_signature(&err) {
                     r.fail(
                         "trust",
                         "this machine's store refuses unsigned paths from your user",
-                        format!("add `trusted-users = root {user}` to /etc/nix/nix.conf here and restart nix-daemon; or sign on {host}: `secret-key-files = /etc/nix/key.private` in its nix.conf (make the key with `nix key generate-secret --key-name {host}-1`) and its public key in `extra-trusted-public-keys` here"),
+                        crate::results::unsigned_fix(&host),
                     );
                 } else {
                     r.fail(
@@ -654,7 +673,7 @@ fn remote_checks(r: &mut Run, conn: &Connection, machine: Option<&Machine>) {
     }
 
     // 13. As root: what Nix's daemon needs to use this host in `builders`.
-    daemon_view(r, conn, machine);
+    daemon_view(r, conn, machine, addr);
 }
 
 fn rsync_version(line: &str) -> String {
@@ -764,7 +783,8 @@ fn store_uri(r: &mut Run, conn: &Connection, nix: &str) {
     }
 }
 
-fn daemon_view(r: &mut Run, conn: &Connection, machine: Option<&Machine>) {
+/// `addr`: the host name and port the user's ssh config resolves HOST to.
+fn daemon_view(r: &mut Run, conn: &Connection, machine: Option<&Machine>, addr: (&str, u16)) {
     let root = Cmd::new("id")
         .arg("-u")
         .output()
@@ -807,7 +827,17 @@ fn daemon_view(r: &mut Run, conn: &Connection, machine: Option<&Machine>) {
             r.warn(
                 "daemon",
                 format!("{what} (edict works, Nix's own remote builds would not)"),
-                format!("Nix's daemon connects as root with root's ssh config: give root the host key (`ssh-keyscan {} | sudo tee -a /root/.ssh/known_hosts`) and a key {host} accepts (the ssh-key field of its machines entry, readable by root), or a `Host {host}` entry in /root/.ssh/config", conn.transport.dest.host),
+                {
+                    let (hostname, port) = addr;
+                    let alias = &conn.transport.dest.host;
+                    // ssh-keyscan and root's ssh know nothing of the user's aliases.
+                    let config = if alias != hostname || port != 22 {
+                        format!("add `Host {alias}` with `HostName {hostname}` and `Port {port}` to /root/.ssh/config (your ssh config has them, root's does not), ")
+                    } else {
+                        String::new()
+                    };
+                    format!("Nix's daemon connects as root with root's ssh config: {config}give root the host key (`ssh-keyscan -p {port} {hostname} | sudo tee -a /root/.ssh/known_hosts`) and a key {host} accepts (the ssh-key field of its machines entry, readable by root)")
+                },
             );
         }
         Err(e) => r.fail("daemon", format!("{e:#}"), "install ssh"),

@@ -762,6 +762,24 @@ fn join_rel(a: &str, b: &str) -> String {
     }
 }
 
+/// The version line of `nix --version`'s output (`nix (Nix) 2.8.0`, `nix (Lix) 2.91.1`): a
+/// shell that prints a banner in every session puts its text before it.
+pub fn version_line(output: &str) -> String {
+    let lines: Vec<&str> = output
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("nix (") || l.starts_with("nix "))
+        .or(lines.last())
+        .copied()
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// Whether a nix whose `nix --version` says `version` reads a relative `path:` input locked
 /// without a narHash (the form Nix 2.26 introduced, with a `parent`): CppNix 2.26 and later.
 /// Older Nix and Lix refuse such a lock ("lockfile contains mutable lock").
@@ -1520,6 +1538,17 @@ mod tests {
         assert_eq!(p.sources.len(), 1);
         assert!(p.pinned.is_empty());
         assert_eq!(p.notes.len(), 3, "{:?}", p.notes);
+    }
+
+    #[test]
+    fn the_version_is_found_after_a_banner() {
+        assert_eq!(version_line("nix (Nix) 2.8.0\n"), "nix (Nix) 2.8.0");
+        assert_eq!(
+            version_line("Welcome to hubble\nTuesday\nnix (Lix) 2.91.1\n"),
+            "nix (Lix) 2.91.1"
+        );
+        assert_eq!(version_line("something else\n"), "something else");
+        assert_eq!(version_line(""), "");
     }
 
     #[test]

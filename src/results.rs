@@ -122,10 +122,10 @@ pub fn copy_closures(conn: &Connection, env: &RemoteEnv, paths: &[&str], step: &
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
     if lacks_signature(&stderr) {
-        let user = std::env::var("USER").unwrap_or_else(|_| "YOUR-USER".into());
         bail!(
-            "{host}: {step}: this machine's Nix store refused the paths built on {host}: they are not signed by a key it trusts, and your user may not import unsigned paths.\n  nix said: {}\n  fix: either let your user import them: add `trusted-users = root {user}` to /etc/nix/nix.conf here and restart the daemon (`sudo systemctl restart nix-daemon`),\n       or sign on {host}: `nix key generate-secret --key-name {host}-1 > /etc/nix/key.private` there, `secret-key-files = /etc/nix/key.private` in its nix.conf, and its public key (`nix key convert-secret-to-public < /etc/nix/key.private`) in `extra-trusted-public-keys = …` here",
-            exec::stderr_tail(&out)
+            "{host}: {step}: this machine's Nix store refused the paths built on {host}: they are not signed by a key it trusts, and your user may not import unsigned paths.\n  nix said: {}\n  fix: {}",
+            exec::stderr_tail(&out),
+            unsigned_fix(host)
         );
     }
     if stderr.contains("daemon-socket") && stderr.contains("Permission denied") {
@@ -211,6 +211,15 @@ pub fn copy_command(conn: &Connection, nix_store: &str, direction: &str, paths: 
         .env("NIX_SSHOPTS", conn.nix_sshopts())
 }
 
+/// How to make this machine's store take paths built on `host`: trust the user, or have
+/// `host` sign. Both are daemon settings, read from /etc/nix/nix.conf when it starts.
+pub fn unsigned_fix(host: &str) -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "YOUR-USER".into());
+    format!(
+        "either let your user import them: add `trusted-users = root {user}` to /etc/nix/nix.conf here and restart the daemon here (`sudo systemctl restart nix-daemon`);\n       or have {host} sign what it builds: on {host}, `sudo sh -c 'nix --extra-experimental-features nix-command key generate-secret --key-name {host}-1 > /etc/nix/key.private'`, add `secret-key-files = /etc/nix/key.private` to /etc/nix/nix.conf there (the daemon's settings, not ~/.config/nix) and restart its daemon (`sudo systemctl restart nix-daemon`); paths it built before are unsigned: sign them there with `sudo nix --extra-experimental-features nix-command store sign -k /etc/nix/key.private -r PATH`;\n       then here, add its public key (`sudo nix --extra-experimental-features nix-command key convert-secret-to-public < /etc/nix/key.private` on {host}) to `extra-trusted-public-keys = …` in /etc/nix/nix.conf and restart the daemon here"
+    )
+}
+
 /// Whether nix's error is the importing store refusing unsigned paths: Nix 2.8 says
 /// "lacks a valid signature", Nix 2.26 and later "lacks a signature by a trusted key".
 pub fn lacks_signature(stderr: &str) -> bool {
@@ -280,6 +289,25 @@ mod tests {
     }
 
     #[test]
+    fn store_paths_are_what_a_link_leads_into() {
+        let p = "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-hello-2.12";
+        let of = |t: &str| store_path_of(Path::new(t), "/nix/store");
+        assert_eq!(of(p).as_deref(), Some(p));
+        assert_eq!(of(&format!("{p}/bin/hello")).as_deref(), Some(p));
+        for bad in [
+            "/nix/store",
+            "/nix/store/..",
+            "/nix/store/short-x",
+            "/etc/passwd",
+            "nix/store/0123456789abcdfghijklmnpqrsvwxyz-x",
+            "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-x/../../etc",
+            "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-a b",
+        ] {
+            assert_eq!(of(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn links_map_to_their_local_bases() {
         let plan = Plan {
             program: crate::nixargs::Program::Nix,
@@ -303,18 +331,33 @@ mod tests {
             pinned: Vec::new(),
         };
         let found: Vec<(String, String)> = [
-            ("0/result", "/nix/store/a-x"),
-            ("0/result-dev", "/nix/store/b-x-dev"),
-            ("1/result", "/nix/store/c-y"),
-            ("1/result-1", "/nix/store/d-z"),
+            ("0/result", "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-x"),
+            (
+                "0/result-dev",
+                "/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-x-dev",
+            ),
+            ("1/result", "/nix/store/cccccccccccccccccccccccccccccccc-y"),
+            (
+                "1/result-1",
+                "/nix/store/dddddddddddddddddddddddddddddddd-z",
+            ),
             ("0/other", "/nix/store/e"),
             ("0/result-bad", "/etc/passwd"),
             ("7/result", "/nix/store/f"),
             // What a hostile HOST could report: never a link outside its base, never a
             // target outside the store.
-            ("0/result/../../x", "/nix/store/g-x"),
-            ("0/result-../x", "/nix/store/g-x"),
-            ("0/result-a/b", "/nix/store/g-x"),
+            (
+                "0/result/../../x",
+                "/nix/store/gggggggggggggggggggggggggggggggg-x",
+            ),
+            (
+                "0/result-../x",
+                "/nix/store/gggggggggggggggggggggggggggggggg-x",
+            ),
+            (
+                "0/result-a/b",
+                "/nix/store/gggggggggggggggggggggggggggggggg-x",
+            ),
             ("0/result-x", "/nix/store/../../etc/passwd"),
             ("0/result-y", "/nix/store/.."),
             ("0/result-z", "/nix/store/h/../../etc"),
@@ -330,10 +373,22 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                ("/tmp/my out".to_string(), "/nix/store/c-y"),
-                ("/tmp/my out-1".to_string(), "/nix/store/d-z"),
-                ("/w/result".to_string(), "/nix/store/a-x"),
-                ("/w/result-dev".to_string(), "/nix/store/b-x-dev"),
+                (
+                    "/tmp/my out".to_string(),
+                    "/nix/store/cccccccccccccccccccccccccccccccc-y"
+                ),
+                (
+                    "/tmp/my out-1".to_string(),
+                    "/nix/store/dddddddddddddddddddddddddddddddd-z"
+                ),
+                (
+                    "/w/result".to_string(),
+                    "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-x"
+                ),
+                (
+                    "/w/result-dev".to_string(),
+                    "/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-x-dev"
+                ),
             ]
         );
     }

@@ -81,7 +81,8 @@ pub struct Probed {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Verdict {
     Rejected(Rejection),
-    Unreachable(String),
+    /// Not reachable: what went wrong (one line), and its fix.
+    Unreachable(String, Option<String>),
     /// Reachable: its 1-minute load average and its score (speed / (1 + load / jobs)).
     Up {
         load: f64,
@@ -126,10 +127,15 @@ pub fn probe(machines: &[Machine], needs: &Needs, ssh_opts: &str) -> Vec<Probed>
                         }
                     }
                     Err(e) => {
-                        let first = format!("{e:#}").lines().next().unwrap_or("").to_string();
+                        let e = format!("{e:#}");
+                        let first = e.lines().next().unwrap_or("").to_string();
+                        let fix = e
+                            .lines()
+                            .find_map(|l| l.trim().strip_prefix("fix: "))
+                            .map(str::to_string);
                         Probed {
                             machine,
-                            verdict: Verdict::Unreachable(first),
+                            verdict: Verdict::Unreachable(first, fix),
                             conn: None,
                         }
                     }
@@ -173,7 +179,7 @@ pub fn explain(probed: &[Probed]) -> Vec<(String, String)> {
         .map(|p| {
             let why = match (&p.verdict, chosen) {
                 (Verdict::Rejected(r), _) => format!("not eligible: {r}"),
-                (Verdict::Unreachable(e), _) => format!("unreachable: {e}"),
+                (Verdict::Unreachable(e, _), _) => format!("unreachable: {e}"),
                 (Verdict::Up { load, .. }, Some(c)) if std::ptr::eq(p, c) => {
                     format!(
                         "chosen: speed {}, load {load:.2} for {} job(s)",
@@ -211,9 +217,15 @@ pub fn choose(machines: &[Machine], needs: &Needs, ssh_opts: &str) -> Result<Con
     let mut probed = probe(machines, needs, ssh_opts);
     let reasons = explain(&probed);
     let Some(best) = probed.iter_mut().find(|p| p.verdict.score().is_some()) else {
+        // Each unreachable machine's own fix (a changed host key, a refused login) is
+        // the one that helps.
         let list: String = reasons
             .iter()
-            .map(|(n, why)| format!("\n  {n}: {why}"))
+            .zip(&probed)
+            .map(|((n, why), p)| match &p.verdict {
+                Verdict::Unreachable(_, Some(fix)) => format!("\n  {n}: {why}\n    fix: {fix}"),
+                _ => format!("\n  {n}: {why}"),
+            })
             .collect();
         bail!(
             "choosing a host: no machine can take a job for {needs}:{list}\n  fix: add a machine for {} to the pool, or change --system/--required-features",
@@ -310,7 +322,7 @@ pub fn to_json(probed: &[Probed], needs: &Needs) -> serde_json::Value {
             let m = &p.machine;
             let (reachable, load) = match &p.verdict {
                 Verdict::Up { load, .. } => (Some(true), Some(*load)),
-                Verdict::Unreachable(_) => (Some(false), None),
+                Verdict::Unreachable(..) => (Some(false), None),
                 Verdict::Rejected(_) => (None, None),
             };
             serde_json::json!({
@@ -444,6 +456,7 @@ mod tests {
                 machine("down", 8.0, 8),
                 Verdict::Unreachable(
                     "down: connecting: nothing accepts ssh connections on down.".into(),
+                    None,
                 ),
             ),
             p(

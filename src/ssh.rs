@@ -125,12 +125,12 @@ impl Transport {
         if let Some(host_key) = &machine.host_key {
             let dir = crate::contain::private_tempdir("edict-hostkey-", None)?;
             let file = dir.path().join("known_hosts");
-            std::fs::write(&file, format!("edict-pinned {host_key}\n"))?;
+            std::fs::write(&file, format!("{PINNED_ALIAS} {host_key}\n"))?;
             t.user_opts.extend([
                 "-o".to_string(),
                 format!("UserKnownHostsFile={}", file.display()),
                 "-o".to_string(),
-                "HostKeyAlias=edict-pinned".to_string(),
+                format!("HostKeyAlias={PINNED_ALIAS}"),
                 "-o".to_string(),
                 "StrictHostKeyChecking=yes".to_string(),
             ]);
@@ -423,10 +423,11 @@ pub fn exit_code_for(e: &anyhow::Error) -> u8 {
     }
 }
 
-/// Turns ssh's stderr into an error that says what went wrong with which host, at which
-/// step, and what to do about it.
 /// Whether a failed command's stderr is ssh's own (the connection, not the program behind
 /// it): ssh's errors start with `ssh:` or name a host key or the login; nix's mention `ssh://`.
+/// The name a machine's pinned host key goes by in edict's private known_hosts.
+const PINNED_ALIAS: &str = "edict-pinned";
+
 pub fn said_by_ssh(stderr: &str) -> bool {
     stderr.lines().any(|l| {
         l.starts_with("ssh:")
@@ -435,13 +436,36 @@ pub fn said_by_ssh(stderr: &str) -> bool {
     })
 }
 
+/// The lines of ssh's host-key warning that say nothing about this case (its banner, its
+/// advice, the file of a pinned key): left out of what edict quotes.
+const HOST_KEY_BOILERPLATE: &[&str] = &[
+    "IT IS POSSIBLE THAT SOMEONE",
+    "Someone could be eavesdropping",
+    "It is also possible that a host key",
+    "Please contact your system administrator",
+    "Add correct host key in",
+    "Offending ",
+    "remove with:",
+    "ssh-keygen -f ",
+];
+
+/// Turns ssh's stderr into an error that says what went wrong with which host, at which
+/// step, and what to do about it.
 pub fn ssh_failure(host: &str, step: &str, stderr: &str) -> anyhow::Error {
     let said = stderr
         .lines()
         .filter(|l| !l.trim().is_empty() && !l.starts_with('@'))
+        .filter(|l| !HOST_KEY_BOILERPLATE.iter().any(|b| l.contains(b)))
+        .map(str::trim)
         .collect::<Vec<_>>()
         .join("\n  ");
     let has = |s: &str| stderr.contains(s);
+    // ssh names the exact known_hosts file and entry it checked (`[10.0.0.5]:2222` for an
+    // alias with a port, in the config's UserKnownHostsFile): its own removal command.
+    let remove = stderr
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("ssh-keygen -f ") && l.contains(" -R "));
     let (what, fix) = if has("Could not resolve hostname") || has("Name or service not known") {
         (
             format!("ssh cannot resolve the host name `{host}`"),
@@ -449,13 +473,33 @@ pub fn ssh_failure(host: &str, step: &str, stderr: &str) -> anyhow::Error {
                 "check the spelling, or add a `Host {host}` entry with a HostName to your ssh config (or to the file NIX_SSHOPTS passes with -F)"
             ),
         )
+    } else if (has("REMOTE HOST IDENTIFICATION HAS CHANGED")
+        || has("Host key for") && has("has changed"))
+        && has(PINNED_ALIAS)
+    {
+        (
+            format!(
+                "{host}'s host key is not the one the machines file pins for it (ssh-public-host-key)"
+            ),
+            format!(
+                "if {host} was reinstalled, check its new key's fingerprint (above) and put the new key in the machines file (`base64 -w0 < /etc/ssh/ssh_host_ed25519_key.pub` on {host}); otherwise someone may be intercepting the connection"
+            ),
+        )
     } else if has("REMOTE HOST IDENTIFICATION HAS CHANGED")
         || has("Host key for") && has("has changed")
     {
+        let remove = match remove {
+            Some(cmd) => {
+                format!("remove the old key with `{cmd}` (the file and entry ssh checked)")
+            }
+            None => format!(
+                "remove the old key from the known_hosts file that `ssh -G {host} | grep knownhostsfile` names"
+            ),
+        };
         (
             format!("{host}'s host key does not match the one in your known_hosts"),
             format!(
-                "if {host} was reinstalled, check its new key's fingerprint and run `ssh-keygen -R {host}`, then `ssh {host}` once to accept it; otherwise someone may be intercepting the connection"
+                "if {host} was reinstalled, check its new key's fingerprint (above), {remove}, then connect once to accept the new one; otherwise someone may be intercepting the connection"
             ),
         )
     } else if has("Host key verification failed")
@@ -620,6 +664,26 @@ mod tests {
                 "ssh to h failed",
             ),
         ];
+        // A changed key: ssh's own removal command (the real file and entry), its
+        // boilerplate left out; a pinned key's fix is the machines file, not a temp file.
+        let changed = "@@@\n@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\nIT IS POSSIBLE THAT SOMEONE IS DOING SOMETHING NASTY!\nThe fingerprint for the ED25519 key sent by the remote host is\nSHA256:abc.\nAdd correct host key in /k/known_hosts to get rid of this message.\nOffending ED25519 key in /k/known_hosts:3\n  remove with:\n  ssh-keygen -f \"/k/known_hosts\" -R \"[127.0.0.1]:2201\"\nHost key for [127.0.0.1]:2201 has changed and you have requested strict checking.\nHost key verification failed.";
+        let msg = format!("{}", ssh_failure("ha", "connecting", changed));
+        assert!(
+            msg.contains(
+                "remove the old key with `ssh-keygen -f \"/k/known_hosts\" -R \"[127.0.0.1]:2201\"`"
+            ),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("SHA256:abc") && !msg.contains("NASTY"),
+            "{msg}"
+        );
+        let pinned = changed
+            .replace("/k/known_hosts", "/tmp/edict-hostkey-x/known_hosts")
+            .replace("[127.0.0.1]:2201", PINNED_ALIAS);
+        let msg = format!("{}", ssh_failure("ha", "connecting", &pinned));
+        assert!(msg.contains("the machines file pins"), "{msg}");
+        assert!(!msg.contains("edict-hostkey"), "{msg}");
         for (stderr, want) in cases {
             let msg = format!("{}", ssh_failure("h", "connecting", stderr));
             assert!(msg.starts_with("h: connecting: "), "{msg}");

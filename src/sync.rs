@@ -979,7 +979,7 @@ pub fn local_nix_version() -> String {
     Cmd::new("nix")
         .arg("--version")
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .map(|o| crate::mapping::version_line(&String::from_utf8_lossy(&o.stdout)))
         .unwrap_or_default()
 }
 

@@ -183,8 +183,43 @@ fn broken_hosts_on(flavour: Flavour) {
             "{host} {check}: fix `{fix}` lacks `{fix_has}`"
         );
     };
-    expect("rekeyed", "host-key", "fail", "ssh-keygen -R");
-    expect("rekeyed", "login", "fail", "ssh-keygen -R");
+    expect(
+        "rekeyed",
+        "host-key",
+        "fail",
+        &format!("ssh-keygen -R '[127.0.0.1]:{port}'"),
+    );
+    expect(
+        "rekeyed",
+        "login",
+        "fail",
+        &format!("-R \"[127.0.0.1]:{port}\""),
+    );
+    // Nix's daemon connects as root with root's ssh config, which knows none of the lab's
+    // aliases: the fix names the real address, port and the entry root's config needs.
+    let healthy = lab.host("healthy").port;
+    expect(
+        "healthy",
+        "daemon",
+        "warn",
+        &format!(
+            "add `Host healthy` with `HostName 127.0.0.1` and `Port {healthy}` to /root/.ssh/config"
+        ),
+    );
+    expect(
+        "healthy",
+        "daemon",
+        "warn",
+        &format!("`ssh-keyscan -p {healthy} 127.0.0.1 | sudo tee -a /root/.ssh/known_hosts`"),
+    );
+    // A shell that greets in every session: its banner is not taken for the version.
+    assert!(
+        status(&json, "chatty", "nix-version").1["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("nix (Nix) {}", flavour.nix_version())),
+        "{json:#}"
+    );
     expect("down", "tcp", "fail", "start sshd");
     assert_eq!(status(&json, "down", "login").0, "skipped");
     expect(

@@ -104,7 +104,13 @@ fn host_key_changed_or_unknown_on(flavour: Flavour) {
         format!("[127.0.0.1]:{port} {} {}\n", key[0], key[1]),
     )
     .unwrap();
-    fails(&lab, "changed", 255, &["does not match", "ssh-keygen -R"]);
+    // The removal ssh itself names: the config's known_hosts file and the `[addr]:port`
+    // entry, not the alias (`ssh-keygen -R changed` would find nothing).
+    let remove = format!(
+        "`ssh-keygen -f \"{}\" -R \"[127.0.0.1]:{port}\"`",
+        lab.known_hosts().display()
+    );
+    fails(&lab, "changed", 255, &["does not match", &remove]);
     // No key at all, and no terminal to ask on.
     std::fs::write(lab.known_hosts(), "").unwrap();
     fails(&lab, "changed", 255, &["not in your known_hosts"]);

@@ -251,7 +251,14 @@ fn pool_machines_use_their_key_and_pinned_host_key() {
             .output()
             .unwrap();
         assert!(!out.status.success());
-        assert!(stderr(&out).contains("host key"), "{}", describe(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("host key is not the one the machines file pins")
+                && err.contains("put the new key in the machines file")
+                && !err.contains("edict-hostkey"),
+            "{}",
+            describe(&out)
+        );
     }
 }
 

@@ -37,7 +37,10 @@ fn untrusted_user_on(flavour: Flavour) {
                 "builder: copying results",
                 "lacks a valid signature",
                 "trusted-users = root edict-untrusted",
-                "secret-key-files",
+                "secret-key-files = /etc/nix/key.private",
+                "restart its daemon",
+                "extra-trusted-public-keys",
+                "store sign",
             ],
         );
         assert!(!dir.join("result").exists());
@@ -58,6 +61,45 @@ fn untrusted_user_on(flavour: Flavour) {
             .ends_with(&format!("edict-top-{tag}"))
     );
     assert!(lab::locally_valid(&target.display().to_string()));
+}
+
+/// The other fix of that message: HOST signs what it builds (`secret-key-files` in its
+/// nix.conf), and this machine's daemon trusts its public key; the user stays untrusted.
+#[test]
+fn the_signing_fix_works_too() {
+    for flavour in Flavour::ALL {
+        let key = tempfile::tempdir().unwrap();
+        let secret = key.path().join("key.private");
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "nix --extra-experimental-features nix-command key generate-secret --key-name builder-1 > {0} && nix --extra-experimental-features nix-command key convert-secret-to-public < {0}",
+                secret.display()
+            ))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", describe(&out));
+        let public = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let mut lab = Lab::new();
+        let host = lab.start(
+            HostSpec::new("builder", flavour).nix_conf("secret-key-files = /etc/nix/key.private"),
+        );
+        std::fs::copy(&secret, host.local_path("/etc/nix/key.private")).unwrap();
+        let user = lab.local_user("edict-untrusted");
+        let dir = user.workdir("signed");
+        let tag = lab::unique_tag();
+        lab::write_rich_flake(&dir, &tag);
+        let _daemon =
+            LocalDaemon::start_with("root", &format!("extra-trusted-public-keys = {public}"));
+        let out = user
+            .edict(&dir)
+            .args(["builder", "nix", "build", ".#default"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{flavour:?}: {}", describe(&out));
+        let target = std::fs::read_link(dir.join("result")).unwrap();
+        assert!(lab::locally_valid(&target.display().to_string()));
+    }
 }
 
 /// A local store edict cannot reach (the nix-daemon here is down, as for an ordinary user

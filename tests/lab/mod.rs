@@ -1371,9 +1371,14 @@ impl NoDaemon {
 
 impl LocalDaemon {
     pub fn start(trusted_users: &str) -> Self {
+        Self::start_with(trusted_users, "")
+    }
+
+    /// The same with more nix.conf lines for the daemon (`extra-trusted-public-keys = …`).
+    pub fn start_with(trusted_users: &str, extra_conf: &str) -> Self {
         // One daemon at a time on this machine's socket.
         let lock = daemon_lock();
-        let config = format!("{CLIENT_NIX_CONFIG}trusted-users = {trusted_users}\n");
+        let config = format!("{CLIENT_NIX_CONFIG}trusted-users = {trusted_users}\n{extra_conf}\n");
         let mut cmd = Command::new("nix-daemon");
         cmd.env("NIX_CONFIG", config)
             .stdin(Stdio::null())
