@@ -175,9 +175,14 @@ pub enum Tty {
 }
 
 impl Tty {
-    /// A terminal only when ours is one on both ends, as `ssh` itself decides for a shell.
+    /// A terminal only when stdin, stdout and stderr all are one here. A remote terminal
+    /// carries the command's stderr with its stdout, so `2>file` here would not get nix's
+    /// messages: a redirected stream means no terminal there, as for a script.
     pub fn detect() -> Self {
-        if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
+        if std::io::stdin().is_terminal()
+            && std::io::stdout().is_terminal()
+            && std::io::stderr().is_terminal()
+        {
             Tty::Yes
         } else {
             Tty::No
@@ -309,6 +314,13 @@ impl Connection {
         Cmd::new("ssh")
             .args(self.client_opts())
             .arg(if tty == Tty::Yes { "-t" } else { "-T" })
+            // With a terminal, ssh ends every session with "Shared connection to … closed.",
+            // an INFO message: nix here prints nothing of the kind.
+            .args(if tty == Tty::Yes {
+                vec!["-o", "LogLevel=ERROR"]
+            } else {
+                Vec::new()
+            })
             .arg("--")
             .arg(self.transport.dest.target())
             .arg(exec::quote_words(&["sh", "-c", script]))

@@ -1160,7 +1160,7 @@ fn verbose_lines_paste_and_quiet_is_quiet() {
 }
 
 #[test]
-fn a_terminal_only_when_both_ends_are_terminals() {
+fn a_terminal_only_when_all_three_streams_are_terminals() {
     each_host(|lab, host, _| {
         let dir = lab.workdir(&format!("tty-{host}"));
         lab::write_rich_flake(&dir, &lab::unique_tag());
@@ -1179,7 +1179,105 @@ fn a_terminal_only_when_both_ends_are_terminals() {
             "{}",
             describe(&out)
         );
+        // ssh's "Shared connection to … closed." is not printed after it.
+        assert!(
+            !stdout(&out).contains("Shared connection"),
+            "{}",
+            describe(&out)
+        );
+        // `2>file` in a terminal: nix's messages go to the file, as they would here (no
+        // terminal there, which would carry them with stdout).
+        let err = lab.dir().join(format!("tty-{host}.err"));
+        let cmd = format!(
+            "{} {host} nix run .#shell -- 'echo to-stdout; echo to-stderr >&2' 2>{}",
+            edict.display(),
+            err.display()
+        );
+        let out = ok(lab
+            .command("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .current_dir(&dir)
+            .stdin(Stdio::piped()));
+        assert!(stdout(&out).contains("to-stdout"), "{}", describe(&out));
+        assert!(!stdout(&out).contains("to-stderr"), "{}", describe(&out));
+        assert!(std::fs::read_to_string(&err).unwrap().contains("to-stderr"));
     });
+}
+
+/// Ctrl-C in a terminal while the command runs reaches the command there, as it would
+/// here; edict exits with the command's own code: 130 for a program that dies of it, 1 for
+/// nix (which exits 1 when interrupted, here too).
+#[test]
+fn ctrl_c_in_a_terminal_is_the_commands_own() {
+    each_host(|lab, host, _| {
+        let tag = lab::unique_tag();
+        let dir = lab.workdir(&format!("ttyc-{host}"));
+        lab::write_rich_flake(&dir, &tag);
+        let edict = assert_cmd::cargo::cargo_bin("edict");
+        let slow = format!(
+            "derivation {{ name = \"slow-{tag}\"; system = \"x86_64-linux\"; builder = \"/bin/sh\"; args = [ \"-c\" \"echo slow-started; /bin/sleep 300\" ]; }}"
+        );
+        for (line, started, want) in [
+            (
+                format!("{} {host} nix run .#sleeper -- pid", edict.display()),
+                "sleeper",
+                130,
+            ),
+            (
+                format!(
+                    "{} {host} nix build -L --expr {}",
+                    edict.display(),
+                    shell_quote(&slow)
+                ),
+                "slow-started",
+                1,
+            ),
+        ] {
+            let mut child = lab
+                .command("script")
+                .args(["-qefc", &line, "/dev/null"])
+                .current_dir(&dir)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            if started == "sleeper" {
+                let name = format!("ttyc-{host}-");
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                let mirror = loop {
+                    let found = lab.mirrors(host).into_iter().find(|m| {
+                        m.file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with(&name))
+                    });
+                    if let Some(m) = found {
+                        break m;
+                    }
+                    assert!(std::time::Instant::now() < deadline, "no mirror");
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                };
+                lab::wait_for(&mirror.join("pid"));
+            } else {
+                let mut seen = String::new();
+                let mut out = child.stdout.take().unwrap();
+                while !seen.contains(started) {
+                    let mut buf = [0u8; 4096];
+                    let n = std::io::Read::read(&mut out, &mut buf).unwrap();
+                    assert!(n > 0, "{line}: ended before it started: {seen}");
+                    seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+                child.stdout = Some(out);
+            }
+            std::io::Write::write_all(&mut stdin, b"\x03").unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert_eq!(out.status.code(), Some(want), "{line}: {}", describe(&out));
+        }
+    });
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 #[test]
