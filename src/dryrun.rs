@@ -97,5 +97,13 @@ pub fn describe(plan: &Plan, host: &str, no_link: bool) -> String {
     for n in plan.notes_for(host) {
         let _ = writeln!(s, "note:      {n}");
     }
+    for (n, path) in &plan.unseen {
+        let _ = writeln!(
+            s,
+            "note:      {} (if {host} has no {})",
+            n.replace("{host}", host),
+            path.display()
+        );
+    }
     s
 }

@@ -132,6 +132,15 @@ pub(crate) fn pipeline(
     )?;
 
     // 3. Sync up.
+    // Warnings about local paths HOST cannot see, unless it can.
+    if !plan.unseen.is_empty() {
+        let paths: Vec<&std::path::Path> = plan.unseen.iter().map(|(_, p)| p.as_path()).collect();
+        for ((note, _), missing) in plan.unseen.iter().zip(remote::missing_there(&conn, &paths)) {
+            if missing {
+                exec::info(note.replace("{host}", &host));
+            }
+        }
+    }
     exec::debug(format_args!("{host}: prepared; syncing"));
     signals.step(&host, "syncing", pinned::send(&conn, &env, plan))?;
     let uploads = signals.step(&host, "syncing", sync::upload(&conn, &env, plan))?;

@@ -104,6 +104,9 @@ pub struct Plan {
     pub env: Vec<(String, String)>,
     /// Warnings for the user about what edict could not carry over.
     pub notes: Vec<String>,
+    /// Warnings that hold only when HOST does not have the path (a shared file system may
+    /// give it the same one): checked there before they are said.
+    pub unseen: Vec<(String, PathBuf)>,
     /// Files the command writes (`--output-lock-file`), by index in the run's `outputs/`
     /// dir on HOST: where each goes here.
     pub outputs: Vec<PathBuf>,
@@ -114,6 +117,9 @@ pub struct Plan {
     pub writes_lock: bool,
     /// Local inputs flake.lock pins by content, which HOST gets as store paths.
     pub pinned: Vec<Pinned>,
+    /// The command's stdout is nix's own text (`nix flake metadata/show/…`), not a
+    /// program's output or a store path list.
+    pub stdout_is_nix: bool,
 }
 
 /// A local input (outside every synced source) that flake.lock pins by its `narHash`. Nix
@@ -164,12 +170,15 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
         flakes: Vec::new(),
         env: forwarded_env(local.env),
         notes: Vec::new(),
+        unseen: Vec::new(),
         outputs: Vec::new(),
         relative_locks: Vec::new(),
         writes_lock: false,
         pinned: Vec::new(),
+        stdout_is_nix: false,
     };
     let sub_refs = args.subcommand();
+    p.stdout_is_nix = args.program == Program::Nix && sub_refs.first() == Some(&"flake");
     // Just past the subcommand words: where edict inserts flags of its own.
     let cmd_end = args
         .args
@@ -352,10 +361,13 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
                 continue; // inside a synced source: the relative layout holds on HOST
             }
             if updating {
-                p.notes.push(format!(
-                    "input `{input}` of {} is the local path {}, which {{host}} cannot see; `nix flake update/lock` there will fail for it",
-                    lock.display(),
-                    path.display()
+                p.unseen.push((
+                    format!(
+                        "input `{input}` of {} is the local path {}, which {{host}} cannot see; `nix flake update/lock` there will fail for it",
+                        lock.display(),
+                        path.display()
+                    ),
+                    path.clone(),
                 ));
                 continue;
             }
@@ -1537,7 +1549,9 @@ mod tests {
             .unwrap();
         assert_eq!(p.sources.len(), 1);
         assert!(p.pinned.is_empty());
-        assert_eq!(p.notes.len(), 3, "{:?}", p.notes);
+        assert!(p.notes.is_empty(), "{:?}", p.notes);
+        assert_eq!(p.unseen.len(), 3, "{:?}", p.unseen);
+        assert_eq!(p.unseen[0].1, lib);
     }
 
     #[test]

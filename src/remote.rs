@@ -578,15 +578,101 @@ pub enum Io {
     Prefixed(String),
 }
 
-/// Copies `from` to our stdout or stderr line by line, each line behind `prefix`.
-fn prefix_lines(
+/// HOST's mirror paths → the local paths they stand for, in what nix prints: its
+/// messages name the flake it read (`warning: Git tree '/home/u/.cache/edict/mirrors/
+/// proj-1f2e…' is dirty`, `flake metadata`'s URLs), which here would be `~/src/proj`.
+#[derive(Clone, Debug, Default)]
+pub struct PathMap {
+    pairs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl PathMap {
+    pub fn new(plan: &Plan, env: &RemoteEnv) -> Self {
+        use std::os::unix::ffi::OsStrExt as _;
+        let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = plan
+            .sources
+            .iter()
+            .enumerate()
+            .map(|(i, src)| {
+                // A single file's mirror is a directory holding it: that is its directory.
+                let here = match src.kind {
+                    crate::mapping::SourceKind::File => src.root.parent().unwrap_or(&src.root),
+                    _ => &src.root,
+                };
+                (
+                    plan.mirror(i, &env.dirs).into_bytes(),
+                    here.as_os_str().as_bytes().to_vec(),
+                )
+            })
+            .collect();
+        // The longest first, so that no mirror's path is taken for a shorter one's.
+        pairs.sort_by_key(|(from, _)| std::cmp::Reverse(from.len()));
+        PathMap { pairs }
+    }
+
+    /// Rewrites `input`, which follows `carry` (the undecided tail of the last call), and
+    /// returns what can be written now; a tail that may begin a mirror path waits in
+    /// `carry` for the next bytes (or [`PathMap::finish`]), anything else goes at once.
+    pub fn feed(&self, carry: &mut Vec<u8>, input: &[u8]) -> Vec<u8> {
+        carry.extend_from_slice(input);
+        let buf = std::mem::take(carry);
+        let mut out = Vec::with_capacity(buf.len());
+        let mut i = 0;
+        while i < buf.len() {
+            let rest = &buf[i..];
+            if let Some((from, to)) = self.pairs.iter().find(|(f, _)| rest.starts_with(f)) {
+                out.extend_from_slice(to);
+                i += from.len();
+                continue;
+            }
+            if self.pairs.iter().any(|(f, _)| f.starts_with(rest)) {
+                carry.extend_from_slice(rest);
+                return out;
+            }
+            out.push(buf[i]);
+            i += 1;
+        }
+        out
+    }
+
+    /// The end of the stream: what was held back, as it is.
+    pub fn finish(carry: &mut Vec<u8>) -> Vec<u8> {
+        std::mem::take(carry)
+    }
+}
+
+/// Copies `from` to our stdout or stderr with mirror paths mapped back: as it comes when
+/// `prefix` is None, else line by line, each line behind `prefix` (several hosts at once).
+fn copy_output(
     from: impl Read + Send + 'static,
-    prefix: String,
+    prefix: Option<String>,
     to_stderr: bool,
+    map: PathMap,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         use std::io::Write;
+        let write = |bytes: &[u8]| {
+            let mut out: Box<dyn Write> = if to_stderr {
+                Box::new(std::io::stderr().lock())
+            } else {
+                Box::new(std::io::stdout().lock())
+            };
+            let _ = out.write_all(bytes);
+            let _ = out.flush();
+        };
         let mut reader = BufReader::new(from);
+        let mut carry = Vec::new();
+        let Some(prefix) = prefix else {
+            let mut buf = [0u8; 8192];
+            loop {
+                match reader.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => write(&map.feed(&mut carry, &buf[..n])),
+                }
+            }
+            write(&PathMap::finish(&mut carry));
+            return;
+        };
         let mut line = Vec::new();
         loop {
             line.clear();
@@ -596,18 +682,37 @@ fn prefix_lines(
                     if !line.ends_with(b"\n") {
                         line.push(b'\n');
                     }
-                    let mut out: Box<dyn Write> = if to_stderr {
-                        Box::new(std::io::stderr().lock())
-                    } else {
-                        Box::new(std::io::stdout().lock())
-                    };
-                    let _ = out.write_all(prefix.as_bytes());
-                    let _ = out.write_all(&line);
-                    let _ = out.flush();
+                    let mut text = prefix.as_bytes().to_vec();
+                    text.extend(map.feed(&mut carry, &line));
+                    text.extend(PathMap::finish(&mut carry));
+                    write(&text);
                 }
             }
         }
     })
+}
+
+/// Which of `paths` (local paths) HOST does not have: a warning that it cannot see one
+/// is said only then (a shared file system, or the same path there, makes it wrong).
+pub fn missing_there(conn: &Connection, paths: &[&std::path::Path]) -> Vec<bool> {
+    let words: Vec<String> = paths.iter().map(|p| quote(&p.to_string_lossy())).collect();
+    let script = format!(
+        "for p in {}; do if [ -e \"$p\" ]; then echo here; else echo missing; fi; done",
+        words.join(" ")
+    );
+    let said = conn
+        .ssh(Tty::No, &script)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let answers: Vec<&str> = said
+        .lines()
+        .filter(|l| matches!(*l, "here" | "missing"))
+        .collect();
+    // Unsure (a failed session): the warning stays.
+    (0..paths.len())
+        .map(|i| answers.get(i) != Some(&"here"))
+        .collect()
 }
 
 /// How the remote command ended.
@@ -627,25 +732,35 @@ pub fn run(
 ) -> Result<Outcome> {
     let host = &conn.transport.label;
     let mut copiers = Vec::new();
-    let mut child = match io {
-        Io::Through => conn
-            .ssh(Tty::detect(), &run_script(env, plan))
-            .spawn(|_| {})?,
-        Io::Prefixed(prefix) => {
-            let mut child = conn.ssh(Tty::No, &run_script(env, plan)).spawn(|c| {
-                c.stdin(Stdio::null())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped());
-            })?;
-            if let Some(out) = child.stdout.take() {
-                copiers.push(prefix_lines(out, prefix.clone(), false));
-            }
-            if let Some(err) = child.stderr.take() {
-                copiers.push(prefix_lines(err, prefix.clone(), true));
-            }
-            child
-        }
+    let map = PathMap::new(plan, env);
+    // Without a terminal there, what nix prints passes through edict, which maps mirror
+    // paths back: always on stderr (nix's messages), on stdout only for `nix flake …`
+    // (metadata, show), whose output is nix's own; a program's output is never touched.
+    let flake_output = plan.stdout_is_nix;
+    let tty = match io {
+        Io::Through => Tty::detect(),
+        Io::Prefixed(_) => Tty::No,
     };
+    let prefix = match io {
+        Io::Through => None,
+        Io::Prefixed(prefix) => Some(prefix.clone()),
+    };
+    let mut child = conn.ssh(tty, &run_script(env, plan)).spawn(|c| {
+        if prefix.is_some() {
+            c.stdin(Stdio::null()).stdout(Stdio::piped());
+        } else if tty == Tty::No && flake_output {
+            c.stdout(Stdio::piped());
+        }
+        if tty == Tty::No {
+            c.stderr(Stdio::piped());
+        }
+    })?;
+    if let Some(out) = child.stdout.take() {
+        copiers.push(copy_output(out, prefix.clone(), false, map.clone()));
+    }
+    if let Some(err) = child.stderr.take() {
+        copiers.push(copy_output(err, prefix.clone(), true, map));
+    }
     let mut interrupted = false;
     let status = loop {
         if let Some(status) = child.try_wait()? {
@@ -801,6 +916,45 @@ mod tests {
         ] {
             assert_eq!(env(v).reads_relative_locks(), reads, "{v}");
         }
+    }
+
+    #[test]
+    fn mirror_paths_in_nix_output_map_back_however_the_bytes_arrive() {
+        let map = PathMap {
+            pairs: vec![
+                (
+                    b"/h/.cache/edict/mirrors/proj-0123".to_vec(),
+                    b"/src/proj".to_vec(),
+                ),
+                (
+                    b"/h/.cache/edict/mirrors/lib-4567".to_vec(),
+                    b"/src/my lib".to_vec(),
+                ),
+            ],
+        };
+        let text = b"warning: Git tree '/h/.cache/edict/mirrors/proj-0123' is dirty\n\
+            git+file:///h/.cache/edict/mirrors/lib-4567?dir=x /h/.cache/other /h/.cache/edict/mirrors/proj-0123";
+        let want = b"warning: Git tree '/src/proj' is dirty\n\
+            git+file:///src/my lib?dir=x /h/.cache/other /src/proj";
+        // Whole, and in pieces of every size: a path split between reads still maps.
+        for size in 1..text.len() {
+            let mut carry = Vec::new();
+            let mut out = Vec::new();
+            for chunk in text.chunks(size) {
+                out.extend(map.feed(&mut carry, chunk));
+            }
+            out.extend(PathMap::finish(&mut carry));
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(want),
+                "{size}"
+            );
+        }
+        // What is not a mirror path goes at once (a prompt without a newline).
+        let mut carry = Vec::new();
+        assert_eq!(map.feed(&mut carry, b"name? "), b"name? ");
+        assert_eq!(map.feed(&mut carry, b"/h/.ca"), b"");
+        assert_eq!(PathMap::finish(&mut carry), b"/h/.ca");
     }
 
     #[test]

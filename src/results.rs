@@ -325,10 +325,12 @@ mod tests {
             flakes: vec![],
             env: vec![],
             notes: vec![],
+            unseen: vec![],
             outputs: vec![],
             relative_locks: vec![],
             writes_lock: false,
             pinned: Vec::new(),
+            stdout_is_nix: false,
         };
         let found: Vec<(String, String)> = [
             ("0/result", "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-x"),

@@ -1309,10 +1309,12 @@ mod tests {
             flakes: flakes.iter().map(|d| (0, d.to_string())).collect(),
             env: vec![],
             notes: vec![],
+            unseen: vec![],
             outputs: vec![],
             relative_locks: vec![],
             writes_lock: false,
             pinned: Vec::new(),
+            stdout_is_nix: false,
         };
         let tracked = Tracked {
             files: vec!["flake.nix".into(), "sub/deep/flake.nix".into()],

@@ -348,3 +348,69 @@ fn store_links_a_nested_build_made_come_back_with_their_closures() {
         lab::assert_mentions(&text(&out.stderr), &["greeting", "not a GC root here"]);
     });
 }
+
+/// nix's messages and `nix flake metadata` name the flake nix read: edict maps HOST's
+/// mirror paths back to the local ones when the output passes through it (no terminal).
+#[test]
+fn nix_output_names_the_local_flake_not_the_mirror() {
+    each_host(|lab, host| {
+        let dir = lab.workdir(&format!("meta-{host}"));
+        lab::write_flake(&dir, &lab::unique_tag());
+        lab::git_init(&dir);
+        std::fs::write(dir.join("notes.txt"), "dirty\n").unwrap();
+        lab::git(&dir, &["add", "notes.txt"]);
+        let out = run(lab
+            .edict(&dir)
+            .args([host, "nix", "flake", "metadata", "--json"]));
+        assert!(out.status.success(), "{host}: {}", describe(&out));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            json["resolvedUrl"],
+            format!("git+file://{}", dir.display()),
+            "{host}"
+        );
+        let err = text(&out.stderr);
+        assert!(
+            err.contains(&format!("Git tree '{}' is dirty", dir.display())),
+            "{host}: {err}"
+        );
+        assert!(!err.contains(".cache/edict/mirrors"), "{host}: {err}");
+    });
+}
+
+/// `nix flake update` with a local input outside the flake: the warning that HOST cannot
+/// see it comes only from a host that really cannot (nix28 shares this machine's files).
+#[test]
+fn the_cannot_see_warning_comes_only_from_a_host_that_cannot() {
+    let lab = Lab::every();
+    for (host, warns) in [("nix28", false), ("nix226", true)] {
+        let dep = lab.workdir(&format!("unseen-dep-{host}"));
+        std::fs::write(
+            dep.join("flake.nix"),
+            "{ outputs = { self }: { v = 1; }; }\n",
+        )
+        .unwrap();
+        let dir = lab.workdir(&format!("unseen-{host}"));
+        std::fs::write(
+            dir.join("flake.nix"),
+            format!(
+                "{{ inputs.dep.url = \"path:{}\"; outputs = {{ self, dep }}: {{ }}; }}\n",
+                dep.display()
+            ),
+        )
+        .unwrap();
+        let out = local_nix(&lab, &dir, &["flake", "lock"]);
+        assert!(out.status.success(), "{}", describe(&out));
+        let out = run(lab.edict(&dir).args([host, "nix", "flake", "update"]));
+        let err = text(&out.stderr);
+        assert_eq!(
+            err.contains(&format!("which {host} cannot see")),
+            warns,
+            "{host}: {err}"
+        );
+        // Where HOST sees the path, the update works there as here.
+        if !warns {
+            assert!(out.status.success(), "{host}: {}", describe(&out));
+        }
+    }
+}
