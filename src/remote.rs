@@ -773,14 +773,15 @@ pub fn run(
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    for c in copiers {
-        let _ = c.join();
-    }
     // Ctrl-C from a terminal also reaches our ssh (without a tty it dies of it before the
     // loop sees the flag): the command there must still be stopped.
     if !interrupted && signals.caught() {
         exec::info(format_args!("{host}: interrupting the command there"));
         interrupt(conn, env);
+    }
+    // Only now: the master holds our pipes until the command there has ended.
+    for c in copiers {
+        let _ = c.join();
     }
     if signals.caught() {
         return Ok(Outcome::Interrupted);

@@ -1603,8 +1603,15 @@ u=$AS_USER lab=$1 cwd=$2; shift 2
 id "$u" >/dev/null 2>&1 || useradd -m -s /bin/sh "$u"
 if getent group nix-users >/dev/null; then usermod -aG nix-users "$u"; fi
 mkdir -p /nix/var/nix/daemon-socket
+# The daemon of the last command may still be going, its socket still there: ready
+# means a client gets an answer from this one. (No single quotes in this script.)
+rm -f /nix/var/nix/daemon-socket/socket
 setpriv --pdeathsig TERM nix-daemon </dev/null >/dev/null 2>&1 &
-i=0; while [ ! -S /nix/var/nix/daemon-socket/socket ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
+i=0
+while [ $i -lt 400 ]; do
+  said=$(nix-store --store daemon -q --hash /nix/store/00000000000000000000000000000000-x 2>&1) || true
+  case $said in *"cannot connect"*|*"onnection refused"*|*"No such file"*) sleep 0.05; i=$((i+1));; *) break;; esac
+done
 d=/home/$u/.lab; mkdir -p "$d"
 cp "$lab/client_key" "$lab/known_hosts" "$d/"
 sed -e "s|$lab/client_key|$d/client_key|" -e "s|$lab/known_hosts|$d/known_hosts|" "$lab/ssh_config" > "$d/ssh_config"
