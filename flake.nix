@@ -19,11 +19,14 @@
           # The integration tests start real sshd hosts in mount namespaces, which the build
           # sandbox cannot do; they run in CI (.ci/run). The unit tests run here.
           cargoTestFlags = [ "--bins" ];
-          # ssh, rsync and nix are appended to PATH, not prepended: the user's own ssh (with
-          # its config and agent) and the nix that matches their daemon come first.
+          # rsync goes first on PATH: it keeps no user state, and the one a Mac has
+          # (/usr/bin/rsync: openrsync, or rsync 2.6.9) cannot do what edict asks of it.
+          # ssh and nix go last: the user's own ssh (with its config and agent) and the nix
+          # that matches their daemon come first.
           postInstall = ''
             wrapProgram $out/bin/edict \
-              --suffix PATH : ${pkgs.lib.makeBinPath [ pkgs.openssh pkgs.rsync pkgs.nix ]}
+              --prefix PATH : ${pkgs.lib.makeBinPath [ pkgs.rsync ]} \
+              --suffix PATH : ${pkgs.lib.makeBinPath [ pkgs.openssh pkgs.nix ]}
           '';
           meta = {
             description = "Run any nix command on a remote host as if it ran here";

@@ -597,14 +597,22 @@ fn remote_checks(r: &mut Run, conn: &Connection, machine: Option<&Machine>, addr
     let (_, remote_rsync, _) = sh(&format!(
         "PATH=\"$PATH:{NIX_PLACES}\"; rsync --version 2>&1 | head -n 1"
     ));
-    let bad = |v: &str| v.contains("openrsync") || rsync_too_old(v);
+    use crate::sync::{rsync_fix, rsync_unfit, rsync_version};
     match local_rsync {
         None => r.fail("rsync", "no rsync here", "install rsync on this machine"),
-        Some(l) if bad(&l) => r.fail("rsync", format!("here: {l}"), "install rsync ≥ 3.1.3 here (openrsync, macOS's default, lacks --from0/--files-from/--modify-window=-1 that edict uses): `brew install rsync` or `nix profile install nixpkgs#rsync`"),
+        Some(l) if rsync_unfit(&l).is_some() => r.fail(
+            "rsync",
+            format!("here: {l}: {}", rsync_unfit(&l).unwrap_or_default()),
+            rsync_fix(None),
+        ),
         Some(_) if !remote_rsync.starts_with("rsync") || remote_rsync.contains("not found") => {
             r.fail("rsync", format!("none on {host}"), format!("install rsync on {host} (`apt-get install rsync`, or `nix profile install nixpkgs#rsync`)"))
         }
-        Some(_) if bad(&remote_rsync) => r.fail("rsync", format!("{host}: {remote_rsync}"), format!("install rsync ≥ 3.1.3 on {host} (openrsync lacks options edict uses)")),
+        Some(_) if rsync_unfit(&remote_rsync).is_some() => r.fail(
+            "rsync",
+            format!("{host}: {remote_rsync}: {}", rsync_unfit(&remote_rsync).unwrap_or_default()),
+            rsync_fix(Some(&host)),
+        ),
         Some(l) => r.ok("rsync", format!("here {}, there {}", rsync_version(&l), rsync_version(&remote_rsync))),
     }
 
@@ -674,24 +682,6 @@ fn remote_checks(r: &mut Run, conn: &Connection, machine: Option<&Machine>, addr
 
     // 13. As root: what Nix's daemon needs to use this host in `builders`.
     daemon_view(r, conn, machine, addr);
-}
-
-fn rsync_version(line: &str) -> String {
-    line.split_whitespace()
-        .skip_while(|w| *w != "version")
-        .nth(1)
-        .unwrap_or(line)
-        .to_string()
-}
-
-/// rsync < 3.1.3 ignores `--modify-window=-1` (nanosecond times).
-fn rsync_too_old(line: &str) -> bool {
-    let v: Vec<u32> = rsync_version(line)
-        .split('.')
-        .filter_map(|p| p.parse().ok())
-        .collect();
-    matches!(v.as_slice(), [a, b, c, ..] if (*a, *b, *c) < (3, 1, 3))
-        || matches!(v.as_slice(), [a, b] if (*a, *b) < (3, 2))
 }
 
 fn store_uri(r: &mut Run, conn: &Connection, nix: &str) {
@@ -913,18 +903,6 @@ pub fn run(targets: Vec<(Transport, Option<Machine>)>) -> Vec<Report> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rsync_versions() {
-        assert_eq!(
-            rsync_version("rsync  version 3.2.7  protocol version 31"),
-            "3.2.7"
-        );
-        assert!(!rsync_too_old("rsync  version 3.2.7  protocol version 31"));
-        assert!(rsync_too_old("rsync  version 3.1.2  protocol version 31"));
-        assert!(!rsync_too_old("rsync  version 3.1.3  protocol version 31"));
-        assert!(rsync_too_old("rsync  version 2.6.9  protocol version 29"));
-    }
 
     #[test]
     fn the_table_lists_every_check_and_the_fixes() {

@@ -47,7 +47,13 @@ pub fn describe(plan: &Plan, host: &str, no_link: bool) -> String {
             pin.input, pin.store_path
         );
     }
-    if plan.sources.is_empty() && plan.pinned.is_empty() {
+    for path in &plan.store_paths {
+        let _ = writeln!(
+            s,
+            "sync up:   {path} -> {host} (nix copy, with its closure)"
+        );
+    }
+    if plan.sources.is_empty() && plan.pinned.is_empty() && plan.store_paths.is_empty() {
         s.push_str("sync up:   nothing (no local flakes or files in the command)\n");
     }
     let _ = writeln!(s, "run in:    {}", plan.render_cwd(&dirs));

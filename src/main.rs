@@ -11,6 +11,7 @@ mod dryrun;
 mod exec;
 mod fanout;
 mod flakeref;
+mod identity;
 mod mapping;
 mod nixargs;
 mod pinned;
@@ -68,7 +69,7 @@ fn run(cli: &cli::Cli) -> Result<u8> {
 
     // 2. Map every local source to its mirror on HOST and rewrite the command.
     let cwd = std::env::current_dir().context("the current directory is not accessible")?;
-    let machine_id = machine_id();
+    let machine_id = identity::machine_id();
     let env: Vec<(String, String)> = std::env::vars().collect();
     let local = mapping::Local {
         cwd: &cwd,
@@ -87,6 +88,9 @@ fn run(cli: &cli::Cli) -> Result<u8> {
     }
     if !cli.no_link && !plan.links.is_empty() {
         results::check_local(&cli.host, &plan)?;
+    }
+    if !plan.sources.is_empty() {
+        sync::check_local_rsync(&cli.host)?;
     }
     pinned::make_valid_here(&cli.host, &plan)?;
 
@@ -205,7 +209,10 @@ pub(crate) fn pipeline(
             plan,
             &uploads,
             &after,
-            cli.max_sync_size.0,
+            sync::Bounds {
+                max_size: cli.max_sync_size.0,
+                no_link: cli.no_link,
+            },
             signals,
         ),
     )?;
@@ -420,23 +427,6 @@ fn declared_inputs(flake_nix: &std::path::Path) -> Option<Vec<String>> {
         .ok()
         .filter(|o| o.status.success())?;
     serde_json::from_slice(&out.stdout).ok()
-}
-
-/// Identifies this machine in mirror names, so two clients never share a mirror.
-fn machine_id() -> String {
-    [
-        "/etc/machine-id",
-        "/var/lib/dbus/machine-id",
-        "/proc/sys/kernel/hostname",
-    ]
-    .iter()
-    .find_map(|f| {
-        std::fs::read_to_string(f)
-            .ok()
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-    })
-    .unwrap_or_else(|| "unknown-machine".to_string())
 }
 
 /// A name for this run's scratch directory on HOST.

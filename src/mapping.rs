@@ -117,6 +117,9 @@ pub struct Plan {
     pub writes_lock: bool,
     /// Local inputs flake.lock pins by content, which HOST gets as store paths.
     pub pinned: Vec<Pinned>,
+    /// Store paths the command names as files or search paths (`-I nixpkgs=/nix/store/…`,
+    /// `nix-build /nix/store/….drv`): HOST gets them (and their closures) from here.
+    pub store_paths: Vec<String>,
     /// The command's stdout is nix's own text (`nix flake metadata/show/…`), not a
     /// program's output or a store path list.
     pub stdout_is_nix: bool,
@@ -175,6 +178,7 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
         relative_locks: Vec::new(),
         writes_lock: false,
         pinned: Vec::new(),
+        store_paths: Vec::new(),
         stdout_is_nix: false,
     };
     let sub_refs = args.subcommand();
@@ -231,6 +235,16 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
                     rel,
                 }
             }
+            // A store path here: HOST may not have it (nix there would ignore a missing
+            // search path entry and use its own nixpkgs), so it is copied there.
+            Role::InputFile | Role::SearchPath if local_store_path(&arg.text, local).is_some() => {
+                if let Some(path) = local_store_path(&arg.text, local) {
+                    if !p.store_paths.contains(&path) {
+                        p.store_paths.push(path);
+                    }
+                }
+                Word::Lit(arg.text.clone())
+            }
             // `-I nixpkgs=./np`: the directory (or its git tree) goes, the name stays.
             Role::SearchPath => match search_path_entry(&arg.text) {
                 Some((prefix, path)) if !path.is_empty() => {
@@ -277,9 +291,24 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
         p.flakes.push((src, rel));
     }
 
+    // With -E (or nix-shell's -p) the words are expressions or names, but what they (or
+    // `--run`) name relative to the cwd is here: the cwd's work tree goes, and the command
+    // runs in its mirror. Outside one, nothing is sent (a plain directory could be $HOME).
+    let expressions = args.has_flag(&["-E", "--expr"])
+        || (args.program == Program::NixShell && args.has_flag(&["-p", "--packages"]));
+    if args.program != Program::Nix && expressions {
+        if git_work_tree(local.cwd).is_some() {
+            add_dir_source(&mut p, local.cwd, true, local, ".")?;
+        } else {
+            p.notes.push(format!(
+                "{} is in no git work tree, so nothing of it is sent: relative paths in the expression or command resolve in a scratch directory on {{host}}",
+                local.cwd.display()
+            ));
+        }
+    }
     // nix-build and nix-shell read ./default.nix (nix-shell: ./shell.nix first) when
     // given no file and no -E/-p.
-    if args.program != Program::Nix && !args.args.iter().any(|a| a.positional) {
+    if args.program != Program::Nix && !args.args.iter().any(|a| a.positional) && !expressions {
         let candidates: &[&str] = match args.program {
             Program::NixShell => &["shell.nix", "default.nix"],
             _ => &["default.nix"],
@@ -296,15 +325,14 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
                 local.cwd.display()
             );
         };
+        // Named on HOST's command line: nix there reads the very file chosen here (an
+        // untracked shell.nix is refused before sending, never replaced by default.nix).
         let (src, rel) = add_file_source(&mut p, &file, true, local)?;
-        // Run in the mirror of the cwd, nix finds it as here; sent alone, name it.
-        if p.sources[src].kind == SourceKind::File {
-            p.words.push(Word::Path {
-                prefix: String::new(),
-                src,
-                rel,
-            });
-        }
+        p.words.push(Word::Path {
+            prefix: String::new(),
+            src,
+            rel,
+        });
     }
 
     // `nix build` and `nix-build` make `./result` unless told otherwise; edict has it made
@@ -640,6 +668,16 @@ fn add_source(p: &mut Plan, root: PathBuf, kind: SourceKind, local: &Local) -> u
     p.sources.len() - 1
 }
 
+/// The store path a file or search path argument names (after any `NAME=`), when it is in
+/// this machine's store.
+fn local_store_path(word: &str, local: &Local) -> Option<String> {
+    let path = match word.split_once('=') {
+        Some((name, path)) if !name.contains('/') => path,
+        _ => word,
+    };
+    store_path_of(Path::new(path), &store_dir(local.env)).filter(|p| Path::new(p).exists())
+}
+
 /// A search path entry split into its `NAME=` prefix (or "") and path; `None` for a URL
 /// or `channel:`/`flake:` entry, which mean the same on HOST.
 fn search_path_entry(entry: &str) -> Option<(&str, &str)> {
@@ -893,7 +931,7 @@ fn local_inputs(lock: &Path, store_dir: &str) -> Result<Vec<LockedLocal>> {
                     u.strip_prefix("file://")
                         .or_else(|| u.strip_prefix("file:"))
                 })
-                .map(|p| (p.to_string(), SourceKind::Git)),
+                .map(|p| (crate::flakeref::percent_decode(p), SourceKind::Git)),
             _ => None,
         };
         let Some((path, kind)) = local else {
@@ -909,20 +947,16 @@ fn local_inputs(lock: &Path, store_dir: &str) -> Result<Vec<LockedLocal>> {
             .as_str()
             .and_then(|h| source_store_path(store_dir, h))
             .map(|store_path| {
-                // The lock's own attributes, with the path made absolute: what nix fetches.
+                // The lock's own attributes, what nix fetches: a `path` made absolute (a git
+                // `url` already is), without `dir`, which names a flake inside the tree
+                // rather than the tree (fetchTree refuses it).
                 let mut attrs = locked.clone();
-                let key = if kind == SourceKind::Git {
-                    "url"
-                } else {
-                    "path"
-                };
-                let at = path.to_string_lossy();
-                attrs[key] = if kind == SourceKind::Git {
-                    format!("file://{at}")
-                } else {
-                    at.into_owned()
+                if kind != SourceKind::Git {
+                    attrs["path"] = path.to_string_lossy().into_owned().into();
                 }
-                .into();
+                if let Some(o) = attrs.as_object_mut() {
+                    o.remove("dir");
+                }
                 (store_path, attrs.to_string())
             });
         out.push(LockedLocal {
@@ -965,6 +999,26 @@ pub fn source_store_path(store_dir: &str, nar_hash: &str) -> Option<String> {
         short[i % 20] ^= b;
     }
     Some(format!("{store_dir}/{}-source", nix_base32(&short)))
+}
+
+/// The store path a symlink `target` leads into (`/nix/store/…-x` of
+/// `/nix/store/…-x/bin/y`), when it is one: an absolute path whose first name under the
+/// store dir is a plain store path name and whose rest never climbs.
+pub fn store_path_of(target: &Path, store_dir: &str) -> Option<String> {
+    let rest = target.strip_prefix(store_dir).ok()?;
+    let mut parts = rest.components();
+    let name = match parts.next()? {
+        std::path::Component::Normal(n) => n.to_str()?,
+        _ => return None,
+    };
+    let plain = name.len() > 33
+        && name.as_bytes()[32] == b'-'
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-._?=".contains(&b))
+        && !name.starts_with('.');
+    (plain && parts.all(|c| matches!(c, std::path::Component::Normal(_))))
+        .then(|| format!("{store_dir}/{name}"))
 }
 
 /// Nix's base-32 (libutil `printHash32`): its own alphabet, least significant bits first.
@@ -1397,14 +1451,20 @@ mod tests {
                 local_base: repo.join("sub/result")
             }]
         );
+        let w = p.render_words(&dirs());
         assert_eq!(
-            p.render_words(&dirs()),
+            w[..4],
             [
                 "--out-link",
                 "/h/.cache/edict/runs/r1/links/0/result",
                 "-A",
                 "x"
             ]
+        );
+        // The file nix-build chose here, named there.
+        assert!(
+            w[4].starts_with("/h/.cache/edict/mirrors/repo-") && w[4].ends_with("/sub/default.nix"),
+            "{w:?}"
         );
         assert!(p.render_cwd(&dirs()).ends_with("/sub"));
         // A file elsewhere, -o, -I with a local path and with a URL; `--arg`'s values stay.
@@ -1476,12 +1536,32 @@ mod tests {
             )
             .unwrap();
         assert!(p.links.is_empty());
-        assert_eq!(p.render_words(&dirs()), ["--run", "./build.sh --out ./x"]);
+        let w = p.render_words(&dirs());
+        assert_eq!(w[..2], ["--run", "./build.sh --out ./x"]);
+        assert!(w[2].ends_with("/shell.nix"), "{w:?}");
         // -p: package names, not files.
         let p = f
             .legacy("elsewhere", Program::NixShell, &["-p", "hello", "git"])
             .unwrap();
         assert!(p.sources.is_empty());
+        assert!(
+            p.notes[0].contains("is in no git work tree"),
+            "{:?}",
+            p.notes
+        );
+        // Inside a work tree, what `--run ./test.sh` or `import ./.` names is sent, and the
+        // command runs in its mirror.
+        let p = f
+            .legacy(
+                "repo/sub",
+                Program::NixShell,
+                &["-p", "hello", "--run", "./t.sh"],
+            )
+            .unwrap();
+        assert_eq!(p.sources.len(), 1);
+        assert!(p.sources[0].sync_back);
+        assert!(p.render_cwd(&dirs()).ends_with("/sub"));
+        assert_eq!(p.render_words(&dirs()), ["-p", "hello", "--run", "./t.sh"]);
         // No file where nix would look: said before anything is sent.
         let err = f.legacy("elsewhere", build, &[]).unwrap_err();
         assert!(
@@ -1498,7 +1578,7 @@ mod tests {
         let lock = serde_json::json!({
             "nodes": {
                 "lib": {"locked": {"type": "path", "path": lib.to_string_lossy(), "lastModified": 1, "narHash": "sha256-c+N+jhB55JVsGuaUZzpnh9kMu29aZEryBO7HpSDN+HI="}, "original": {"type": "path", "path": lib.to_string_lossy()}},
-                "rep": {"locked": {"type": "git", "url": format!("file://{}", git.display()), "rev": "a3e7314881398b1022548dbd51db494538dfabee", "ref": "master", "revCount": 1, "lastModified": 1, "narHash": "sha256-FzPcjjJ2mDj77oZxqIOPat7IQ+7CEOL2Fp6ciHQRLdY="}},
+                "rep": {"locked": {"type": "git", "url": format!("file://{}", git.display()), "rev": "a3e7314881398b1022548dbd51db494538dfabee", "ref": "master", "dir": "sub", "revCount": 1, "lastModified": 1, "narHash": "sha256-FzPcjjJ2mDj77oZxqIOPat7IQ+7CEOL2Fp6ciHQRLdY="}},
                 "loose": {"locked": {"type": "path", "path": lib.to_string_lossy()}},
                 "inner": {"locked": {"type": "path", "path": "./sub"}, "original": {"type": "path", "path": "./sub"}},
                 "np": {"locked": {"type": "github", "owner": "o", "repo": "r", "rev": "x"}},
@@ -1525,6 +1605,10 @@ mod tests {
         let locked: serde_json::Value = serde_json::from_str(&p.pinned[1].locked).unwrap();
         assert_eq!(locked["url"], format!("file://{}", git.display()));
         assert_eq!(locked["rev"], "a3e7314881398b1022548dbd51db494538dfabee");
+        assert!(
+            locked.get("dir").is_none(),
+            "fetchTree refuses `dir`: {locked}"
+        );
         // Not pinned (no narHash): synced and overridden, as before.
         assert_eq!(p.sources.len(), 2, "{:?}", p.sources);
         let w = p.render_words(&dirs());
@@ -1563,6 +1647,25 @@ mod tests {
         );
         assert_eq!(version_line("something else\n"), "something else");
         assert_eq!(version_line(""), "");
+    }
+
+    #[test]
+    fn store_paths_are_what_a_link_leads_into() {
+        let p = "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-hello-2.12";
+        let of = |t: &str| store_path_of(Path::new(t), "/nix/store");
+        assert_eq!(of(p).as_deref(), Some(p));
+        assert_eq!(of(&format!("{p}/bin/hello")).as_deref(), Some(p));
+        for bad in [
+            "/nix/store",
+            "/nix/store/..",
+            "/nix/store/short-x",
+            "/etc/passwd",
+            "nix/store/0123456789abcdfghijklmnpqrsvwxyz-x",
+            "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-x/../../etc",
+            "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-a b",
+        ] {
+            assert_eq!(of(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -417,7 +417,9 @@ impl Grammar for Legacy {
     fn arity(&self, flag: &str) -> Option<(usize, [Role; 2])> {
         let v = [Role::Value; 2];
         Some(match flag {
-            "--arg" | "--argstr" | "--option" => (2, v),
+            "--arg" | "--argstr" | "--option" | "--override-flake" => (2, v),
+            "--arg-from-file" => (2, [Role::Value, Role::InputFile]),
+            "--arg-from-stdin" => (1, v),
             "-o" | "--out-link" => (1, [Role::OutLink, Role::Value]),
             "-I" | "--include" => (1, [Role::SearchPath, Role::Value]),
             // A shell command line (`--run 'make -j4'`): one word, never a path to rewrite.
@@ -496,13 +498,26 @@ fn scan(words: &[String], grammar: &mut dyn Grammar) -> Vec<Arg> {
             continue;
         }
         if !flags_done && word.starts_with('-') && word.len() > 1 {
-            // `-abc` is `-a -b -c` (nix expands clusters of single-letter flags).
-            let flags: Vec<String> = if !word.starts_with("--") && word.len() > 2 {
-                word.chars().skip(1).map(|c| format!("-{c}")).collect()
+            // `-abc` is `-a -b -c`, and `-j4` is `-j 4`: nix expands a cluster of letters,
+            // and the rest from the first other character is the next word (libutil's
+            // `Args::parseCmdline`). The letters stay one word here, that rest another.
+            let cluster = !word.starts_with("--")
+                && word.len() > 2
+                && word[1..].starts_with(|c: char| c.is_ascii_alphabetic());
+            let (word, flags) = if cluster {
+                let end = word[1..]
+                    .find(|c: char| !c.is_ascii_alphabetic())
+                    .map_or(word.len(), |i| i + 1);
+                if end < word.len() {
+                    queue.push_front(word[end..].to_string());
+                }
+                let letters = word[..end].to_string();
+                let flags = letters[1..].chars().map(|c| format!("-{c}")).collect();
+                (letters, flags)
             } else {
-                vec![word.clone()]
+                (word.clone(), vec![word])
             };
-            // Keep a cluster as one word on the command line; its values follow it.
+            // A cluster is one word on the command line; its values follow it.
             let mut roles = Vec::new();
             for f in &flags {
                 grammar.flag(f);
@@ -568,6 +583,13 @@ mod tests {
         let r = legacy_roles(Program::NixShell, "-p hello --run 'make ./x'");
         assert_eq!(r[1], ("hello".into(), Value));
         assert_eq!(r[3], ("make ./x".into(), Value));
+        let r = legacy_roles(
+            Program::NixBuild,
+            "-j4 ./release.nix --arg-from-file x ./x.txt",
+        );
+        assert_eq!(r[1], ("4".into(), Value));
+        assert_eq!(r[2], ("./release.nix".into(), InputFile));
+        assert_eq!(r[5], ("./x.txt".into(), InputFile));
         // nix-build has no -p: there a positional stays a file.
         let r = legacy_roles(Program::NixBuild, "-p ./x.nix");
         assert_eq!(r[1], ("./x.nix".into(), InputFile));
@@ -765,6 +787,22 @@ mod tests {
         let r = roles("build -Lo out .#x");
         assert_eq!(r[1], ("-Lo".into(), Flag));
         assert_eq!(r[2], ("out".into(), OutLink));
+        // `-j4` is `-j 4` (and `-Lo./out` is `-L -o ./out`): the installable after it is
+        // still one.
+        let r = roles("build -j4 .#x");
+        assert_eq!(
+            r[1..],
+            [
+                ("-j".into(), Flag),
+                ("4".into(), Value),
+                (".#x".into(), FlakeRef)
+            ]
+        );
+        let r = roles("build -Lo./out .#x");
+        assert_eq!(r[1..3], [("-Lo".into(), Flag), ("./out".into(), OutLink)]);
+        assert_eq!(r[3], (".#x".into(), FlakeRef));
+        // Not a cluster: a dash and a digit (a value nix reads as a word of its own).
+        assert_eq!(roles("eval -1")[1].0, "-1");
         let r = roles("build -f ./d.nix --reference-lock-file a.lock --output-lock-file b.lock");
         assert_eq!(r[2].1, InputFile);
         assert_eq!(r[4].1, InputFile);

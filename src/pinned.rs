@@ -86,12 +86,18 @@ fn fetch_here(host: &str, pin: &Pinned) -> Result<()> {
 
 /// Copies the pinned store paths to HOST (nix skips those it already has). They are
 /// content-addressed, so HOST's store takes them even from a user it does not trust.
+/// The store paths the command names (`-I nixpkgs=/nix/store/…`) go the same way.
 pub fn send(conn: &Connection, env: &RemoteEnv, plan: &Plan) -> Result<()> {
-    if plan.pinned.is_empty() {
+    if plan.pinned.is_empty() && plan.store_paths.is_empty() {
         return Ok(());
     }
     let host = &conn.transport.label;
-    let paths: Vec<&str> = plan.pinned.iter().map(|p| p.store_path.as_str()).collect();
+    let paths: Vec<&str> = plan
+        .pinned
+        .iter()
+        .map(|p| p.store_path.as_str())
+        .chain(plan.store_paths.iter().map(String::as_str))
+        .collect();
     let copy = crate::results::copy_command(conn, &env.nix_store(), "--to", &paths);
     let out = copy.output()?;
     if out.status.success() {
@@ -105,10 +111,15 @@ pub fn send(conn: &Connection, env: &RemoteEnv, plan: &Plan) -> Result<()> {
             &stderr,
         ));
     }
-    let inputs: Vec<&str> = plan.pinned.iter().map(|p| p.input.as_str()).collect();
+    let what: Vec<&str> = plan
+        .pinned
+        .iter()
+        .map(|p| p.input.as_str())
+        .chain(plan.store_paths.iter().map(String::as_str))
+        .collect();
     bail!(
-        "{host}: sending locked inputs ({}): `{}` failed:\n  {}\n  fix: check that {host}'s nix store accepts paths from you (`edict doctor {host}`)",
-        inputs.join(", "),
+        "{host}: sending locked inputs and store paths ({}): `{}` failed:\n  {}\n  fix: check that {host}'s nix store accepts paths from you (`edict doctor {host}`)",
+        what.join(", "),
         copy.line(),
         exec::stderr_tail(&out).replace('\n', "\n  ")
     );

@@ -266,6 +266,18 @@ pub fn prepare(
             "{host}: syncing sources: rsync is not installed there\n  fix: install rsync on {host} (e.g. `apt-get install rsync`, or `nix profile install nixpkgs#rsync`)"
         );
     }
+    // An rsync there that cannot do what edict asks (openrsync, 2.6.9 on a Mac builder):
+    // said before anything is sent, not as rsync's option error.
+    let version = get("rsyncv").unwrap_or_default();
+    if let Some(why) = env.rsync.as_ref().and(crate::sync::rsync_unfit(&version)) {
+        if !plan.sources.is_empty() {
+            bail!(
+                "{host}: syncing sources: the rsync there ({}) cannot be used: {why}\n  fix: {}",
+                version.trim(),
+                crate::sync::rsync_fix(Some(host))
+            );
+        }
+    }
     Ok((env, session))
 }
 
@@ -308,6 +320,7 @@ fn prepare_script(mirror_names: &[String], run_id: &str) -> String {
          o=\"EDICT-nix $nix\n\
          EDICT-version $([ -n \"$nix\" ] && \"$nix\" --version 2>&1 | head -n 1)\n\
          EDICT-rsync $(command -v rsync)\n\
+         EDICT-rsyncv $(rsync --version 2>/dev/null | head -n 1)\n\
          EDICT-cache $c\"\n",
     );
     s.push_str(&format!("run=\"$c/runs/\"{}\n", quote(run_id)));
@@ -610,6 +623,15 @@ impl PathMap {
         PathMap { pairs }
     }
 
+    /// Whether every local path it puts in is made of characters that need no escaping
+    /// in a URL or a JSON string.
+    pub fn fits_urls_and_json(&self) -> bool {
+        self.pairs.iter().all(|(_, to)| {
+            to.iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"/._-+~@,:=".contains(b))
+        })
+    }
+
     /// Rewrites `input`, which follows `carry` (the undecided tail of the last call), and
     /// returns what can be written now; a tail that may begin a mirror path waits in
     /// `carry` for the next bytes (or [`PathMap::finish`]), anything else goes at once.
@@ -663,13 +685,29 @@ fn copy_output(
         let mut reader = BufReader::new(from);
         let mut carry = Vec::new();
         let Some(prefix) = prefix else {
-            let mut buf = [0u8; 8192];
+            // As it comes; what waits in case it begins a mirror path (a prompt ending in
+            // `/`) goes after 50 ms without more.
+            let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+            let pump = std::thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = reader.read(&mut buf) {
+                    if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                        break;
+                    }
+                }
+            });
             loop {
-                match reader.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => write(&map.feed(&mut carry, &buf[..n])),
+                match rx.recv_timeout(Duration::from_millis(50)) {
+                    Ok(chunk) => write(&map.feed(&mut carry, &chunk)),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                        if !carry.is_empty() {
+                            write(&PathMap::finish(&mut carry));
+                        }
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
                 }
             }
+            let _ = pump.join();
             write(&PathMap::finish(&mut carry));
             return;
         };
@@ -756,7 +794,14 @@ pub fn run(
         }
     })?;
     if let Some(out) = child.stdout.take() {
-        copiers.push(copy_output(out, prefix.clone(), false, map.clone()));
+        // nix's own stdout may be JSON or URLs: a local path goes in only where it reads the
+        // same there (no quote, space or `%` to escape).
+        let stdout_map = if flake_output && map.fits_urls_and_json() {
+            map.clone()
+        } else {
+            PathMap::default()
+        };
+        copiers.push(copy_output(out, prefix.clone(), false, stdout_map));
     }
     if let Some(err) = child.stderr.take() {
         copiers.push(copy_output(err, prefix.clone(), true, map));
@@ -951,6 +996,9 @@ mod tests {
                 "{size}"
             );
         }
+        // A local path with a space would need escaping in JSON or a URL: nix's stdout is
+        // then left as it is.
+        assert!(!map.fits_urls_and_json());
         // What is not a mirror path goes at once (a prompt without a newline).
         let mut carry = Vec::new();
         assert_eq!(map.feed(&mut carry, b"name? "), b"name? ");

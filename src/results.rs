@@ -19,6 +19,7 @@ pub struct Link {
 /// The links nix made in the run's `links/<i>/` directories on HOST (found by
 /// `remote::inspect`), each paired with where it goes here.
 pub fn links(plan: &Plan, found: &[(String, String)]) -> Vec<Link> {
+    let store_dir = crate::mapping::store_dir(&std::env::vars().collect::<Vec<_>>());
     let mut links = Vec::new();
     for (name, target) in found {
         let Some((index, base)) = name.split_once('/') else {
@@ -38,7 +39,8 @@ pub fn links(plan: &Plan, found: &[(String, String)]) -> Vec<Link> {
                     && s.bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b"_+-".contains(&b))
             });
-        let target_ok = store_path_of(Path::new(target), "/nix/store").as_ref() == Some(target);
+        let target_ok =
+            crate::mapping::store_path_of(Path::new(target), &store_dir).as_ref() == Some(target);
         if !suffix_ok || !target_ok {
             continue;
         }
@@ -149,26 +151,6 @@ pub fn copy_closures(conn: &Connection, env: &RemoteEnv, paths: &[&str], step: &
         copy.line(),
         exec::stderr_tail(&out).replace('\n', "\n  ")
     );
-}
-
-/// The store path a symlink `target` leads into (`/nix/store/…-x` of
-/// `/nix/store/…-x/bin/y`), when it is one: an absolute path whose first name under the
-/// store dir is a plain store path name and whose rest never climbs.
-pub fn store_path_of(target: &Path, store_dir: &str) -> Option<String> {
-    let rest = target.strip_prefix(store_dir).ok()?;
-    let mut parts = rest.components();
-    let name = match parts.next()? {
-        std::path::Component::Normal(n) => n.to_str()?,
-        _ => return None,
-    };
-    let plain = name.len() > 33
-        && name.as_bytes()[32] == b'-'
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"+-._?=".contains(&b))
-        && !name.starts_with('.');
-    (plain && parts.all(|c| matches!(c, std::path::Component::Normal(_))))
-        .then(|| format!("{store_dir}/{name}"))
 }
 
 /// Makes `link` → `target` (a valid store path) here an indirect GC root, as `nix build`
@@ -289,25 +271,6 @@ mod tests {
     }
 
     #[test]
-    fn store_paths_are_what_a_link_leads_into() {
-        let p = "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-hello-2.12";
-        let of = |t: &str| store_path_of(Path::new(t), "/nix/store");
-        assert_eq!(of(p).as_deref(), Some(p));
-        assert_eq!(of(&format!("{p}/bin/hello")).as_deref(), Some(p));
-        for bad in [
-            "/nix/store",
-            "/nix/store/..",
-            "/nix/store/short-x",
-            "/etc/passwd",
-            "nix/store/0123456789abcdfghijklmnpqrsvwxyz-x",
-            "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-x/../../etc",
-            "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-a b",
-        ] {
-            assert_eq!(of(bad), None, "{bad}");
-        }
-    }
-
-    #[test]
     fn links_map_to_their_local_bases() {
         let plan = Plan {
             program: crate::nixargs::Program::Nix,
@@ -330,6 +293,7 @@ mod tests {
             relative_locks: vec![],
             writes_lock: false,
             pinned: Vec::new(),
+            store_paths: Vec::new(),
             stdout_is_nix: false,
         };
         let found: Vec<(String, String)> = [

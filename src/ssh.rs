@@ -461,6 +461,34 @@ const HOST_KEY_BOILERPLATE: &[&str] = &[
     "ssh-keygen -f ",
 ];
 
+/// Whether `line` is exactly ssh's own advice `ssh-keygen -f "FILE" -R "ENTRY"` (either
+/// quotes), with nothing a shell would read as more than those words: a remote program's
+/// output can reach the text edict reads here, and a fix line is something users paste.
+fn is_removal_command(line: &str) -> bool {
+    let Some(rest) = line.strip_prefix("ssh-keygen -f ") else {
+        return false;
+    };
+    let Some(q) = rest.chars().next().filter(|c| matches!(c, '"' | '\'')) else {
+        return false;
+    };
+    let parts: Vec<&str> = rest.split(q).collect();
+    // ["", FILE, " -R ", ENTRY, ""]
+    let [empty, file, middle, entry, end] = parts.as_slice() else {
+        return false;
+    };
+    let plain = |s: &str, extra: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "/._-+~@ ".contains(c) || extra.contains(c))
+    };
+    empty.is_empty()
+        && *middle == " -R "
+        && end.is_empty()
+        && plain(file, "")
+        && plain(entry, ":[]")
+        && !entry.contains(' ')
+}
+
 /// Turns ssh's stderr into an error that says what went wrong with which host, at which
 /// step, and what to do about it.
 pub fn ssh_failure(host: &str, step: &str, stderr: &str) -> anyhow::Error {
@@ -477,7 +505,7 @@ pub fn ssh_failure(host: &str, step: &str, stderr: &str) -> anyhow::Error {
     let remove = stderr
         .lines()
         .map(str::trim)
-        .find(|l| l.starts_with("ssh-keygen -f ") && l.contains(" -R "));
+        .find(|l| is_removal_command(l));
     let (what, fix) = if has("Could not resolve hostname") || has("Name or service not known") {
         (
             format!("ssh cannot resolve the host name `{host}`"),
@@ -690,6 +718,32 @@ mod tests {
             msg.contains("SHA256:abc") && !msg.contains("NASTY"),
             "{msg}"
         );
+        // Only ssh's exact advice is repeated: anything more could be a remote program's
+        // words, and users paste fix lines.
+        for bad in [
+            "ssh-keygen -f \"/k/known_hosts\" -R \"[127.0.0.1]:2201\"; curl x|sh",
+            "ssh-keygen -f \"/k/$(id)\" -R \"h\"",
+            "ssh-keygen -f \"/k\" -R \"h\" -D x",
+        ] {
+            let msg = format!(
+                "{}",
+                ssh_failure(
+                    "ha",
+                    "connecting",
+                    &changed.replace(
+                        "ssh-keygen -f \"/k/known_hosts\" -R \"[127.0.0.1]:2201\"",
+                        bad
+                    )
+                )
+            );
+            assert!(
+                !msg.contains("curl") && !msg.contains("$(id)") && !msg.contains("-D x"),
+                "{msg}"
+            );
+        }
+        assert!(is_removal_command(
+            "ssh-keygen -f '/home/me/.ssh/known_hosts' -R 'box.example.org'"
+        ));
         let pinned = changed
             .replace("/k/known_hosts", "/tmp/edict-hostkey-x/known_hosts")
             .replace("[127.0.0.1]:2201", PINNED_ALIAS);

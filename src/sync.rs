@@ -52,6 +52,70 @@ pub struct Upload {
     files: BTreeMap<PathBuf, Stamp>,
 }
 
+/// Why the rsync whose `rsync --version` begins with `line` cannot do what edict asks of
+/// it, or `None` when it can. edict needs rsync ≥ 3.1.3: `--modify-window=-1` (times to
+/// the nanosecond), `--from0 --files-from`, `--info`; openrsync (macOS's /usr/bin/rsync
+/// since 15.4) and rsync 2.6.9 (older macOS) lack them and fail on the options, or worse,
+/// ignore the time precision.
+pub fn rsync_unfit(line: &str) -> Option<String> {
+    if line.contains("openrsync") {
+        return Some(
+            "openrsync lacks options edict uses (--from0, --files-from, --modify-window=-1)".into(),
+        );
+    }
+    let v: Vec<u32> = rsync_version(line)
+        .split('.')
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    let old = matches!(v.as_slice(), [a, b, c, ..] if (*a, *b, *c) < (3, 1, 3))
+        || matches!(v.as_slice(), [a, b] if (*a, *b) < (3, 2));
+    old.then(|| {
+        format!(
+            "rsync {} is older than 3.1.3, which edict needs (--modify-window=-1 compares times to the nanosecond)",
+            rsync_version(line)
+        )
+    })
+}
+
+/// The version in `rsync --version`'s first line (`rsync  version 3.2.7  protocol …`).
+pub fn rsync_version(line: &str) -> String {
+    line.split_whitespace()
+        .skip_while(|w| *w != "version")
+        .nth(1)
+        .unwrap_or(line)
+        .to_string()
+}
+
+/// How to get an rsync edict can use: here (`host` None) or on `host`.
+pub fn rsync_fix(host: Option<&str>) -> String {
+    match host {
+        None => "install rsync ≥ 3.1.3 here and put it first on PATH (`nix profile install nixpkgs#rsync`, or `brew install rsync` on a Mac); the edict package from its flake brings its own".into(),
+        Some(h) => format!(
+            "install rsync ≥ 3.1.3 on {h} and make it the `rsync` a non-interactive login finds (`nix profile install nixpkgs#rsync`, or `apt-get install rsync`)"
+        ),
+    }
+}
+
+/// Checks this machine's rsync before anything is sent (the copy a Mac has cannot be used).
+pub fn check_local_rsync(host: &str) -> Result<()> {
+    let out = Cmd::new("rsync").arg("--version").output().map_err(|_| {
+        anyhow::anyhow!(
+            "{host}: syncing sources: there is no rsync on this machine\n  fix: {}",
+            rsync_fix(None)
+        )
+    })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().next().unwrap_or_default();
+    if let Some(why) = rsync_unfit(line) {
+        bail!(
+            "{host}: syncing sources: the rsync on this machine ({}) cannot be used: {why}\n  fix: {}",
+            line.trim(),
+            rsync_fix(None)
+        );
+    }
+    Ok(())
+}
+
 /// rsync's options shared by every transfer: recursive, links, permissions, times, and
 /// times compared to the nanosecond (`--modify-window=-1`, rsync ≥ 3.1.3): by default rsync
 /// compares whole seconds, and a same-size edit within the same second would be skipped,
@@ -141,6 +205,13 @@ pub fn upload(conn: &Connection, env: &RemoteEnv, plan: &Plan) -> Result<Vec<Upl
                 if let Some(f) = untracked_flake_nix(plan, i, &tracked) {
                     bail!(
                         "{host}: {step}: {f} is not tracked by git, and nix (here as on {host}) reads only the files git tracks\n  fix: git -C {} add {}",
+                        quote(&src.root.display().to_string()),
+                        quote(&f)
+                    );
+                }
+                if let Some(f) = untracked_named_file(plan, i, &tracked) {
+                    bail!(
+                        "{host}: {step}: {f} is not tracked by git, and edict sends only the files git tracks from a work tree (never your untracked ones), so {host} would not have it\n  fix: git -C {} add {} (or `git add -N` to send it without staging its content)",
                         quote(&src.root.display().to_string()),
                         quote(&f)
                     );
@@ -400,6 +471,35 @@ fn tracked_files(root: &Path) -> Result<Tracked> {
 /// The first `flake.nix` of a flake in source `src` that exists but that git does not track.
 /// Nix would refuse it here too; on HOST, where it is not sent, nix's error would name the
 /// mirror and miss the fix.
+/// The same for an expression file the command names in that source (`nix-build FILE`,
+/// `-f FILE`, nix-shell's `shell.nix`): nix here would read it, but edict sends a work
+/// tree's tracked files only.
+fn untracked_named_file(plan: &Plan, src: usize, tracked: &Tracked) -> Option<String> {
+    let root = &plan.sources[src].root;
+    plan.words
+        .iter()
+        .filter_map(|w| match w {
+            crate::mapping::Word::Path { src: s, rel, .. } if *s == src => Some(rel),
+            _ => None,
+        })
+        .filter_map(|rel| git_relative(rel))
+        .find(|f| root.join(f).is_file() && tracked.files.binary_search(&PathBuf::from(f)).is_err())
+}
+
+/// `rel` (a path inside a work tree) as git names it: `a/b/c`, whatever `./` or `//` it was
+/// written with; `None` for `..` or an absolute path, which is not inside the work tree.
+fn git_relative(rel: &str) -> Option<String> {
+    let mut parts = Vec::new();
+    for c in Path::new(rel).components() {
+        match c {
+            std::path::Component::Normal(n) => parts.push(n.to_str()?),
+            std::path::Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    Some(parts.join("/"))
+}
+
 fn untracked_flake_nix(plan: &Plan, src: usize, tracked: &Tracked) -> Option<String> {
     let root = &plan.sources[src].root;
     plan.flakes
@@ -670,8 +770,17 @@ fn decide(sent: Option<&Stamp>, now: Option<&Stamp>, there: Option<bool>) -> Dec
     }
 }
 
+/// What the user allows sync-back to bring.
+#[derive(Clone, Copy, Debug)]
+pub struct Bounds {
+    /// `--max-sync-size`: no file larger comes back.
+    pub max_size: u64,
+    /// `--no-link`: no results here, so no symlink into the store comes back either.
+    pub no_link: bool,
+}
+
 /// Step 7: for every source marked for sync-back, brings back what the command changed on
-/// HOST (`after` says what), each file no larger than `max_size` bytes, none after a signal.
+/// HOST (`after` says what), each file within `bounds`, none after a signal.
 /// Returns what it did, conflicts and refusals included; the caller reports them and exits
 /// non-zero. One file that cannot come back never stops the others.
 pub fn back(
@@ -680,9 +789,10 @@ pub fn back(
     plan: &Plan,
     uploads: &[Upload],
     after: &After,
-    max_size: u64,
+    bounds: Bounds,
     signals: &crate::signals::Signals,
 ) -> Result<Vec<Change>> {
+    let Bounds { max_size, no_link } = bounds;
     let host = &conn.transport.label;
     let mut changes = Vec::new();
     let mut seen = BTreeSet::new();
@@ -772,7 +882,7 @@ pub fn back(
             let names: Vec<PathBuf> = take.iter().chain(&conflicts).cloned().collect();
             let mirror = plan.mirror(tree.src, &env.dirs);
             let mut pulled = pull(conn, env, &mirror, &names, staging.path(), max_size, &step)?;
-            pulled.copy_store_links(conn, env, &names, &step);
+            pulled.copy_store_links(conn, env, &names, &src.root, no_link, &step);
             // Stopped (Ctrl-C, SIGTERM) while HOST's files were on their way: place none of
             // them; the staging directory goes with this error.
             if signals.caught() {
@@ -1068,30 +1178,60 @@ impl Pulled {
         conn: &Connection,
         env: &RemoteEnv,
         names: &[PathBuf],
+        here: &Path,
+        no_link: bool,
         step: &str,
     ) {
         let store_dir = crate::mapping::store_dir(&std::env::vars().collect::<Vec<_>>());
-        let links: Vec<(PathBuf, String)> = names
-            .iter()
-            .filter_map(|name| {
-                let target = std::fs::read_link(self.staging.join(name)).ok()?;
-                let path = crate::results::store_path_of(&target, &store_dir)?;
-                Some((name.clone(), path))
-            })
-            .collect();
-        if links.is_empty() {
-            return;
-        }
-        let paths: Vec<&str> = links.iter().map(|(_, p)| p.as_str()).collect();
-        match crate::results::copy_closures(conn, env, &paths, step) {
-            Ok(()) => self.in_store.extend(links),
-            Err(e) => {
-                let why = format!(
-                    "it is a symlink into the store, and its target could not be copied here: {e:#}"
+        for name in names {
+            let Some(target) = std::fs::read_link(self.staging.join(name)).ok() else {
+                continue;
+            };
+            let Some(path) = crate::mapping::store_path_of(&target, &store_dir) else {
+                continue;
+            };
+            let refuse = |why: &str| {
+                (
+                    name.clone(),
+                    format!(
+                        "it is a symlink into the store ({}) on {}, and {why}",
+                        target.display(),
+                        conn.transport.label
+                    ),
+                )
+            };
+            // Only where there is no file here (a new name, or a link already): a link
+            // that replaced a file there leads out of the tree, which a later write here
+            // would follow.
+            if std::fs::symlink_metadata(here.join(name)).is_ok_and(|m| !m.file_type().is_symlink())
+            {
+                let (n, why) = refuse(
+                    "a file of that name is here, which edict does not replace with a link out of the tree",
                 );
-                self.not_in_store
-                    .extend(links.into_iter().map(|(name, _)| (name, why.clone())));
+                self.not_in_store.insert(n, why);
+                continue;
             }
+            if no_link {
+                let (n, why) = refuse("--no-link asks for no results here");
+                self.not_in_store.insert(n, why);
+                continue;
+            }
+            // One at a time: one link that cannot come does not keep the others away.
+            if let Err(e) = crate::results::copy_closures(conn, env, &[&path], step) {
+                let (n, why) = refuse(&format!("its target could not be copied here: {e:#}"));
+                self.not_in_store.insert(n, why);
+                continue;
+            }
+            // A store path may itself be a link (to ~/.bashrc, say): what the link leads to
+            // here, followed all the way, must be in the store.
+            let inside =
+                std::fs::canonicalize(&target).is_ok_and(|real| real.starts_with(&store_dir));
+            if !inside {
+                let (n, why) = refuse("it leads out of the store from there");
+                self.not_in_store.insert(n, why);
+                continue;
+            }
+            self.in_store.insert(name.clone(), path);
         }
     }
 
@@ -1289,6 +1429,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn rsync_versions() {
+        assert_eq!(
+            rsync_version("rsync  version 3.2.7  protocol version 31"),
+            "3.2.7"
+        );
+        assert!(rsync_unfit("rsync  version 3.2.7  protocol version 31").is_none());
+        assert!(rsync_unfit("rsync  version 3.1.3  protocol version 31").is_none());
+        assert!(rsync_unfit("rsync  version 3.1.2  protocol version 31").is_some());
+        // What a Mac has: rsync 2.6.9, or openrsync.
+        assert!(rsync_unfit("rsync  version 2.6.9  protocol version 29").is_some());
+        assert!(rsync_unfit("openrsync: protocol version 29").is_some());
+    }
+
+    #[test]
     fn an_untracked_flake_nix_is_found_however_its_directory_is_written() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("sub/deep")).unwrap();
@@ -1314,6 +1468,7 @@ mod tests {
             relative_locks: vec![],
             writes_lock: false,
             pinned: Vec::new(),
+            store_paths: Vec::new(),
             stdout_is_nix: false,
         };
         let tracked = Tracked {

@@ -259,6 +259,21 @@ fn nix_build_builds_there_and_links_here() {
             std::fs::read_to_string(dir.join("top")).unwrap(),
             format!("via-search-path-{tag}\n")
         );
+        // A search path entry in this store (which HOST lacks): copied there, so nix
+        // there reads it instead of ignoring the entry.
+        let added = run(lab.command("nix-store").arg("--add").arg(&other));
+        assert!(added.status.success(), "{}", describe(&added));
+        let in_store = text(&added.stdout).trim().to_string();
+        let search = format!("here={in_store}");
+        let out =
+            run(lab
+                .edict(&dir)
+                .args([host, "nix-build", &other_arg, "-o", "top2", "-I", &search]));
+        assert!(out.status.success(), "{host}: {}", describe(&out));
+        assert_eq!(
+            std::fs::read_to_string(dir.join("top2")).unwrap(),
+            format!("via-search-path-{tag}\n")
+        );
     });
 }
 
@@ -283,6 +298,38 @@ fn nix_shell_runs_there_and_brings_back_what_it_wrote() {
             format!("hello-{tag}\n")
         );
         assert!(!dir.join("result").exists());
+        // A shell.nix git does not track: refused with the fix, never a fall back to
+        // default.nix there (nix-shell here would read the untracked file).
+        lab::git(&dir, &["rm", "-q", "--cached", "shell.nix"]);
+        let out = run(lab.edict(&dir).args([host, "nix-shell", "--run", "true"]));
+        assert_eq!(out.status.code(), Some(1), "{host}: {}", describe(&out));
+        lab::assert_mentions(
+            &text(&out.stderr),
+            &["shell.nix is not tracked by git", "add shell.nix"],
+        );
+        // `-p` in a work tree: `--run`'s relative path is the project's, there too.
+        lab::git(&dir, &["add", "shell.nix"]);
+        std::fs::write(dir.join("t.sh"), "#!/bin/sh\necho from-t-sh\n").unwrap();
+        std::fs::set_permissions(
+            dir.join("t.sh"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        lab::git(&dir, &["add", "t.sh"]);
+        let out = run(lab.edict(&dir).args([
+            host,
+            "nix-shell",
+            "-E",
+            "import ./shell.nix",
+            "--run",
+            "./t.sh",
+        ]));
+        assert!(out.status.success(), "{host}: {}", describe(&out));
+        assert!(
+            text(&out.stdout).contains("from-t-sh"),
+            "{host}: {}",
+            describe(&out)
+        );
     });
 }
 

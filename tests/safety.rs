@@ -819,3 +819,42 @@ fn symlinks_out_of_the_tree_never_come_back() {
         );
     });
 }
+
+/// Symlinks into the store that a command there made: a store path that is itself a link
+/// out of the store, a tracked file turned into a store link, and any store link under
+/// `--no-link` stay on HOST, each named with why; nothing here is replaced or imported for
+/// them. (A `result` a nested build made comes back: see fidelity.rs.)
+#[test]
+fn store_links_that_would_lead_out_of_the_tree_stay_there() {
+    each_host(|lab, host, _| {
+        let tag = lab::unique_tag();
+        let dir = flake(lab, &format!("storelinks-{host}"), &[("README", "mine\n")]);
+        let evil = format!(
+            "derivation {{ name = \"evil-{tag}\"; system = \"x86_64-linux\"; builder = \"/bin/sh\"; args = [ \"-c\" \"/bin/ln -s /etc/hostname $out\" ]; }}"
+        );
+        let script = format!(
+            "nix build --expr '{evil}' -o evil && nix build .#default -o top && rm README && ln -s \"$(readlink top)\" README"
+        );
+        let out = shell(lab, host, &dir, &[], &script);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{host}: {}", describe(&out));
+        // A store path that is a link to /etc/hostname: not brought back.
+        assert!(!dir.join("evil").exists() && std::fs::symlink_metadata(dir.join("evil")).is_err());
+        lab::assert_mentions(&err, &["evil", "leads out of the store"]);
+        // A tracked file is never replaced by a link into the store.
+        assert_eq!(read(&dir.join("README")), "mine\n");
+        lab::assert_mentions(&err, &["README", "a file of that name is here"]);
+        // A nested build's own link still comes back.
+        assert!(std::fs::read_link(dir.join("top")).is_ok(), "{err}");
+
+        // --no-link: no results here, so no store link either.
+        let dir = flake(lab, &format!("storelinks-nolink-{host}"), &[]);
+        let out = shell(lab, host, &dir, &["--no-link"], "nix build .#default");
+        assert_eq!(out.status.code(), Some(1), "{host}: {}", describe(&out));
+        assert!(std::fs::symlink_metadata(dir.join("result")).is_err());
+        lab::assert_mentions(
+            &stderr(&out),
+            &["result", "--no-link asks for no results here"],
+        );
+    });
+}

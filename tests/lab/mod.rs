@@ -696,6 +696,23 @@ fn sshd_config(addr: Ipv4Addr, port: u16, ssh_dir_seen_by_host: &str) -> String 
     )
 }
 
+/// SIGTERM to the process when the test process dies, even by SIGKILL: no sshd or daemon
+/// outlives a test. (The lab runs on Linux only; elsewhere it compiles, without this.)
+fn die_with_parent(cmd: &mut Command) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cmd;
+}
+
 /// Starts sshd in a private mount namespace and waits until it accepts connections.
 fn start_sshd(
     spec: &HostSpec,
@@ -836,15 +853,7 @@ fn start_sshd(
         // Own process group: a Ctrl-C meant for the test runner reaches sshd only through
         // the parent-death signal, after the runner is gone.
         .process_group(0);
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    die_with_parent(&mut cmd);
     let mut child = cmd.spawn().map_err(|e| format!("spawning unshare: {e}"))?;
 
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -1384,13 +1393,7 @@ impl LocalDaemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        // SAFETY: prctl only, between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
+        die_with_parent(&mut cmd);
         let child = cmd
             .spawn()
             .expect("starting nix-daemon (apt-get install nix-bin)");
