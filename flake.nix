@@ -59,6 +59,8 @@
         };
       });
 
+      # For every system above, darwin included: on a Mac, `nix flake check` builds edict
+      # there and runs its unit tests and clippy (the lab's tests are Linux-only).
       checks = forAllSystems (pkgs:
         let edict = self.packages.${pkgs.stdenv.hostPlatform.system}.default;
         in {

@@ -605,7 +605,7 @@ fn remote_checks(r: &mut Run, conn: &Connection, machine: Option<&Machine>, addr
             format!("here: {l}: {}", rsync_unfit(&l).unwrap_or_default()),
             rsync_fix(None),
         ),
-        Some(_) if !remote_rsync.starts_with("rsync") || remote_rsync.contains("not found") => {
+        Some(_) if !remote_rsync.contains("rsync") || remote_rsync.contains("not found") => {
             r.fail("rsync", format!("none on {host}"), format!("install rsync on {host} (`apt-get install rsync`, or `nix profile install nixpkgs#rsync`)"))
         }
         Some(_) if rsync_unfit(&remote_rsync).is_some() => r.fail(

@@ -341,11 +341,6 @@ fn gc(cli: &cli::Cli) -> Result<u8> {
             .filter_map(|l| l.split_once(' '))
             .map(|(name, kb)| (name.to_string(), kb.parse().unwrap_or(0)))
             .collect();
-        if String::from_utf8_lossy(&out.stdout).contains("EDICT-noflock") {
-            anyhow::bail!(
-                "{host}: removing mirrors: flock is not installed there, and edict removes a mirror only under its lock (never under a running command)\n  fix: install flock on {host} (util-linux), or remove ~/.cache/edict/mirrors there by hand when no edict run is active"
-            );
-        }
         for (name, kb) in &gone {
             exec::info(format_args!("{host}: removed mirror {name} ({kb} KiB)"));
         }

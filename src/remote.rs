@@ -147,7 +147,7 @@ pub fn prepare(
         let mut line = String::new();
         while matches!(stdout.read_line(&mut line), Ok(n) if n > 0) {
             let l = line.trim_end_matches('\n').to_string();
-            let last = matches!(l.as_str(), "EDICT-locked" | "EDICT-nolock");
+            let last = l == "EDICT-locked";
             if tx.send(l).is_err() || last {
                 break;
             }
@@ -181,12 +181,7 @@ pub fn prepare(
                     "{host}: another edict run is using the same source there; waiting for it to finish"
                 ));
             }
-            "locked" | "nolock" => {
-                if key == "nolock" && !names.is_empty() {
-                    exec::debug(format_args!(
-                        "{host}: no flock(1) there, so concurrent runs on one source are not serialised"
-                    ));
-                }
+            "locked" => {
                 locked = true;
                 break;
             }
@@ -301,11 +296,13 @@ pub fn expire_script(days: Option<u32>) -> String {
         None => String::new(),
     };
     format!(
-        "if command -v flock >/dev/null; then for m in \"$c\"/mirrors/*/; do m=${{m%/}}; \
+        "for m in \"$c\"/mirrors/*/; do m=${{m%/}}; case $m in *.lockd) continue;; esac; \
          [ -d \"$m\" ] && [ ! -L \"$m\" ] || continue; {old_enough}\
          k=$(du -sk \"$m\" 2>/dev/null | cut -f1); \
-         flock -n \"$m.lock\" rm -rf \"$m\" 2>/dev/null && [ ! -e \"$m\" ] && echo \"EDICT-gone ${{m##*/}} ${{k:-0}}\"; \
-         done; else echo EDICT-noflock; fi; true\n"
+         if command -v flock >/dev/null; then flock -n \"$m.lock\" rm -rf \"$m\" 2>/dev/null; \
+         elif mkdir \"$m.lockd\" 2>/dev/null; then rm -rf \"$m\"; rmdir \"$m.lockd\"; fi; \
+         [ ! -e \"$m\" ] && echo \"EDICT-gone ${{m##*/}} ${{k:-0}}\"; \
+         done; true\n"
     )
 }
 
@@ -361,8 +358,11 @@ fn prepare_script(mirror_names: &[String], run_id: &str) -> String {
             )
         })
         .collect();
+    // Without flock, the locks are directories this shell made (see below): it removes
+    // the ones that still name it, last.
+    let release = "[ -f \"$1/locks\" ] && while IFS= read -r d; do [ \"$(cat \"$d/pid\" 2>/dev/null)\" = $$ ] && rm -rf \"$d\"; done < \"$1/locks\"; ";
     let hold = quote(&format!(
-        "printf \"%s\\nEDICT-$2\\n\" \"$3\"; r=$1 sh; {}; {stale}rm -rf \"$1\"",
+        "printf \"%s\\nEDICT-$2\\n\" \"$3\"; r=$1 sh; {}; {stale}{release}rm -rf \"$1\"",
         stop_script("\"$1/pid\"")
     ));
     if mirror_names.is_empty() {
@@ -380,8 +380,19 @@ fn prepare_script(mirror_names: &[String], run_id: &str) -> String {
     s.push_str(&format!(
         "  exec {nested}sh -c {hold} sh \"$run\" locked \"$o\"\n"
     ));
+    // No flock (macOS, a BSD): a lock is a directory that mkdir makes for one run only,
+    // holding the pid of the shell that keeps it (this one, which becomes the holder). One
+    // whose holder is gone (killed with -9, the host rebooted) is taken over; one with no
+    // pid yet is its maker's for a minute.
+    s.push_str("else\n  busy=\n");
+    for n in mirror_names {
+        let lock = format!("\"$c/mirrors/\"{}", quote(&format!("{n}.lockd")));
+        s.push_str(&format!(
+            "  d={lock}\n  until mkdir \"$d\" 2>/dev/null; do\n    p=$(cat \"$d/pid\" 2>/dev/null)\n    if [ -n \"$p\" ] && ! kill -0 \"$p\" 2>/dev/null; then rm -rf \"$d\"; continue; fi\n    if [ -z \"$p\" ] && [ -n \"$(find \"$d\" -prune -mmin +1 2>/dev/null)\" ]; then rm -rf \"$d\"; continue; fi\n    [ -n \"$busy\" ] || {{ busy=1; echo EDICT-waiting; }}\n    sleep 1\n  done\n  echo $$ > \"$d/pid\"; printf '%s\\n' \"$d\" >> \"$run/locks\"\n"
+        ));
+    }
     s.push_str(&format!(
-        "else\n  exec sh -c {hold} sh \"$run\" nolock \"$o\"\nfi\n"
+        "  exec sh -c {hold} sh \"$run\" locked \"$o\"\nfi\n"
     ));
     s
 }
@@ -1129,10 +1140,7 @@ mod tests {
             text.contains(&format!("EDICT-cache {}", cache.display())),
             "{text}"
         );
-        assert!(
-            text.contains("EDICT-locked") || text.contains("EDICT-nolock"),
-            "{text}"
-        );
+        assert!(text.contains("EDICT-locked"), "{text}");
         assert!(cache.join("mirrors/a-1").is_dir());
         assert!(cache.join("mirrors/b c").is_dir());
         // stdin was /dev/null: the holder ended at once and removed the run dir.

@@ -82,6 +82,10 @@ pub struct HostSpec {
     pub nix: bool,
     /// Whether rsync is installed.
     pub rsync: bool,
+    /// A script that is the host's `rsync` instead (an openrsync look-alike).
+    pub rsync_script: Option<String>,
+    /// Whether flock(1) is installed (a nix-darwin host has none).
+    pub flock: bool,
     /// Whether git is installed (Nix ≥ 2.20 reads git flakes with libgit2, without it).
     pub git: bool,
     /// Give root's home a tmpfs of this many KiB (a disk that fills up).
@@ -128,6 +132,8 @@ impl HostSpec {
             nix_on_path: true,
             nix: true,
             rsync: true,
+            rsync_script: None,
+            flock: true,
             git: true,
             home_kib: None,
             user: None,
@@ -169,6 +175,18 @@ impl HostSpec {
         self
     }
 
+    /// `script` as the host's rsync (in place of the real one).
+    pub fn rsync_script(mut self, script: &str) -> Self {
+        self.rsync_script = Some(script.to_string());
+        self
+    }
+
+    /// No flock(1) on the host, as on macOS.
+    pub fn without_flock(mut self) -> Self {
+        self.flock = false;
+        self
+    }
+
     pub fn without_git(mut self) -> Self {
         self.git = false;
         self
@@ -207,6 +225,16 @@ impl HostSpec {
         self
     }
 }
+
+/// An rsync that answers as macOS's openrsync does and, like it, rejects options edict
+/// needs (`--from0`, `--files-from`, `--modify-window`, `--info`).
+pub const OPENRSYNC: &str = r#"#!/bin/sh
+case "$1" in --version) echo "openrsync: protocol version 29"; echo "rsync version 2.6.9 compatible"; exit 0;; esac
+for a in "$@"; do
+  case "$a" in --from0|--files-from*|--modify-window*|--info*) echo "openrsync: unrecognized option '$a'" >&2; exit 1;; esac
+done
+echo "openrsync: this look-alike does not copy" >&2
+exit 1"#;
 
 /// A running host.
 pub struct Host {
@@ -729,6 +757,14 @@ fn start_sshd(
     }
     if !spec.rsync {
         hide.push_str("rm -f $B/rsync\n");
+    }
+    if let Some(script) = &spec.rsync_script {
+        hide.push_str(&format!(
+            "rm -f $B/rsync\ncat > $B/rsync <<'EDICT_LAB_EOF'\n{script}\nEDICT_LAB_EOF\nchmod 755 $B/rsync\n"
+        ));
+    }
+    if !spec.flock {
+        hide.push_str("rm -f $B/flock\n");
     }
     if !spec.git {
         hide.push_str("rm -f $B/git\n");
