@@ -324,7 +324,7 @@ fn gc(cli: &cli::Cli) -> Result<u8> {
         let conn = ssh::Connection::open(select::any_transport(host, &pool, &ssh_opts)?)?;
         let script = format!(
             "{}{}",
-            remote::CACHE_DIR,
+            remote::prelude(),
             remote::expire_script(args.older_than)
         );
         let out = conn.ssh(ssh::Tty::No, &script).output()?;

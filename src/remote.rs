@@ -256,24 +256,61 @@ pub fn prepare(
         env.nix,
         env.rsync.as_deref().unwrap_or("(none)")
     ));
-    if env.rsync.is_none() && !plan.sources.is_empty() {
-        bail!(
-            "{host}: syncing sources: rsync is not installed there\n  fix: install rsync on {host} (e.g. `apt-get install rsync`, or `nix profile install nixpkgs#rsync`)"
-        );
-    }
-    // An rsync there that cannot do what edict asks (openrsync, 2.6.9 on a Mac builder):
-    // said before anything is sent, not as rsync's option error.
+    // The rsync on the PATH there may be one edict cannot use (a Mac builder's openrsync,
+    // or 2.6.9), or none, while a good one sits in a Nix profile or Homebrew's directory
+    // (off the non-interactive PATH, or after /usr/bin): one more look then, before
+    // anything is sent, rather than rsync's option error after.
+    let mut env = env;
     let version = get("rsyncv").unwrap_or_default();
-    if let Some(why) = env.rsync.as_ref().and(crate::sync::rsync_unfit(&version)) {
-        if !plan.sources.is_empty() {
+    let fit = env.rsync.is_some() && crate::sync::rsync_unfit(&version).is_none();
+    if !plan.sources.is_empty() && !fit {
+        let found = other_rsync(conn);
+        if let Some(path) = found
+            .iter()
+            .find_map(|(path, v)| crate::sync::rsync_unfit(v).is_none().then(|| path.clone()))
+        {
+            exec::debug(format_args!("{host}: using the rsync at {path}"));
+            env.rsync = Some(path);
+        } else if env.rsync.is_none() && found.is_empty() {
             bail!(
-                "{host}: syncing sources: the rsync there ({}) cannot be used: {why}\n  fix: {}",
-                version.trim(),
+                "{host}: syncing sources: rsync is not installed there\n  fix: {}",
+                crate::sync::rsync_fix(Some(host))
+            );
+        } else {
+            let (what, line) = match env.rsync.as_ref() {
+                Some(path) => (path.clone(), version.trim().to_string()),
+                None => found
+                    .first()
+                    .map(|(p, v)| (p.clone(), v.trim().to_string()))
+                    .unwrap_or_default(),
+            };
+            bail!(
+                "{host}: syncing sources: the rsync there ({what}: {line}) cannot be used: {}\n  fix: {}",
+                crate::sync::rsync_unfit(&line).unwrap_or_default(),
                 crate::sync::rsync_fix(Some(host))
             );
         }
     }
     Ok((env, session))
+}
+
+/// The rsyncs HOST has outside its non-interactive PATH (Nix profiles, Homebrew), each with
+/// the first line of its `--version`.
+fn other_rsync(conn: &Connection) -> Vec<(String, String)> {
+    let dirs = format!("{NIX_PLACES}:/opt/homebrew/bin:/usr/local/bin");
+    let script = format!(
+        "p=\"{dirs}\"; IFS=:; for d in $p; do [ -x \"$d/rsync\" ] && printf '%s\\t%s\\n' \"$d/rsync\" \"$(\"$d/rsync\" --version 2>/dev/null | head -n 1)\"; done; true"
+    );
+    conn.ssh(Tty::No, &script)
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter_map(|l| l.split_once('\t'))
+                .map(|(p, v)| (p.to_string(), v.to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Mirrors on HOST that no run used for this many days are removed by the next run there.
@@ -282,11 +319,19 @@ pub const MIRROR_DAYS: u32 = 30;
 /// Sets `$c`, edict's cache directory on HOST, in a remote script.
 pub const CACHE_DIR: &str = "c=\"${XDG_CACHE_HOME:-$HOME/.cache}/edict\"\n";
 
+/// What every script that touches edict's cache there starts with: the places nix may be
+/// (where flock may be too, on nix-darwin: runs and `edict gc` must see the same one, or
+/// they would lock differently) and `$c`.
+pub fn prelude() -> String {
+    format!("PATH=\"$PATH:{NIX_PLACES}\"\n{CACHE_DIR}")
+}
+
 /// Removes the mirrors in `$c/mirrors` unused for more than `days` days (all when `None`)
-/// and not locked by a run, printing `EDICT-gone NAME KB` for each. Needs flock (a mirror is
-/// never removed under a run that holds it); without it, nothing is removed. The lock files
-/// stay: one removed under a waiting run would let a new run take another. Paths are
-/// globbed, never word-split, so `$c` may hold spaces.
+/// and not locked by a run, printing `EDICT-gone NAME KB` for each: it takes the run's lock
+/// (flock, or without it the lock directory, holding its pid while it removes), so a mirror
+/// is never removed under a run that holds it. flock's lock files stay: one removed under
+/// a waiting run would let a new run take another. Paths are globbed, never word-split, so
+/// `$c` may hold spaces.
 pub fn expire_script(days: Option<u32>) -> String {
     let old_enough = match days {
         Some(d) => format!(
@@ -300,7 +345,7 @@ pub fn expire_script(days: Option<u32>) -> String {
          [ -d \"$m\" ] && [ ! -L \"$m\" ] || continue; {old_enough}\
          k=$(du -sk \"$m\" 2>/dev/null | cut -f1); \
          if command -v flock >/dev/null; then flock -n \"$m.lock\" rm -rf \"$m\" 2>/dev/null; \
-         elif mkdir \"$m.lockd\" 2>/dev/null; then rm -rf \"$m\"; rmdir \"$m.lockd\"; fi; \
+         elif mkdir \"$m.lockd\" 2>/dev/null; then echo $$ > \"$m.lockd/pid\"; rm -rf \"$m\"; rm -rf \"$m.lockd\"; fi; \
          [ ! -e \"$m\" ] && echo \"EDICT-gone ${{m##*/}} ${{k:-0}}\"; \
          done; true\n"
     )
@@ -309,8 +354,7 @@ pub fn expire_script(days: Option<u32>) -> String {
 /// The probe-and-lock script. POSIX sh; prints `EDICT-key value` lines, then blocks on stdin.
 fn prepare_script(mirror_names: &[String], run_id: &str) -> String {
     let mut s = String::new();
-    s.push_str(&format!("PATH=\"$PATH:{NIX_PLACES}\"\n"));
-    s.push_str(CACHE_DIR);
+    s.push_str(&prelude());
     // The findings go out in one write with EDICT-locked: one packet on the wire, not five.
     s.push_str(
         "nix=$(command -v nix)\n\
@@ -369,9 +413,12 @@ fn prepare_script(mirror_names: &[String], run_id: &str) -> String {
         s.push_str(&format!("sh -c {hold} sh \"$run\" locked \"$o\"\n"));
         return s;
     }
+    // Always in the same order, so two runs that share two mirrors never hold one each.
+    let mut mirror_names = mirror_names.to_vec();
+    mirror_names.sort();
     s.push_str("if command -v flock >/dev/null; then\n  busy=\n");
     let mut nested = String::new();
-    for n in mirror_names {
+    for n in &mirror_names {
         let lock = format!("\"$c/mirrors/\"{}", quote(&format!("{n}.lock")));
         s.push_str(&format!("  flock -n {lock} true || busy=1\n"));
         nested.push_str(&format!("flock {lock} "));
@@ -383,12 +430,28 @@ fn prepare_script(mirror_names: &[String], run_id: &str) -> String {
     // No flock (macOS, a BSD): a lock is a directory that mkdir makes for one run only,
     // holding the pid of the shell that keeps it (this one, which becomes the holder). One
     // whose holder is gone (killed with -9, the host rebooted) is taken over; one with no
-    // pid yet is its maker's for a minute.
+    // pid yet is its maker's for a minute. Taking one over is itself under a lock, and
+    // checked again there, so two waiting runs never both take the same one.
     s.push_str("else\n  busy=\n");
-    for n in mirror_names {
+    for n in &mirror_names {
         let lock = format!("\"$c/mirrors/\"{}", quote(&format!("{n}.lockd")));
         s.push_str(&format!(
-            "  d={lock}\n  until mkdir \"$d\" 2>/dev/null; do\n    p=$(cat \"$d/pid\" 2>/dev/null)\n    if [ -n \"$p\" ] && ! kill -0 \"$p\" 2>/dev/null; then rm -rf \"$d\"; continue; fi\n    if [ -z \"$p\" ] && [ -n \"$(find \"$d\" -prune -mmin +1 2>/dev/null)\" ]; then rm -rf \"$d\"; continue; fi\n    [ -n \"$busy\" ] || {{ busy=1; echo EDICT-waiting; }}\n    sleep 1\n  done\n  echo $$ > \"$d/pid\"; printf '%s\\n' \"$d\" >> \"$run/locks\"\n"
+            "  d={lock}\n\
+             until mkdir \"$d\" 2>/dev/null; do\n\
+             [ -d \"$d\" ] || {{ printf '%s\\nEDICT-error cannot make the lock %s\\n' \"$o\" \"$d\"; exit 1; }}\n\
+             p=$(cat \"$d/pid\" 2>/dev/null)\n\
+             if {{ [ -n \"$p\" ] && ! kill -0 \"$p\" 2>/dev/null; }} || {{ [ -z \"$p\" ] && [ -n \"$(find \"$d\" -prune -mmin +1 2>/dev/null)\" ]; }}; then\n\
+               if mkdir \"$d.break.lockd\" 2>/dev/null; then\n\
+                 q=$(cat \"$d/pid\" 2>/dev/null)\n\
+                 if {{ [ -n \"$q\" ] && [ \"$q\" = \"$p\" ] && ! kill -0 \"$q\" 2>/dev/null; }} || {{ [ -z \"$q\" ] && [ -n \"$(find \"$d\" -prune -mmin +1 2>/dev/null)\" ]; }}; then rm -rf \"$d\"; fi\n\
+                 rmdir \"$d.break.lockd\"; continue\n\
+               fi\n\
+               [ -n \"$(find \"$d.break.lockd\" -prune -mmin +1 2>/dev/null)\" ] && rmdir \"$d.break.lockd\" 2>/dev/null\n\
+             fi\n\
+             [ -n \"$busy\" ] || {{ busy=1; echo EDICT-waiting; }}\n\
+             sleep 1\n\
+             done\n\
+             echo $$ > \"$d/pid\" && printf '%s\\n' \"$d\" >> \"$run/locks\" || {{ rm -rf \"$d\"; printf '%s\\nEDICT-error cannot write the lock %s\\n' \"$o\" \"$d\"; exit 1; }}\n"
         ));
     }
     s.push_str(&format!(
@@ -1145,5 +1208,87 @@ mod tests {
         assert!(cache.join("mirrors/b c").is_dir());
         // stdin was /dev/null: the holder ended at once and removed the run dir.
         assert!(!cache.join("runs/r1").exists());
+    }
+
+    /// The lock without flock (macOS), in dash and in bash as sh (macOS's /bin/sh): a
+    /// second run waits until the first's holder ends, then locks; a lock whose holder is
+    /// dead is taken over at once; none is left behind.
+    #[test]
+    fn without_flock_runs_take_turns_in_every_sh() {
+        use std::io::{BufRead as _, BufReader};
+        // A PATH with the tools the scripts use, and no flock.
+        let bin = tempfile::tempdir().unwrap();
+        for tool in [
+            "sh", "mkdir", "cat", "find", "sleep", "rm", "rmdir", "touch", "chmod", "du", "cut",
+            "head", "ps", "tr", "sed", "xargs",
+        ] {
+            let real = which::which(tool).unwrap();
+            std::os::unix::fs::symlink(real, bin.path().join(tool)).unwrap();
+        }
+        for shell in [vec!["/bin/sh"], vec!["/bin/bash", "--posix"]] {
+            let home = tempfile::tempdir().unwrap();
+            let start = |run: &str| {
+                std::process::Command::new(shell[0])
+                    .args(&shell[1..])
+                    .arg("-c")
+                    .arg(prepare_script(&["m-1".into(), "a-0".into()], run))
+                    .env("HOME", home.path())
+                    .env("PATH", bin.path())
+                    .env_remove("XDG_CACHE_HOME")
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            };
+            let lines = |child: &mut std::process::Child| {
+                let out = child.stdout.take().unwrap();
+                let (tx, rx) = std::sync::mpsc::channel();
+                std::thread::spawn(move || {
+                    for l in BufReader::new(out).lines().map_while(Result::ok) {
+                        let _ = tx.send(l);
+                    }
+                });
+                rx
+            };
+            let wait_line = |rx: &std::sync::mpsc::Receiver<String>, want: &str| loop {
+                let l = rx
+                    .recv_timeout(std::time::Duration::from_secs(20))
+                    .unwrap_or_else(|_| panic!("{shell:?}: no `{want}`"));
+                if l == want {
+                    break;
+                }
+            };
+            let mut first = start("r1");
+            let first_out = lines(&mut first);
+            wait_line(&first_out, "EDICT-locked");
+            let mut second = start("r2");
+            let second_out = lines(&mut second);
+            wait_line(&second_out, "EDICT-waiting");
+            drop(first.stdin.take()); // the first run ends: its holder releases
+            first.wait().unwrap();
+            wait_line(&second_out, "EDICT-locked");
+            drop(second.stdin.take());
+            second.wait().unwrap();
+            let mirrors = home.path().join(".cache/edict/mirrors");
+            let left: Vec<_> = std::fs::read_dir(&mirrors)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name())
+                .filter(|n| n.to_string_lossy().contains("lockd"))
+                .collect();
+            assert!(left.is_empty(), "{shell:?}: {left:?}");
+            // A holder that died without releasing (its pid is gone): taken over.
+            let dead = std::process::Command::new("true").spawn().unwrap();
+            let pid = dead.id();
+            let mut dead = dead;
+            dead.wait().unwrap();
+            std::fs::create_dir(mirrors.join("a-0.lockd")).unwrap();
+            std::fs::write(mirrors.join("a-0.lockd/pid"), format!("{pid}\n")).unwrap();
+            let mut third = start("r3");
+            let third_out = lines(&mut third);
+            wait_line(&third_out, "EDICT-locked");
+            drop(third.stdin.take());
+            third.wait().unwrap();
+        }
     }
 }

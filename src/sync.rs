@@ -63,9 +63,15 @@ pub fn rsync_unfit(line: &str) -> Option<String> {
             "openrsync lacks options edict uses (--from0, --files-from, --modify-window=-1)".into(),
         );
     }
-    let v: Vec<u32> = rsync_version(line)
+    // `3.2.7`, `v3.2.3` (Arch's), `3.4.1dev`: the leading digits of each part.
+    let version = rsync_version(line);
+    let v: Vec<u32> = version
+        .trim_start_matches('v')
         .split('.')
-        .filter_map(|p| p.parse().ok())
+        .map_while(|p| {
+            let digits: String = p.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
         .collect();
     let old = matches!(v.as_slice(), [a, b, c, ..] if (*a, *b, *c) < (3, 1, 3))
         || matches!(v.as_slice(), [a, b] if (*a, *b) < (3, 2));
@@ -91,7 +97,7 @@ pub fn rsync_fix(host: Option<&str>) -> String {
     match host {
         None => "install rsync ≥ 3.1.3 here and put it first on PATH (`nix profile install nixpkgs#rsync`, or `brew install rsync` on a Mac); the edict package from its flake brings its own".into(),
         Some(h) => format!(
-            "install rsync ≥ 3.1.3 on {h} and make it the `rsync` a non-interactive login finds (`nix profile install nixpkgs#rsync`, or `apt-get install rsync`)"
+            "install rsync ≥ 3.1.3 on {h}: `nix profile install nixpkgs#rsync`, `brew install rsync` or `apt-get install rsync` (edict looks on the PATH of a non-interactive login, then in the Nix profiles and Homebrew's directories)"
         ),
     }
 }
@@ -1437,6 +1443,8 @@ mod tests {
         assert!(rsync_unfit("rsync  version 3.2.7  protocol version 31").is_none());
         assert!(rsync_unfit("rsync  version 3.1.3  protocol version 31").is_none());
         assert!(rsync_unfit("rsync  version 3.1.2  protocol version 31").is_some());
+        assert!(rsync_unfit("rsync  version v3.2.3  protocol version 31").is_none());
+        assert!(rsync_unfit("rsync  version 3.4.1dev  protocol version 32").is_none());
         // What a Mac has: rsync 2.6.9, or openrsync.
         assert!(rsync_unfit("rsync  version 2.6.9  protocol version 29").is_some());
         assert!(rsync_unfit("openrsync: protocol version 29").is_some());

@@ -95,7 +95,7 @@ fn an_rsync_there_that_cannot_is_named_before_sending() {
         lab::assert_mentions(
             &stderr(&out),
             &[
-                &format!("{host}: syncing sources: the rsync there (openrsync"),
+                &format!("{host}: syncing sources: the rsync there (/usr/bin/rsync: openrsync"),
                 "openrsync lacks options edict uses",
                 &format!("fix: install rsync ≥ 3.1.3 on {host}"),
             ],
@@ -110,6 +110,24 @@ fn an_rsync_there_that_cannot_is_named_before_sending() {
             .output()
             .unwrap();
         lab::assert_mentions(&text(&out.stdout), &["FAIL rsync", "openrsync"]);
+        // The fix it gives: a current rsync in a Nix profile (off the non-interactive PATH,
+        // behind /usr/bin's openrsync). edict finds and uses that one.
+        let root = match flavour.suite() {
+            Some(suite) => lab::debian_root(suite),
+            None => std::path::PathBuf::from("/"),
+        };
+        let profile = lab
+            .host(&host)
+            .local_path("/nix/var/nix/profiles/default/bin");
+        std::fs::create_dir_all(&profile).unwrap();
+        std::fs::copy(root.join("usr/bin/rsync"), profile.join("rsync")).unwrap();
+        let out = lab
+            .edict(&dir)
+            .args([&host, "nix", "build", ".#default"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{host}: {}", describe(&out));
+        assert!(dir.join("result").exists());
     }
 }
 
