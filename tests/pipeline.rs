@@ -1269,9 +1269,32 @@ fn ctrl_c_in_a_terminal_is_the_commands_own() {
                 }
                 child.stdout = Some(out);
             }
-            std::io::Write::write_all(&mut stdin, b"\x03").unwrap();
+            // Ctrl-C, and again every 2 s as a user would (one can land while nix is still
+            // setting up the build); bounded, so a lost one fails instead of waiting out
+            // the build.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            let status = loop {
+                let _ = std::io::Write::write_all(&mut stdin, b"\x03");
+                let tick = std::time::Instant::now() + std::time::Duration::from_secs(2);
+                let done = loop {
+                    if let Some(s) = child.try_wait().unwrap() {
+                        break Some(s);
+                    }
+                    if std::time::Instant::now() > tick {
+                        break None;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                };
+                if let Some(s) = done {
+                    break s;
+                }
+                if std::time::Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("{line}: Ctrl-C did not end it");
+                }
+            };
             let out = child.wait_with_output().unwrap();
-            assert_eq!(out.status.code(), Some(want), "{line}: {}", describe(&out));
+            assert_eq!(status.code(), Some(want), "{line}: {}", describe(&out));
         }
     });
 }
