@@ -597,7 +597,7 @@ fn remote_checks(r: &mut Run, conn: &Connection, machine: Option<&Machine>, addr
     let (_, remote_rsync, _) = sh(&format!(
         "PATH=\"$PATH:{NIX_PLACES}\"; rsync --version 2>&1 | head -n 1"
     ));
-    use crate::sync::{rsync_fix, rsync_unfit, rsync_version};
+    use crate::rsync::{fix as rsync_fix, unfit as rsync_unfit, version as rsync_version};
     match local_rsync {
         None => r.fail("rsync", "no rsync here", "install rsync on this machine"),
         Some(l) if rsync_unfit(&l).is_some() => r.fail(
@@ -792,7 +792,7 @@ fn daemon_view(r: &mut Run, conn: &Connection, machine: Option<&Machine>, addr: 
     // The daemon connects as root with root's ssh config and only what the machines file
     // says (key, pinned host key): not the user's NIX_SSHOPTS or agent.
     let transport = match machine {
-        Some(m) => Transport::for_machine(m, ""),
+        Some(m) => m.transport(""),
         None => Ok(Transport::new(&host, conn.transport.dest.clone(), "")),
     };
     let out = transport.and_then(|t| {
@@ -895,9 +895,28 @@ pub fn render(reports: &[Report]) -> String {
 pub fn run(targets: Vec<(Transport, Option<Machine>)>) -> Vec<Report> {
     let handles: Vec<_> = targets
         .into_iter()
-        .map(|(t, m)| std::thread::spawn(move || check(t, m.as_ref())))
+        .map(|(t, m)| {
+            let host = t.label.clone();
+            (host, std::thread::spawn(move || check(t, m.as_ref())))
+        })
         .collect();
-    handles.into_iter().filter_map(|h| h.join().ok()).collect()
+    handles
+        .into_iter()
+        .map(|(host, h)| {
+            h.join().unwrap_or_else(|p| {
+                let mut r = Run {
+                    host,
+                    checks: BTreeMap::new(),
+                };
+                r.fail(
+                    "ssh-config",
+                    crate::exec::panic_text(p.as_ref()),
+                    "report it, with the output of `edict doctor -v HOST`",
+                );
+                r.report()
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -247,9 +247,39 @@ pub fn exit_code(status: ExitStatus) -> i32 {
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
+/// What a thread that panicked said, for the error that reports it: a panic in one host's
+/// thread is that host's failure, said, never a host that silently disappears.
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    let said = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into());
+    format!("edict failed internally (a bug: {said})")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_panicked_thread_is_said() {
+        let p = std::thread::spawn(|| {
+            let v: Vec<u8> = Vec::new();
+            v[3]
+        })
+        .join()
+        .unwrap_err();
+        let said = panic_text(p.as_ref());
+        assert!(
+            said.contains("a bug") && said.contains("index out of bounds"),
+            "{said}"
+        );
+        let p = std::thread::spawn(|| std::panic::panic_any(7u8))
+            .join()
+            .unwrap_err();
+        assert!(panic_text(p.as_ref()).contains("no message"));
+    }
 
     #[test]
     fn printable_names_carry_no_control_characters() {

@@ -21,12 +21,18 @@ struct Outcome {
     took: Duration,
 }
 
+/// Steps 3–7 for one host (main's pipeline), given to the fan-out so that it need not
+/// reach back into main.
+pub type Pipeline =
+    dyn Fn(crate::ssh::Connection, &mapping::Plan, &Cli, &Signals, &Io) -> Result<u8> + Sync;
+
 pub fn run(
     transports: Vec<Transport>,
     args: &NixArgs,
     local: &Local,
     cli: &Cli,
     signals: &Signals,
+    pipeline: &Pipeline,
 ) -> Result<u8> {
     let sync_host = match &cli.sync {
         Some(Some(h)) => Some(h.clone()),
@@ -65,7 +71,8 @@ pub fn run(
             .enumerate()
             .map(|(i, transport)| {
                 let sync_host = sync_host.clone();
-                scope.spawn(move || {
+                let label = transport.label.clone();
+                let handle = scope.spawn(move || {
                     let host = transport.label.clone();
                     let prefix = if color {
                         format!("\x1b[{}m{host:<width$}\x1b[0m | ", 31 + i % 6)
@@ -93,17 +100,30 @@ pub fn run(
                             link.local_base = base.into();
                         }
                         let conn = Connection::open(transport)?;
-                        crate::pipeline(conn, &plan, cli, signals, &Io::Prefixed(prefix))
+                        pipeline(conn, &plan, cli, signals, &Io::Prefixed(prefix))
                     })();
                     Outcome {
                         host,
                         result,
                         took: start.elapsed(),
                     }
-                })
+                });
+                (label, handle)
             })
             .collect();
-        handles.into_iter().filter_map(|h| h.join().ok()).collect()
+        handles
+            .into_iter()
+            .map(|(host, h)| {
+                h.join().unwrap_or_else(|p| Outcome {
+                    result: Err(anyhow::anyhow!(
+                        "{host}: {}\n  fix: report it, with the output of `edict -vv …`",
+                        crate::exec::panic_text(p.as_ref())
+                    )),
+                    host,
+                    took: Duration::ZERO,
+                })
+            })
+            .collect()
     });
 
     let mut code = 0;
@@ -114,7 +134,7 @@ pub fn run(
         let (this, exit) = match &o.result {
             Ok(c) => (*c, c.to_string()),
             Err(e) => {
-                let c = crate::report_error(e);
+                let c = crate::ssh::report(e);
                 (c, format!("{c}!"))
             }
         };

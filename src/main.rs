@@ -18,6 +18,7 @@ mod pinned;
 mod pool;
 mod remote;
 mod results;
+mod rsync;
 mod select;
 mod signals;
 mod ssh;
@@ -32,20 +33,8 @@ fn main() -> ExitCode {
     exec::set_verbosity(cli.verbose, cli.quiet);
     match run(&cli) {
         Ok(code) => ExitCode::from(code),
-        Err(e) => ExitCode::from(report_error(&e)),
+        Err(e) => ExitCode::from(ssh::report(&e)),
     }
-}
-
-/// Prints an error the way edict does (an interruption is not called an error) and returns
-/// the exit code for it.
-pub(crate) fn report_error(e: &anyhow::Error) -> u8 {
-    let code = ssh::exit_code_for(e);
-    if code == 130 {
-        eprintln!("edict: {e:#}");
-    } else {
-        eprintln!("edict: error: {e:#}");
-    }
-    code
 }
 
 fn run(cli: &cli::Cli) -> Result<u8> {
@@ -90,7 +79,7 @@ fn run(cli: &cli::Cli) -> Result<u8> {
         results::check_local(&cli.host, &plan)?;
     }
     if !plan.sources.is_empty() {
-        sync::check_local_rsync(&cli.host)?;
+        rsync::check_here(&cli.host)?;
     }
     pinned::make_valid_here(&cli.host, &plan)?;
 
@@ -115,13 +104,13 @@ fn run(cli: &cli::Cli) -> Result<u8> {
             let (pool, local_nix) = pool::load_or_explain(cli.builders.as_deref())?;
             let needs = select::needs(&args, cli.required_features.as_deref(), &local_nix.system);
             let transports = select::many(&spec, &pool, &needs, &ssh_opts)?;
-            fanout::run(transports, &args, &local, cli, &signals)
+            fanout::run(transports, &args, &local, cli, &signals, &pipeline)
         }
     }
 }
 
 /// Steps 3–7 on one open connection.
-pub(crate) fn pipeline(
+fn pipeline(
     conn: ssh::Connection,
     plan: &mapping::Plan,
     cli: &cli::Cli,
@@ -277,7 +266,7 @@ fn doctor(cli: &cli::Cli) -> Result<u8> {
         }
         pool.iter()
             .filter(|m| m.enabled)
-            .map(|m| Ok((ssh::Transport::for_machine(m, &ssh_opts)?, Some(m.clone()))))
+            .map(|m| Ok((m.transport(&ssh_opts)?, Some(m.clone()))))
             .collect::<Result<_>>()?
     } else {
         args.hosts

@@ -108,7 +108,8 @@ pub fn probe(machines: &[Machine], needs: &Needs, ssh_opts: &str) -> Vec<Probed>
         .map(|machine| {
             let needs = needs.clone();
             let ssh_opts = ssh_opts.to_string();
-            std::thread::spawn(move || {
+            let kept = machine.clone();
+            let handle = std::thread::spawn(move || {
                 if let Some(r) = machine.rejection(&needs.system, &needs.features) {
                     return Probed {
                         machine,
@@ -140,10 +141,20 @@ pub fn probe(machines: &[Machine], needs: &Needs, ssh_opts: &str) -> Vec<Probed>
                         }
                     }
                 }
+            });
+            (kept, handle)
+        })
+        .collect();
+    let mut probed: Vec<Probed> = handles
+        .into_iter()
+        .map(|(machine, h)| {
+            h.join().unwrap_or_else(|p| Probed {
+                machine,
+                verdict: Verdict::Unreachable(crate::exec::panic_text(p.as_ref()), None),
+                conn: None,
             })
         })
         .collect();
-    let mut probed: Vec<Probed> = handles.into_iter().filter_map(|h| h.join().ok()).collect();
     probed.sort_by(|a, b| {
         b.verdict
             .score()
@@ -155,7 +166,7 @@ pub fn probe(machines: &[Machine], needs: &Needs, ssh_opts: &str) -> Vec<Probed>
 }
 
 fn connect_and_load(machine: &Machine, ssh_opts: &str) -> Result<(Connection, f64)> {
-    let conn = Connection::open(Transport::for_machine(machine, ssh_opts)?.probing())?;
+    let conn = Connection::open(machine.transport(ssh_opts)?.probing())?;
     // Linux, then the BSDs and macOS (`{ 1.23 1.10 1.05 }`).
     let out = conn
         .ssh(
@@ -274,7 +285,7 @@ pub fn many(spec: &str, pool: &[Machine], needs: &Needs, ssh_opts: &str) -> Resu
         }
         return eligible
             .into_iter()
-            .map(|m| Transport::for_machine(m, ssh_opts))
+            .map(|m| m.transport(ssh_opts))
             .collect();
     }
     spec.split(',')
@@ -298,7 +309,7 @@ pub fn transport(host: &str, pool: &[Machine], ssh_opts: &str) -> Result<Transpo
 /// which look at a machine without running a job there.
 pub fn any_transport(host: &str, pool: &[Machine], ssh_opts: &str) -> Result<Transport> {
     match pool.iter().find(|m| m.name == host) {
-        Some(m) => Transport::for_machine(m, ssh_opts),
+        Some(m) => m.transport(ssh_opts),
         None => Ok(Transport::new(
             host,
             ssh::Destination::parse(host)?,

@@ -114,19 +114,22 @@ impl Transport {
         }
     }
 
-    /// A pool machine: its ssh key and, when the machines file pins one, its host key (in a
-    /// private known_hosts under an alias, so the port and host name don't matter), on top
-    /// of the user's ssh config and options.
-    pub fn for_machine(machine: &crate::pool::Machine, ssh_opts: &str) -> anyhow::Result<Self> {
-        let mut t = Transport::new(&machine.name, machine.destination()?, ssh_opts);
-        if let Some(key) = machine.key() {
-            t.user_opts.extend(["-i".to_string(), key]);
+    /// What a pool machine adds: its ssh key and, when the machines file pins one, its host
+    /// key (in a private known_hosts under an alias, so the port and host name don't
+    /// matter), on top of the user's ssh config and options.
+    pub fn with_machine_keys(
+        mut self,
+        key: Option<String>,
+        host_key: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        if let Some(key) = key {
+            self.user_opts.extend(["-i".to_string(), key]);
         }
-        if let Some(host_key) = &machine.host_key {
+        if let Some(host_key) = host_key {
             let dir = crate::contain::private_tempdir("edict-hostkey-", None)?;
             let file = dir.path().join("known_hosts");
             std::fs::write(&file, format!("{PINNED_ALIAS} {host_key}\n"))?;
-            t.user_opts.extend([
+            self.user_opts.extend([
                 "-o".to_string(),
                 format!("UserKnownHostsFile={}", file.display()),
                 "-o".to_string(),
@@ -134,9 +137,9 @@ impl Transport {
                 "-o".to_string(),
                 "StrictHostKeyChecking=yes".to_string(),
             ]);
-            t._files = Some(std::sync::Arc::new(dir));
+            self._files = Some(std::sync::Arc::new(dir));
         }
-        Ok(t)
+        Ok(self)
     }
 
     /// The ssh options for this host (the user's, plus the machine's key and host key).
@@ -435,11 +438,23 @@ pub fn exit_code_for(e: &anyhow::Error) -> u8 {
     }
 }
 
-/// Whether a failed command's stderr is ssh's own (the connection, not the program behind
-/// it): ssh's errors start with `ssh:` or name a host key or the login; nix's mention `ssh://`.
+/// Prints an error the way edict reports them (an interruption is not called an error) and
+/// returns its exit code.
+pub fn report(e: &anyhow::Error) -> u8 {
+    let code = exit_code_for(e);
+    if code == 130 {
+        eprintln!("edict: {e:#}");
+    } else {
+        eprintln!("edict: error: {e:#}");
+    }
+    code
+}
+
 /// The name a machine's pinned host key goes by in edict's private known_hosts.
 const PINNED_ALIAS: &str = "edict-pinned";
 
+/// Whether a failed command's stderr is ssh's own (the connection, not the program behind
+/// it): ssh's errors start with `ssh:` or name a host key or the login; nix's mention `ssh://`.
 pub fn said_by_ssh(stderr: &str) -> bool {
     stderr.lines().any(|l| {
         l.starts_with("ssh:")

@@ -52,76 +52,6 @@ pub struct Upload {
     files: BTreeMap<PathBuf, Stamp>,
 }
 
-/// Why the rsync whose `rsync --version` begins with `line` cannot do what edict asks of
-/// it, or `None` when it can. edict needs rsync ≥ 3.1.3: `--modify-window=-1` (times to
-/// the nanosecond), `--from0 --files-from`, `--info`; openrsync (macOS's /usr/bin/rsync
-/// since 15.4) and rsync 2.6.9 (older macOS) lack them and fail on the options, or worse,
-/// ignore the time precision.
-pub fn rsync_unfit(line: &str) -> Option<String> {
-    if line.contains("openrsync") {
-        return Some(
-            "openrsync lacks options edict uses (--from0, --files-from, --modify-window=-1)".into(),
-        );
-    }
-    // `3.2.7`, `v3.2.3` (Arch's), `3.4.1dev`: the leading digits of each part.
-    let version = rsync_version(line);
-    let v: Vec<u32> = version
-        .trim_start_matches('v')
-        .split('.')
-        .map_while(|p| {
-            let digits: String = p.chars().take_while(char::is_ascii_digit).collect();
-            digits.parse().ok()
-        })
-        .collect();
-    let old = matches!(v.as_slice(), [a, b, c, ..] if (*a, *b, *c) < (3, 1, 3))
-        || matches!(v.as_slice(), [a, b] if (*a, *b) < (3, 2));
-    old.then(|| {
-        format!(
-            "rsync {} is older than 3.1.3, which edict needs (--modify-window=-1 compares times to the nanosecond)",
-            rsync_version(line)
-        )
-    })
-}
-
-/// The version in `rsync --version`'s first line (`rsync  version 3.2.7  protocol …`).
-pub fn rsync_version(line: &str) -> String {
-    line.split_whitespace()
-        .skip_while(|w| *w != "version")
-        .nth(1)
-        .unwrap_or(line)
-        .to_string()
-}
-
-/// How to get an rsync edict can use: here (`host` None) or on `host`.
-pub fn rsync_fix(host: Option<&str>) -> String {
-    match host {
-        None => "install rsync ≥ 3.1.3 here and put it first on PATH (`nix profile install nixpkgs#rsync`, or `brew install rsync` on a Mac); the edict package from its flake brings its own".into(),
-        Some(h) => format!(
-            "install rsync ≥ 3.1.3 on {h}: `nix profile install nixpkgs#rsync`, `brew install rsync` or `apt-get install rsync` (edict looks on the PATH of a non-interactive login, then in the Nix profiles and Homebrew's directories)"
-        ),
-    }
-}
-
-/// Checks this machine's rsync before anything is sent (the copy a Mac has cannot be used).
-pub fn check_local_rsync(host: &str) -> Result<()> {
-    let out = Cmd::new("rsync").arg("--version").output().map_err(|_| {
-        anyhow::anyhow!(
-            "{host}: syncing sources: there is no rsync on this machine\n  fix: {}",
-            rsync_fix(None)
-        )
-    })?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().next().unwrap_or_default();
-    if let Some(why) = rsync_unfit(line) {
-        bail!(
-            "{host}: syncing sources: the rsync on this machine ({}) cannot be used: {why}\n  fix: {}",
-            line.trim(),
-            rsync_fix(None)
-        );
-    }
-    Ok(())
-}
-
 /// rsync's options shared by every transfer: recursive, links, permissions, times, and
 /// times compared to the nanosecond (`--modify-window=-1`, rsync ≥ 3.1.3): by default rsync
 /// compares whole seconds, and a same-size edit within the same second would be skipped,
@@ -668,26 +598,6 @@ impl IndexCopy {
             .set_modified(meta.modified()?)?;
         Ok(Some(Self { dir }))
     }
-}
-
-/// Run in a mirror on HOST before nix: make HOST's own `.git/index` match the one sent as
-/// `.git/edict-index`, keeping HOST's file stats for entries that did not change. Sent as
-/// is, the local index has this machine's inode numbers and ctimes, so git (and nix through
-/// libgit2) on HOST would re-read and hash every tracked file to see the tree is clean:
-/// 1.3 s for 200 MB, every run. `read-tree --reset` keeps the stats of unchanged entries
-/// (`-m` would refuse: rsync has just changed files under it) and `update-index --refresh`
-/// hashes only what rsync rewrote. When that cannot reproduce the
-/// index exactly (intent-to-add or conflicted entries, no git there), the copy is used.
-pub fn adopt_index_script(mirror: &str) -> String {
-    // write-tree may add a cache to the index it reads, so it reads a scratch copy: the
-    // sent copy must stay as sent, or rsync would send it again next time.
-    format!(
-        "(cd {} && [ -f .git/edict-index ] || exit 0; g='git -c core.fsmonitor=false'; i=.git/edict-index; \
-         if command -v git >/dev/null && cp $i $i.w && t=$(GIT_INDEX_FILE=$i.w $g write-tree) && $g read-tree --reset \"$t\" \
-         && [ \"$($g ls-files -s -t)\" = \"$(GIT_INDEX_FILE=$i $g ls-files -s -t)\" ]; \
-         then $g update-index -q --refresh >/dev/null; else cp $i .git/index; fi; rm -f $i.w) 2>/dev/null; ",
-        quote(mirror)
-    )
 }
 
 /// rsync treats `*?[` as wildcards, and then `\` as their escape; a name without them is
@@ -1433,22 +1343,6 @@ fn place_copy(here: &Dir, staged: &Dir, rel: &Path, host: &str) -> Result<PathBu
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rsync_versions() {
-        assert_eq!(
-            rsync_version("rsync  version 3.2.7  protocol version 31"),
-            "3.2.7"
-        );
-        assert!(rsync_unfit("rsync  version 3.2.7  protocol version 31").is_none());
-        assert!(rsync_unfit("rsync  version 3.1.3  protocol version 31").is_none());
-        assert!(rsync_unfit("rsync  version 3.1.2  protocol version 31").is_some());
-        assert!(rsync_unfit("rsync  version v3.2.3  protocol version 31").is_none());
-        assert!(rsync_unfit("rsync  version 3.4.1dev  protocol version 32").is_none());
-        // What a Mac has: rsync 2.6.9, or openrsync.
-        assert!(rsync_unfit("rsync  version 2.6.9  protocol version 29").is_some());
-        assert!(rsync_unfit("openrsync: protocol version 29").is_some());
-    }
 
     #[test]
     fn an_untracked_flake_nix_is_found_however_its_directory_is_written() {
