@@ -3,7 +3,7 @@
 //! crosses to a remote shell goes through [`quote`].
 
 use anyhow::{Context, Result};
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -88,8 +88,11 @@ pub fn quote_words<S: AsRef<str>>(words: &[S]) -> String {
 #[derive(Clone, Debug)]
 pub struct Cmd {
     program: String,
-    args: Vec<String>,
+    /// Byte for byte: a path that is not UTF-8 reaches the program as it is.
+    args: Vec<OsString>,
     env: Vec<(String, String)>,
+    /// Variables the process does not get from edict's environment.
+    env_removed: Vec<String>,
     /// RLIMIT_FSIZE for the process: no file it writes grows past this many bytes.
     max_file_size: Option<u64>,
     /// SIGTERM to the process when edict dies (Linux).
@@ -103,6 +106,7 @@ impl Cmd {
             program: program.into(),
             args: Vec::new(),
             env: Vec::new(),
+            env_removed: Vec::new(),
             max_file_size: None,
             die_with_edict: false,
         }
@@ -122,7 +126,7 @@ impl Cmd {
         self
     }
 
-    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
         self.args.push(arg.into());
         self
     }
@@ -130,9 +134,15 @@ impl Cmd {
     pub fn args<I, S>(mut self, args: I) -> Self
     where
         I: IntoIterator<Item = S>,
-        S: Into<String>,
+        S: Into<OsString>,
     {
         self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// The process runs without `key` (the user's agent, for a check of what root sees).
+    pub fn env_remove(mut self, key: impl Into<String>) -> Self {
+        self.env_removed.push(key.into());
         self
     }
 
@@ -141,10 +151,10 @@ impl Cmd {
         self
     }
 
-    /// The argv, for tests and messages.
+    /// The argv, for tests and messages (a word that is not UTF-8 shown with U+FFFD).
     pub fn argv(&self) -> Vec<String> {
         std::iter::once(self.program.clone())
-            .chain(self.args.iter().cloned())
+            .chain(self.args.iter().map(|a| a.to_string_lossy().into_owned()))
             .collect()
     }
 
@@ -165,11 +175,14 @@ impl Cmd {
     }
 
     /// The std Command, with edict's environment changes applied.
-    pub fn command(&self) -> Command {
+    fn command(&self) -> Command {
         let mut cmd = Command::new(OsStr::new(&self.program));
         cmd.args(&self.args);
         for (k, v) in &self.env {
             cmd.env(k, v);
+        }
+        for k in &self.env_removed {
+            cmd.env_remove(k);
         }
         #[cfg(target_os = "linux")]
         if self.die_with_edict {
@@ -214,6 +227,33 @@ impl Cmd {
                     self.program
                 )
             })
+    }
+
+    /// Runs it (stdin closed) and requires success: an error names the command line, its
+    /// exit status and the end of its stderr; `Ok` has its output.
+    pub fn run_checked(&self) -> Result<Output> {
+        let out = self.output()?;
+        if !out.status.success() {
+            anyhow::bail!(
+                "`{}` failed ({}): {}",
+                self.line(),
+                out.status,
+                stderr_tail(&out)
+            );
+        }
+        Ok(out)
+    }
+
+    /// Runs it with no input or output of its own and says whether it succeeded (a check:
+    /// not starting at all is a no).
+    pub fn succeeds(&self) -> bool {
+        self.log();
+        self.command()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
     }
 
     /// Starts it with the given stdio; the caller waits.

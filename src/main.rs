@@ -406,7 +406,7 @@ fn declared_inputs(flake_nix: &std::path::Path) -> Option<Vec<String>> {
             "--argstr",
             "f",
         ])
-        .arg(flake_nix.to_string_lossy())
+        .arg(flake_nix)
         .output()
         .ok()
         .filter(|o| o.status.success())?;

@@ -17,17 +17,13 @@ pub fn make_valid_here(host: &str, plan: &Plan) -> Result<()> {
     if plan.pinned.is_empty() {
         return Ok(());
     }
-    let check = Cmd::new("nix-store")
+    let out = Cmd::new("nix-store")
         .args(["--check-validity", "--print-invalid"])
-        .args(plan.pinned.iter().map(|p| p.store_path.as_str()));
-    let out = check.output()?;
-    if !out.status.success() {
-        bail!(
-            "{host}: preparing locked inputs: `{}` failed: {}\n  fix: check that this machine's nix store works (`nix store ping`)",
-            check.line(),
-            exec::stderr_tail(&out)
-        );
-    }
+        .args(plan.pinned.iter().map(|p| p.store_path.as_str()))
+        .run_checked()
+        .map_err(|e| {
+            anyhow::anyhow!("{host}: preparing locked inputs: {e:#}\n  fix: check that this machine's nix store works (`nix store ping`)")
+        })?;
     let invalid = String::from_utf8_lossy(&out.stdout).into_owned();
     for pin in plan
         .pinned

@@ -156,18 +156,11 @@ pub fn copy_closures(conn: &Connection, env: &RemoteEnv, paths: &[&str], step: &
 /// Makes `link` → `target` (a valid store path) here an indirect GC root, as `nix build`
 /// makes its links: the symlink, and nix's record of it.
 pub fn add_root(target: &str, link: &std::path::Path) -> Result<()> {
-    let root = Cmd::new("nix-store")
+    Cmd::new("nix-store")
         .args(["--realise", target, "--add-root"])
-        .arg(link.display().to_string());
-    let out = root.output()?;
-    if !out.status.success() {
-        bail!(
-            "creating the result link {}: `{}` failed: {}",
-            link.display(),
-            root.line(),
-            exec::stderr_tail(&out)
-        );
-    }
+        .arg(link)
+        .run_checked()
+        .with_context(|| format!("creating the result link {}", link.display()))?;
     Ok(())
 }
 

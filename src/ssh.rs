@@ -214,7 +214,7 @@ impl Connection {
             .args(["-o", "ControlMaster=yes", "-o"])
             .arg(format!("ControlPath={}", conn.socket.display()))
             .arg("-E")
-            .arg(log.display().to_string())
+            .arg(&log)
             .args([
                 "-o",
                 "ControlPersist=15",
@@ -331,20 +331,11 @@ impl Connection {
 
     /// The remote shell for `rsync -e`: rsync splits it on spaces and honours quotes.
     pub fn rsync_shell(&self) -> String {
-        std::iter::once("ssh".to_string())
-            .chain(self.client_opts())
-            .map(|w| {
-                if w.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "_=,./:@%+-".contains(c))
-                {
-                    w
-                } else {
-                    // rsync reads a doubled quote inside quotes as the quote itself.
-                    format!("'{}'", w.replace('\'', "''"))
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(" ")
+        rsync_shell_words(
+            &std::iter::once("ssh".to_string())
+                .chain(self.client_opts())
+                .collect::<Vec<_>>(),
+        )
     }
 
     /// `NIX_SSHOPTS` for a local nix talking to HOST through the master. Nix splits it on
@@ -359,28 +350,18 @@ impl Connection {
             .args(self.client_opts())
             .args(["-O", "check", "--"])
             .arg(self.transport.dest.target())
-            .command()
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+            .succeeds()
     }
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        let cmd = Cmd::new("ssh")
+        // Closing is best effort: a master already gone is closed.
+        let _ = Cmd::new("ssh")
             .args(self.client_opts())
             .args(["-O", "exit", "--"])
-            .arg(self.transport.dest.target());
-        exec::debug(format_args!("closing the connection: {}", cmd.line()));
-        let _ = cmd
-            .command()
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
+            .arg(self.transport.dest.target())
+            .succeeds();
     }
 }
 
@@ -425,6 +406,26 @@ impl std::fmt::Display for SshError {
 }
 
 impl std::error::Error for SshError {}
+
+/// Words as rsync's `-e` reads them: rsync splits the option on white space itself and
+/// honours quotes, in its own grammar (a doubled quote inside quotes is the quote), which is
+/// not a shell's: hence this one function besides `exec::quote`.
+pub fn rsync_shell_words(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|w| {
+            if !w.is_empty()
+                && w.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_=,./:@%+-".contains(c))
+            {
+                w.clone()
+            } else {
+                format!("'{}'", w.replace('\'', "''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
 
 /// The exit code for an edict error: 130 when interrupted, 255 when ssh itself failed (as
 /// ssh exits), else 1.
@@ -624,6 +625,46 @@ pub fn chatty_shell(host: &str, stderr: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What rsync itself makes of `-e`: a stand-in ssh records the words it was given.
+    #[test]
+    fn rsync_reads_the_shell_words_back_as_they_were() {
+        let d = tempfile::tempdir().unwrap();
+        let fake = d.path().join("fake ssh");
+        let said = d.path().join("said");
+        std::fs::write(
+            &fake,
+            format!(
+                "#!/bin/sh\nfor a in \"$@\"; do printf '%s\\n' \"$a\"; done > '{}'\nexit 1\n",
+                said.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let words: Vec<String> = [
+            fake.to_str().unwrap(),
+            "-F",
+            "/home/o'brien/ssh config",
+            "-o",
+            "ControlPath=/tmp/x y/%C",
+            "it's",
+            "",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let _ = std::process::Command::new("rsync")
+            .arg("-e")
+            .arg(rsync_shell_words(&words))
+            .args(["/etc/hostname", "h:/tmp/x"])
+            .output()
+            .unwrap();
+        let got = std::fs::read_to_string(&said).unwrap();
+        let got: Vec<&str> = got.lines().collect();
+        assert_eq!(got[..words.len() - 1], words[1..], "{got:?}");
+        assert_eq!(got[words.len() - 1], "h", "the host follows: {got:?}");
+    }
 
     #[test]
     fn keepalives_are_left_to_a_config_that_sets_them() {

@@ -212,7 +212,7 @@ pub fn upload(conn: &Connection, env: &RemoteEnv, plan: &Plan) -> Result<Vec<Upl
             }
             SourceKind::File => rsync(conn, env)
                 .arg("--stats")
-                .arg(src.root.display().to_string())
+                .arg(&src.root)
                 .arg(format!("{dest}{}", src.file_name())),
         };
         let out = run_rsync(conn, &cmd, &step)?;
@@ -274,7 +274,7 @@ pub fn upload(conn: &Connection, env: &RemoteEnv, plan: &Plan) -> Result<Vec<Upl
                 let copy = tempfile::NamedTempFile::new()?;
                 std::fs::write(copy.path(), text)?;
                 let send = rsync(conn, env)
-                    .arg(copy.path().display().to_string())
+                    .arg(copy.path())
                     .arg(format!("{dest}{lock}"));
                 run_rsync(conn, &send, &step)?;
             }
@@ -471,7 +471,9 @@ fn untracked(root: &Path) -> Result<Vec<Vec<u8>>> {
 fn git_ls_files(root: &Path, args: &[&str]) -> Result<Vec<u8>> {
     let dir = root.display().to_string();
     let Ok(out) = Cmd::new("git")
-        .args(["-C", &dir, "ls-files", "-z"])
+        .arg("-C")
+        .arg(root)
+        .args(["ls-files", "-z"])
         .args(args.iter().copied())
         .output()
     else {
@@ -873,13 +875,9 @@ pub fn back(
             // the next run sends it, and `git status` shows it as nix would leave it.
             if !new_locks.is_empty() {
                 let add = Cmd::new("git")
-                    .args([
-                        "-C",
-                        &src.root.display().to_string(),
-                        "add",
-                        "--intent-to-add",
-                        "--",
-                    ])
+                    .arg("-C")
+                    .arg(&src.root)
+                    .args(["add", "--intent-to-add", "--"])
                     .args(new_locks.iter().cloned());
                 if !add.output().is_ok_and(|o| o.status.success()) {
                     exec::info(format_args!(
@@ -1166,13 +1164,7 @@ impl Pulled {
             ));
             return;
         }
-        // nix-store names the link by a string: a name that is not UTF-8 keeps its link
-        // but cannot be named to nix.
-        let rooted = match dest.to_str() {
-            Some(_) => crate::results::add_root(path, dest),
-            None => Err(anyhow::anyhow!("its name is not UTF-8")),
-        };
-        if let Err(e) = rooted {
+        if let Err(e) = crate::results::add_root(path, dest) {
             exec::info(format_args!(
                 "{} leads to {path}, which is now in this store, but it could not be made a GC root: {e:#}",
                 exec::printable(&dest.to_string_lossy())
@@ -1235,9 +1227,9 @@ struct Recorded {
 impl Recorded {
     fn read(root: &Path) -> Self {
         let list = |args: &[&str]| -> BTreeMap<PathBuf, String> {
-            let dir = root.display().to_string();
             let Ok(o) = Cmd::new("git")
-                .args(["-C", &dir])
+                .arg("-C")
+                .arg(root)
                 .args(args.iter().copied())
                 .output()
             else {
