@@ -34,9 +34,45 @@ impl std::fmt::Display for Status {
     }
 }
 
+/// Every check the doctor makes, in the order it makes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckId {
+    Resolve,
+    Tcp,
+    SshConfig,
+    HostKey,
+    Login,
+    QuietShell,
+    NixPath,
+    NixVersion,
+    Build,
+    Store,
+    Rsync,
+    System,
+    Trust,
+    Daemon,
+}
+
+impl CheckId {
+    /// The name in JSON and in the detailed lines (`host-key`).
+    pub fn name(self) -> &'static str {
+        CHECKS
+            .iter()
+            .find(|(id, _, _)| *id == self)
+            .map_or("", |(_, name, _)| name)
+    }
+}
+
+impl std::fmt::Display for CheckId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Check {
-    pub id: &'static str,
+    pub id: CheckId,
     pub status: Status,
     /// What was found.
     pub detail: String,
@@ -50,33 +86,33 @@ pub struct Report {
     pub checks: Vec<Check>,
 }
 
-/// The checks, in order, with the column titles of the table.
-pub const CHECKS: &[(&str, &str)] = &[
-    ("resolve", "name"),
-    ("tcp", "port"),
-    ("ssh-config", "ssh -G"),
-    ("host-key", "host key"),
-    ("login", "login"),
-    ("quiet-shell", "quiet shell"),
-    ("nix-path", "nix on PATH"),
-    ("nix-version", "nix"),
-    ("build", "build"),
-    ("store", "store URI"),
-    ("rsync", "rsync"),
-    ("system", "system"),
-    ("trust", "trust"),
-    ("daemon", "as daemon"),
+/// The checks, in order: id, name, and the column title of the table.
+pub const CHECKS: &[(CheckId, &str, &str)] = &[
+    (CheckId::Resolve, "resolve", "name"),
+    (CheckId::Tcp, "tcp", "port"),
+    (CheckId::SshConfig, "ssh-config", "ssh -G"),
+    (CheckId::HostKey, "host-key", "host key"),
+    (CheckId::Login, "login", "login"),
+    (CheckId::QuietShell, "quiet-shell", "quiet shell"),
+    (CheckId::NixPath, "nix-path", "nix on PATH"),
+    (CheckId::NixVersion, "nix-version", "nix"),
+    (CheckId::Build, "build", "build"),
+    (CheckId::Store, "store", "store URI"),
+    (CheckId::Rsync, "rsync", "rsync"),
+    (CheckId::System, "system", "system"),
+    (CheckId::Trust, "trust", "trust"),
+    (CheckId::Daemon, "daemon", "as daemon"),
 ];
 
 struct Run {
     host: String,
-    checks: BTreeMap<&'static str, Check>,
+    checks: BTreeMap<CheckId, Check>,
 }
 
 impl Run {
     fn set(
         &mut self,
-        id: &'static str,
+        id: CheckId,
         status: Status,
         detail: impl Into<String>,
         fix: Option<String>,
@@ -91,18 +127,18 @@ impl Run {
             },
         );
     }
-    fn ok(&mut self, id: &'static str, detail: impl Into<String>) {
+    fn ok(&mut self, id: CheckId, detail: impl Into<String>) {
         self.set(id, Status::Ok, detail, None);
     }
-    fn warn(&mut self, id: &'static str, detail: impl Into<String>, fix: impl Into<String>) {
+    fn warn(&mut self, id: CheckId, detail: impl Into<String>, fix: impl Into<String>) {
         self.set(id, Status::Warn, detail, Some(fix.into()));
     }
-    fn fail(&mut self, id: &'static str, detail: impl Into<String>, fix: impl Into<String>) {
+    fn fail(&mut self, id: CheckId, detail: impl Into<String>, fix: impl Into<String>) {
         self.set(id, Status::Fail, detail, Some(fix.into()));
     }
     /// A FAIL from one of edict's own error messages (`what…\n  fix: …`): the detail on one
     /// line, and its fix, or `fallback` if it has none.
-    fn fail_with(&mut self, id: &'static str, message: &str, fallback: String) {
+    fn fail_with(&mut self, id: CheckId, message: &str, fallback: String) {
         let (what, fix) = message
             .split_once("\n  fix: ")
             .map_or((message, fallback), |(a, b)| (a, b.to_string()));
@@ -115,7 +151,7 @@ impl Run {
         self.fail(id, what.join(" / "), fix);
     }
     fn skip_rest(&mut self, why: &str) {
-        for (id, _) in CHECKS {
+        for &(id, _, _) in CHECKS {
             self.checks.entry(id).or_insert_with(|| Check {
                 id,
                 status: Status::Skipped,
@@ -130,7 +166,7 @@ impl Run {
             host: self.host,
             checks: CHECKS
                 .iter()
-                .filter_map(|(id, _)| self.checks.remove(id))
+                .filter_map(|(id, _, _)| self.checks.remove(id))
                 .collect(),
         }
     }
@@ -175,7 +211,7 @@ pub fn check(transport: Transport, machine: Option<&Machine>) -> Report {
         Ok(g) => g,
         Err(e) => {
             r.fail(
-                "ssh-config",
+                CheckId::SshConfig,
                 format!("{e:#}"),
                 format!("check your ssh config for {host}: `ssh -G {host}`"),
             );
@@ -194,7 +230,7 @@ pub fn check(transport: Transport, machine: Option<&Machine>) -> Report {
         .filter(|f| std::path::Path::new(&expand_home(f)).exists())
         .collect();
     r.ok(
-        "ssh-config",
+        CheckId::SshConfig,
         format!(
             "user {}, {hostname}:{port}{}, identity {}",
             first(&g, "user"),
@@ -216,24 +252,24 @@ pub fn check(transport: Transport, machine: Option<&Machine>) -> Report {
 
     // 1. Name and port (directly, unless ssh goes through a proxy).
     if proxy.is_some() {
-        r.set("resolve", Status::Skipped, "reached through a proxy", None);
-        r.set("tcp", Status::Skipped, "reached through a proxy", None);
+        r.set(CheckId::Resolve, Status::Skipped, "reached through a proxy", None);
+        r.set(CheckId::Tcp, Status::Skipped, "reached through a proxy", None);
     } else {
         match (hostname.as_str(), port).to_socket_addrs() {
             Ok(mut addrs) => match addrs.next() {
                 Some(addr) => {
-                    r.ok("resolve", format!("{hostname} is {}", addr.ip()));
+                    r.ok(CheckId::Resolve, format!("{hostname} is {}", addr.ip()));
                     match TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
-                        Ok(_) => r.ok("tcp", format!("{addr} accepts connections")),
+                        Ok(_) => r.ok(CheckId::Tcp, format!("{addr} accepts connections")),
                         Err(e) => {
-                            r.fail("tcp", format!("{addr}: {e}"), format!("start sshd on {host} or check the port (`ssh -G {host} | grep ^port`) and any firewall"));
+                            r.fail(CheckId::Tcp, format!("{addr}: {e}"), format!("start sshd on {host} or check the port (`ssh -G {host} | grep ^port`) and any firewall"));
                             return r.report();
                         }
                     }
                 }
                 None => {
                     r.fail(
-                        "resolve",
+                        CheckId::Resolve,
                         format!("{hostname} has no address"),
                         format!("check the name, or set `HostName` for {host} in ~/.ssh/config"),
                     );
@@ -241,7 +277,7 @@ pub fn check(transport: Transport, machine: Option<&Machine>) -> Report {
                 }
             },
             Err(e) => {
-                r.fail("resolve", format!("{hostname}: {e}"), format!("check the spelling, or add `Host {host}` with a `HostName` to ~/.ssh/config"));
+                r.fail(CheckId::Resolve, format!("{hostname}: {e}"), format!("check the spelling, or add `Host {host}` with a `HostName` to ~/.ssh/config"));
                 return r.report();
             }
         }
@@ -269,7 +305,7 @@ pub fn check(transport: Transport, machine: Option<&Machine>) -> Report {
     let login = match login {
         Ok(out) => out,
         Err(e) => {
-            r.fail("login", format!("{e:#}"), "install OpenSSH's client (ssh)");
+            r.fail(CheckId::Login, format!("{e:#}"), "install OpenSSH's client (ssh)");
             return r.report();
         }
     };
@@ -279,12 +315,12 @@ pub fn check(transport: Transport, machine: Option<&Machine>) -> Report {
             "{:#}",
             ssh::ssh_failure(&host, "logging in", &String::from_utf8_lossy(&login.stderr))
         );
-        r.fail_with("login", &err, format!("run `ssh -v {host} true`"));
+        r.fail_with(CheckId::Login, &err, format!("run `ssh -v {host} true`"));
         return r.report();
     }
-    r.ok("login", "key login without a prompt works");
+    r.ok(CheckId::Login, "key login without a prompt works");
     if let Some(explained) = csh {
-        r.fail_with("quiet-shell", &explained, String::new());
+        r.fail_with(CheckId::QuietShell, &explained, String::new());
         return r.report();
     }
 
@@ -292,10 +328,10 @@ pub fn check(transport: Transport, machine: Option<&Machine>) -> Report {
     let noise = [&login.stdout[..], &login.stderr[..]].concat();
     let noise = String::from_utf8_lossy(&noise).trim().to_string();
     if noise.is_empty() {
-        r.ok("quiet-shell", "prints nothing");
+        r.ok(CheckId::QuietShell, "prints nothing");
     } else {
         r.fail(
-            "quiet-shell",
+            CheckId::QuietShell,
             format!("`ssh {host} true` prints: {}", noise.lines().take(3).collect::<Vec<_>>().join(" / ")),
             format!("on {host}, make the shell rc files (~/.bashrc, ~/.zshenv, /etc/bash.bashrc, /etc/profile.d) print only in interactive shells: start ~/.bashrc with `[[ $- == *i* ]] || return`; Nix's and rsync's protocols break on any output"),
         );
@@ -305,7 +341,7 @@ pub fn check(transport: Transport, machine: Option<&Machine>) -> Report {
         Ok(c) => c,
         Err(e) => {
             r.fail(
-                "nix-path",
+                CheckId::NixPath,
                 format!("{e:#}"),
                 format!("run `ssh -v {host} true`"),
             );
@@ -335,7 +371,7 @@ fn host_key(
     let host = transport.label.clone();
     if proxied {
         r.set(
-            "host-key",
+            CheckId::HostKey,
             Status::Skipped,
             "through a proxy: checked by the login below",
             None,
@@ -358,7 +394,7 @@ fn host_key(
     };
     if presented.is_empty() {
         r.warn(
-            "host-key",
+            CheckId::HostKey,
             "ssh-keyscan got no keys",
             "install ssh-keyscan (OpenSSH) here; the login check below still tests the key",
         );
@@ -369,12 +405,12 @@ fn host_key(
         let ok = f.len() >= 2 && presented.iter().any(|(t, k)| t == f[0] && k == f[1]);
         if ok {
             r.ok(
-                "host-key",
+                CheckId::HostKey,
                 format!("{} matches the machines file's ssh-public-host-key", f[0]),
             );
         } else {
             r.fail(
-                "host-key",
+                CheckId::HostKey,
                 format!("{host} presents {}, not the key pinned in the machines file ({})", presented.iter().map(|p| p.0.clone()).collect::<Vec<_>>().join(", "), machine.map(|m| m.origin.clone()).unwrap_or_default()),
                 format!("if {host} was reinstalled, put its new key there: `base64 -w0 < /etc/ssh/ssh_host_ed25519_key.pub` on {host} (legacy format), or the key text (TOML)"),
             );
@@ -422,15 +458,15 @@ fn host_key(
         .collect();
     if !mismatched.is_empty() {
         r.fail(
-            "host-key",
+            CheckId::HostKey,
             format!("{host} presents a different {} key than {} knows", mismatched[0].1, mismatched[0].0),
             format!("if {host} was reinstalled, check its new fingerprint (`ssh-keyscan -p {port} {hostname} | ssh-keygen -lf -`), then `ssh-keygen -R '{name}' -f {}` and connect once; otherwise someone may be intercepting the connection", mismatched[0].0),
         );
     } else if let Some((file, t, _)) = matching.first() {
-        r.ok("host-key", format!("{t} known in {file}"));
+        r.ok(CheckId::HostKey, format!("{t} known in {file}"));
     } else {
         r.fail(
-            "host-key",
+            CheckId::HostKey,
             format!("no known_hosts file knows {name} ({})", files.join(", ")),
             format!("check the fingerprint (`ssh-keyscan -p {port} {hostname} | ssh-keygen -lf -`), then `ssh-keyscan -p {port} {hostname} >> ~/.ssh/known_hosts`"),
         );
@@ -476,21 +512,21 @@ fn remote_checks(r: &mut Run, conn: &Connection, machine: Option<&Machine>, addr
     // 6. nix from a non-interactive shell, or only in a profile.
     let (on_path, path_nix, _) = sh("command -v nix");
     let nix = if on_path && !path_nix.is_empty() {
-        r.ok("nix-path", path_nix.clone());
+        r.ok(CheckId::NixPath, path_nix.clone());
         path_nix
     } else {
         let (found, profile_nix, _) = sh(&format!("PATH={NIX_PLACES}; command -v nix"));
         if found && !profile_nix.is_empty() {
             let dir = profile_nix.trim_end_matches("/nix").to_string();
             r.warn(
-                "nix-path",
+                CheckId::NixPath,
                 format!("only in {dir} (edict copes; Nix's own remote builds and `nix copy` to {host} don't)"),
                 format!("on {host}, put {dir} on the PATH of non-interactive shells (e.g. in ~/.bashrc before any interactive-only guard, or `SetEnv PATH=…` in sshd_config), or use the store URI `ssh://{host}?remote-program={dir}/nix-store` (`ssh-ng://…?remote-program={dir}/nix-daemon`)"),
             );
             profile_nix
         } else {
             r.fail(
-                "nix-path",
+                CheckId::NixPath,
                 format!(
                     "no nix on {host} (looked on PATH and in {})",
                     NIX_PLACES.replace(':', ", ")
@@ -541,16 +577,16 @@ fn remote_checks(r: &mut Run, conn: &Connection, machine: Option<&Machine>, addr
     let skew_fix = "for one lock format on both sides, use Nix 2.26 or later on both machines (or older on both)";
     if features.contains("flakes") && features.contains("nix-command") {
         match &skew {
-            None => r.ok("nix-version", format!("{version}, flakes on")),
+            None => r.ok(CheckId::NixVersion, format!("{version}, flakes on")),
             Some(skew) => r.warn(
-                "nix-version",
+                CheckId::NixVersion,
                 format!("{version}, flakes on{skew}"),
                 skew_fix,
             ),
         }
     } else {
         r.warn(
-            "nix-version",
+            CheckId::NixVersion,
             format!(
                 "{version}, flakes off (edict passes --extra-experimental-features){}",
                 skew.as_deref().unwrap_or_default()
@@ -578,9 +614,9 @@ fn remote_checks(r: &mut Run, conn: &Connection, machine: Option<&Machine>, addr
     ));
     let out_path = out_path.lines().last().unwrap_or("").to_string();
     if built && out_path.starts_with('/') {
-        r.ok("build", format!("built {out_path}"));
+        r.ok(CheckId::Build, format!("built {out_path}"));
     } else {
-        r.fail("build", format!("a trivial build failed: {}", build_err.lines().last().unwrap_or("")), format!("run `nix-build -E '{expr}'` on {host} and fix what it says (disk space, nix-daemon, build users, sandbox)"));
+        r.fail(CheckId::Build, format!("a trivial build failed: {}", build_err.lines().last().unwrap_or("")), format!("run `nix-build -E '{expr}'` on {host} and fix what it says (disk space, nix-daemon, build users, sandbox)"));
     }
 
     // 9. The store URI nix itself would use, from this machine.
@@ -599,21 +635,21 @@ fn remote_checks(r: &mut Run, conn: &Connection, machine: Option<&Machine>, addr
     ));
     use crate::rsync::{fix as rsync_fix, unfit as rsync_unfit, version as rsync_version};
     match local_rsync {
-        None => r.fail("rsync", "no rsync here", "install rsync on this machine"),
+        None => r.fail(CheckId::Rsync, "no rsync here", "install rsync on this machine"),
         Some(l) if rsync_unfit(&l).is_some() => r.fail(
-            "rsync",
+            CheckId::Rsync,
             format!("here: {l}: {}", rsync_unfit(&l).unwrap_or_default()),
             rsync_fix(None),
         ),
         Some(_) if !remote_rsync.contains("rsync") || remote_rsync.contains("not found") => {
-            r.fail("rsync", format!("none on {host}"), format!("install rsync on {host} (`apt-get install rsync`, or `nix profile install nixpkgs#rsync`)"))
+            r.fail(CheckId::Rsync, format!("none on {host}"), format!("install rsync on {host} (`apt-get install rsync`, or `nix profile install nixpkgs#rsync`)"))
         }
         Some(_) if rsync_unfit(&remote_rsync).is_some() => r.fail(
-            "rsync",
+            CheckId::Rsync,
             format!("{host}: {remote_rsync}: {}", rsync_unfit(&remote_rsync).unwrap_or_default()),
             rsync_fix(Some(&host)),
         ),
-        Some(l) => r.ok("rsync", format!("here {}, there {}", rsync_version(&l), rsync_version(&remote_rsync))),
+        Some(l) => r.ok(CheckId::Rsync, format!("here {}, there {}", rsync_version(&l), rsync_version(&remote_rsync))),
     }
 
     // 11. The host's system against the machines file.
@@ -635,18 +671,18 @@ fn remote_checks(r: &mut Run, conn: &Connection, machine: Option<&Machine>, addr
                 .collect();
             if claimed.is_empty() {
                 r.ok(
-                    "system",
+                    CheckId::System,
                     format!("{} (as the machines file says)", systems.join(", ")),
                 );
             } else {
                 r.fail(
-                    "system",
+                    CheckId::System,
                     format!("{host} builds for {}, but {} claims {}", systems.join(", "), m.origin, claimed.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")),
                     format!("fix the system-types of {} in {}, or add `extra-platforms = …` (with binfmt/emulation) in {host}'s nix.conf", m.name, m.origin),
                 );
             }
         }
-        None => r.ok("system", systems.join(", ")),
+        None => r.ok(CheckId::System, systems.join(", ")),
     }
 
     // 12. Trust: import that path here, for real.
@@ -654,18 +690,18 @@ fn remote_checks(r: &mut Run, conn: &Connection, machine: Option<&Machine>, addr
         let copy = crate::results::copy_command(conn, &nix_store, "--from", &[&out_path]);
         let line = copy.line();
         match copy.output() {
-            Ok(out) if out.status.success() => r.ok("trust", "a path built there imports here"),
+            Ok(out) if out.status.success() => r.ok(CheckId::Trust, "a path built there imports here"),
             Ok(out) => {
                 let err = String::from_utf8_lossy(&out.stderr);
                 if crate::results::lacks_signature(&err) {
                     r.fail(
-                        "trust",
+                        CheckId::Trust,
                         "this machine's store refuses unsigned paths from your user",
                         crate::results::unsigned_fix(&host),
                     );
                 } else {
                     r.fail(
-                        "trust",
+                        CheckId::Trust,
                         format!(
                             "nix copy failed: {}",
                             exec::stderr_tail(&out).lines().last().unwrap_or("")
@@ -674,10 +710,10 @@ fn remote_checks(r: &mut Run, conn: &Connection, machine: Option<&Machine>, addr
                     );
                 }
             }
-            Err(e) => r.fail("trust", format!("{e:#}"), "install nix here"),
+            Err(e) => r.fail(CheckId::Trust, format!("{e:#}"), "install nix here"),
         }
     } else {
-        r.set("trust", Status::Skipped, "needs a built path", None);
+        r.set(CheckId::Trust, Status::Skipped, "needs a built path", None);
     }
 
     // 13. As root: what Nix's daemon needs to use this host in `builders`.
@@ -740,7 +776,7 @@ fn store_uri(r: &mut Run, conn: &Connection, nix: &str) {
     }
     if broken.len() == 2 {
         r.fail(
-            "store",
+            CheckId::Store,
             broken.join("; "),
             format!(
                 "run `nix store {sub} --store ssh://{} -v` to see why",
@@ -749,7 +785,7 @@ fn store_uri(r: &mut Run, conn: &Connection, nix: &str) {
         );
     } else if !needs_program.is_empty() {
         r.warn(
-            "store",
+            CheckId::Store,
             format!(
                 "works only as {} (nix is not on {host}'s PATH)",
                 needs_program.join(" and ")
@@ -761,13 +797,13 @@ fn store_uri(r: &mut Run, conn: &Connection, nix: &str) {
         );
     } else if !broken.is_empty() {
         r.warn(
-            "store",
+            CheckId::Store,
             format!("{} works; {}", works.join(", "), broken.join("; ")),
             "use the URI scheme that works in builders/--store".to_string(),
         );
     } else {
         r.ok(
-            "store",
+            CheckId::Store,
             format!("nix store {sub} works with {}", works.join(" and ")),
         );
     }
@@ -781,7 +817,7 @@ fn daemon_view(r: &mut Run, conn: &Connection, machine: Option<&Machine>, addr: 
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
     if !root {
         r.set(
-            "daemon",
+            CheckId::Daemon,
             Status::Skipped,
             "run as root to check what nix-daemon needs for --builders",
             None,
@@ -803,7 +839,7 @@ fn daemon_view(r: &mut Run, conn: &Connection, machine: Option<&Machine>, addr: 
             .output()
     });
     match out {
-        Ok(out) if out.status.success() => r.ok("daemon", "root reaches it as Nix's daemon would"),
+        Ok(out) if out.status.success() => r.ok(CheckId::Daemon, "root reaches it as Nix's daemon would"),
         Ok(out) => {
             let err = format!(
                 "{:#}",
@@ -812,7 +848,7 @@ fn daemon_view(r: &mut Run, conn: &Connection, machine: Option<&Machine>, addr: 
             let what = err.lines().next().unwrap_or("").to_string();
             // edict itself works; Nix's own remote builds (`builders`) would not.
             r.warn(
-                "daemon",
+                CheckId::Daemon,
                 format!("{what} (edict works, Nix's own remote builds would not)"),
                 {
                     let (hostname, port) = addr;
@@ -827,7 +863,7 @@ fn daemon_view(r: &mut Run, conn: &Connection, machine: Option<&Machine>, addr: 
                 },
             );
         }
-        Err(e) => r.fail("daemon", format!("{e:#}"), "install ssh"),
+        Err(e) => r.fail(CheckId::Daemon, format!("{e:#}"), "install ssh"),
     }
 }
 
@@ -841,10 +877,10 @@ pub fn render(reports: &[Report]) -> String {
         .max(4);
     let cols: Vec<usize> = CHECKS
         .iter()
-        .map(|(_, title)| title.chars().count().max(7))
+        .map(|(_, _, title)| title.chars().count().max(7))
         .collect();
     let mut out = format!("{:<width$}", "HOST");
-    for ((_, title), w) in CHECKS.iter().zip(&cols) {
+    for ((_, _, title), w) in CHECKS.iter().zip(&cols) {
         out.push_str(&format!("  {title:<w$}"));
     }
     out.push('\n');
@@ -906,7 +942,7 @@ pub fn run(targets: Vec<(Transport, Option<Machine>)>) -> Vec<Report> {
                     checks: BTreeMap::new(),
                 };
                 r.fail(
-                    "ssh-config",
+                    CheckId::SshConfig,
                     crate::exec::panic_text(p.as_ref()),
                     "report it, with the output of `edict doctor -v HOST`",
                 );
@@ -926,8 +962,8 @@ mod tests {
             host: "h".into(),
             checks: BTreeMap::new(),
         };
-        run.ok("resolve", "h is 127.0.0.1");
-        run.fail("tcp", "refused", "start sshd");
+        run.ok(CheckId::Resolve, "h is 127.0.0.1");
+        run.fail(CheckId::Tcp, "refused", "start sshd");
         let report = run.report();
         assert_eq!(report.checks.len(), CHECKS.len());
         assert_eq!(report.checks[2].status, Status::Skipped);
@@ -936,5 +972,21 @@ mod tests {
             text.contains("FAIL") && text.contains("fix: start sshd"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn check_ids_keep_their_names_in_order() {
+        let names: Vec<&str> = CHECKS.iter().map(|(id, _, _)| id.name()).collect();
+        assert_eq!(names[..4], ["resolve", "tcp", "ssh-config", "host-key"]);
+        // The JSON names are the same words.
+        for (id, name, _) in CHECKS {
+            assert_eq!(serde_json::to_value(id).unwrap(), *name);
+        }
+        // In the order of the enum, and every one listed once.
+        let ids: Vec<CheckId> = CHECKS.iter().map(|(id, _, _)| *id).collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(ids, sorted);
     }
 }
