@@ -110,13 +110,7 @@ struct Run {
 }
 
 impl Run {
-    fn set(
-        &mut self,
-        id: CheckId,
-        status: Status,
-        detail: impl Into<String>,
-        fix: Option<String>,
-    ) {
+    fn set(&mut self, id: CheckId, status: Status, detail: impl Into<String>, fix: Option<String>) {
         self.checks.insert(
             id,
             Check {
@@ -252,8 +246,18 @@ pub fn check(transport: Transport, machine: Option<&Machine>) -> Report {
 
     // 1. Name and port (directly, unless ssh goes through a proxy).
     if proxy.is_some() {
-        r.set(CheckId::Resolve, Status::Skipped, "reached through a proxy", None);
-        r.set(CheckId::Tcp, Status::Skipped, "reached through a proxy", None);
+        r.set(
+            CheckId::Resolve,
+            Status::Skipped,
+            "reached through a proxy",
+            None,
+        );
+        r.set(
+            CheckId::Tcp,
+            Status::Skipped,
+            "reached through a proxy",
+            None,
+        );
     } else {
         match (hostname.as_str(), port).to_socket_addrs() {
             Ok(mut addrs) => match addrs.next() {
@@ -305,7 +309,11 @@ pub fn check(transport: Transport, machine: Option<&Machine>) -> Report {
     let login = match login {
         Ok(out) => out,
         Err(e) => {
-            r.fail(CheckId::Login, format!("{e:#}"), "install OpenSSH's client (ssh)");
+            r.fail(
+                CheckId::Login,
+                format!("{e:#}"),
+                "install OpenSSH's client (ssh)",
+            );
             return r.report();
         }
     };
@@ -690,7 +698,9 @@ fn remote_checks(r: &mut Run, conn: &Connection, machine: Option<&Machine>, addr
         let copy = crate::results::copy_command(conn, &nix_store, "--from", &[&out_path]);
         let line = copy.line();
         match copy.output() {
-            Ok(out) if out.status.success() => r.ok(CheckId::Trust, "a path built there imports here"),
+            Ok(out) if out.status.success() => {
+                r.ok(CheckId::Trust, "a path built there imports here")
+            }
             Ok(out) => {
                 let err = String::from_utf8_lossy(&out.stderr);
                 if crate::results::lacks_signature(&err) {
@@ -839,7 +849,9 @@ fn daemon_view(r: &mut Run, conn: &Connection, machine: Option<&Machine>, addr: 
             .output()
     });
     match out {
-        Ok(out) if out.status.success() => r.ok(CheckId::Daemon, "root reaches it as Nix's daemon would"),
+        Ok(out) if out.status.success() => {
+            r.ok(CheckId::Daemon, "root reaches it as Nix's daemon would")
+        }
         Ok(out) => {
             let err = format!(
                 "{:#}",

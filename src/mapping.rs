@@ -163,6 +163,9 @@ pub struct Local<'a> {
     pub declared_inputs: &'a (dyn Fn(&Path) -> Option<Vec<String>> + Sync),
 }
 
+/// Step 2: the plan for a classified command line, in named stages: every word (local refs,
+/// files, links), what the command reads without naming it, its result link, the local
+/// inputs its locks record, then where it runs, what comes back and what is said.
 pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
     let mut p = Plan {
         program: args.program,
@@ -179,17 +182,27 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
         writes_lock: false,
         pinned: Vec::new(),
         store_paths: Vec::new(),
-        stdout_is_nix: false,
+        stdout_is_nix: args.program == Program::Nix && args.subcommand().first() == Some(&"flake"),
     };
-    let sub_refs = args.subcommand();
-    p.stdout_is_nix = args.program == Program::Nix && sub_refs.first() == Some(&"flake");
-    // Just past the subcommand words: where edict inserts flags of its own.
-    let cmd_end = args
-        .args
+    map_words(&mut p, args, local)?;
+    implicit_sources(&mut p, args, local)?;
+    result_link(&mut p, args, local);
+    lock_inputs(&mut p, args, local)?;
+    place(&mut p, args, local, sync);
+    Ok(p)
+}
+
+/// Just past the subcommand words: where edict inserts flags of its own.
+fn cmd_end(args: &NixArgs) -> usize {
+    args.args
         .iter()
         .rposition(|a| a.role == Role::Command)
-        .map_or(0, |i| i + 1);
+        .map_or(0, |i| i + 1)
+}
 
+/// Each word of the command line, mapped: local flake refs and files to their mirrors,
+/// result links and written files to the run's scratch dir, store paths to send.
+fn map_words(p: &mut Plan, args: &NixArgs, local: &Local) -> Result<()> {
     for (at, arg) in args.args.iter().enumerate() {
         let word = match arg.role {
             Role::FlakeRef => match flakeref::parse(&arg.text) {
@@ -201,7 +214,7 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
                         let path = absolute(local.cwd, Path::new(&lref.path));
                         require_flake_nix(&path, lref.dir_param().as_deref())?;
                     }
-                    let (src, rel) = add_ref_source(&mut p, &lref, local)?;
+                    let (src, rel) = add_ref_source(p, &lref, local)?;
                     let mut dir = rel.clone();
                     if let Some(d) = lref.dir_param() {
                         dir = join_rel(&dir, &d);
@@ -228,7 +241,7 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
                 // (`nix-build FILE`'s positional file is an expression too.)
                 let flag = at.checked_sub(1).map(|i| args.args[i].text.as_str());
                 let expression = arg.positional || matches!(flag, Some("-f" | "--file"));
-                let (src, rel) = add_file_source(&mut p, &path, expression, local)?;
+                let (src, rel) = add_file_source(p, &path, expression, local)?;
                 Word::Path {
                     prefix: String::new(),
                     src,
@@ -249,7 +262,7 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
             Role::SearchPath => match search_path_entry(&arg.text) {
                 Some((prefix, path)) if !path.is_empty() => {
                     let path = absolute(local.cwd, Path::new(path));
-                    let (src, rel) = add_file_source(&mut p, &path, true, local)?;
+                    let (src, rel) = add_file_source(p, &path, true, local)?;
                     Word::Path {
                         prefix: prefix.to_string(),
                         src,
@@ -270,6 +283,12 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
         p.words.push(word);
     }
 
+    Ok(())
+}
+
+/// What the command reads without naming it: the cwd's flake, nix-build's default.nix, the
+/// work tree around -E's relative paths.
+fn implicit_sources(p: &mut Plan, args: &NixArgs, local: &Local) -> Result<()> {
     // `nix repl` without a flake is an empty repl: nothing to send when there is none.
     let found = || require_flake_nix(local.cwd, None);
     let wanted = args.implicit_cwd_flake()
@@ -281,13 +300,12 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
             }
         };
     if wanted {
-        let (src, rel) =
-            add_dir_source(&mut p, local.cwd, true, local, ".").with_context(|| {
-                format!(
-                    "the command uses the flake in the current directory {}",
-                    local.cwd.display()
-                )
-            })?;
+        let (src, rel) = add_dir_source(p, local.cwd, true, local, ".").with_context(|| {
+            format!(
+                "the command uses the flake in the current directory {}",
+                local.cwd.display()
+            )
+        })?;
         p.flakes.push((src, rel));
     }
 
@@ -298,7 +316,7 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
         || (args.program == Program::NixShell && args.has_flag(&["-p", "--packages"]));
     if args.program != Program::Nix && expressions {
         if git_work_tree(local.cwd).is_some() {
-            add_dir_source(&mut p, local.cwd, true, local, ".")?;
+            add_dir_source(p, local.cwd, true, local, ".")?;
         } else {
             p.notes.push(format!(
                 "{} is in no git work tree, so nothing of it is sent: relative paths in the expression or command resolve in a scratch directory on {{host}}",
@@ -327,7 +345,7 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
         };
         // Named on HOST's command line: nix there reads the very file chosen here (an
         // untracked shell.nix is refused before sending, never replaced by default.nix).
-        let (src, rel) = add_file_source(&mut p, &file, true, local)?;
+        let (src, rel) = add_file_source(p, &file, true, local)?;
         p.words.push(Word::Path {
             prefix: String::new(),
             src,
@@ -335,6 +353,12 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
         });
     }
 
+    Ok(())
+}
+
+fn result_link(p: &mut Plan, args: &NixArgs, local: &Local) {
+    let sub_refs = args.subcommand();
+    let cmd_end = cmd_end(args);
     // `nix build` and `nix-build` make `./result` unless told otherwise; edict has it made
     // in the run's scratch dir on HOST instead, so the mirror stays clean, and recreates it
     // here.
@@ -350,7 +374,13 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
             local_base: local.cwd.join("result"),
         });
     }
+}
 
+/// The local inputs the flakes' locks record: pinned ones go as store paths, others are
+/// synced and overridden, and for `nix flake update/lock` said.
+fn lock_inputs(p: &mut Plan, args: &NixArgs, local: &Local) -> Result<()> {
+    let sub_refs = args.subcommand();
+    let cmd_end = cmd_end(args);
     // Local path inputs recorded in flake.lock would name paths HOST does not have.
     let updating = matches!(sub_refs.as_slice(), ["flake", "update" | "lock", ..]);
     p.writes_lock = updating;
@@ -424,7 +454,7 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
                 query: String::new(),
                 fragment: String::new(),
             };
-            let (s, rel) = add_ref_source(&mut p, &lref, local)?;
+            let (s, rel) = add_ref_source(p, &lref, local)?;
             overrides.push((
                 input,
                 Word::Ref {
@@ -444,6 +474,13 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
         }
     }
 
+    Ok(())
+}
+
+/// Where the command runs, which sources come back, and what acts on HOST, said.
+fn place(p: &mut Plan, args: &NixArgs, local: &Local, sync: SyncMode) {
+    let sub_refs = args.subcommand();
+    let updating = p.writes_lock; // set by lock_inputs
     // Where the command runs, and which sources come back.
     if let Some((src, rel)) = p
         .sources
@@ -481,7 +518,6 @@ pub fn plan(args: &NixArgs, local: &Local, sync: SyncMode) -> Result<Plan> {
             "the lock file this writes stays on {host}: you are not inside the flake, so nothing comes back; add --sync to bring it back".into(),
         );
     }
-    Ok(p)
 }
 
 fn add_ref_source(p: &mut Plan, lref: &LocalRef, local: &Local) -> Result<(usize, String)> {
