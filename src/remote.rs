@@ -24,6 +24,27 @@ use std::time::{Duration, Instant};
 /// default profile, a single-user profile, NixOS, and home-manager/NixOS per-user profiles.
 pub const NIX_PLACES: &str = "/nix/var/nix/profiles/default/bin:$HOME/.nix-profile/bin:/run/current-system/sw/bin:/etc/profiles/per-user/$USER/bin";
 
+/// The remote scripts that live as files in `src/scripts/` (shellchecked by the test
+/// suite): each takes its data as positional parameters, never as text spliced into it.
+pub mod scripts {
+    pub const STOP: &str = include_str!("scripts/stop.sh");
+    pub const EXPIRE: &str = include_str!("scripts/expire.sh");
+    pub const FIND_RSYNC: &str = include_str!("scripts/find_rsync.sh");
+    pub const MISSING: &str = include_str!("scripts/missing.sh");
+    pub const ADOPT_INDEX: &str = include_str!("scripts/adopt_index.sh");
+}
+
+/// A shell line that runs `script` in sh with `words` as its positional parameters; the
+/// words are shell words already (quoted with [`quote`], or expansions such as `"$c"`).
+pub fn call(script: &str, words: &[&str]) -> String {
+    let mut line = format!("sh -c {} sh", quote(script));
+    for w in words {
+        line.push(' ');
+        line.push_str(w);
+    }
+    line
+}
+
 /// The flags that make any nix ≥ 2.4 accept flake commands, whatever its nix.conf says.
 pub const FLAKE_FLAGS: [&str; 2] = ["--extra-experimental-features", "nix-command flakes"];
 
@@ -294,33 +315,23 @@ pub fn prepare(
     Ok((env, session))
 }
 
-/// Run in a mirror on HOST before nix: make HOST's own `.git/index` match the one sent as
-/// `.git/edict-index`, keeping HOST's file stats for entries that did not change. Sent as
-/// is, the local index has this machine's inode numbers and ctimes, so git (and nix through
-/// libgit2) on HOST would re-read and hash every tracked file to see the tree is clean:
-/// 1.3 s for 200 MB, every run. `read-tree --reset` keeps the stats of unchanged entries
-/// (`-m` would refuse: rsync has just changed files under it) and `update-index --refresh`
-/// hashes only what rsync rewrote. When that cannot reproduce the
-/// index exactly (intent-to-add or conflicted entries, no git there), the copy is used.
+/// A shell line (with its `; `) that adopts the sent index in `mirror` (see
+/// `scripts/adopt_index.sh`).
 fn adopt_index_script(mirror: &str) -> String {
-    // write-tree may add a cache to the index it reads, so it reads a scratch copy: the
-    // sent copy must stay as sent, or rsync would send it again next time.
-    format!(
-        "(cd {} && [ -f .git/edict-index ] || exit 0; g='git -c core.fsmonitor=false'; i=.git/edict-index; \
-         if command -v git >/dev/null && cp $i $i.w && t=$(GIT_INDEX_FILE=$i.w $g write-tree) && $g read-tree --reset \"$t\" \
-         && [ \"$($g ls-files -s -t)\" = \"$(GIT_INDEX_FILE=$i $g ls-files -s -t)\" ]; \
-         then $g update-index -q --refresh >/dev/null; else cp $i .git/index; fi; rm -f $i.w) 2>/dev/null; ",
-        quote(mirror)
-    )
+    format!("{}; ", call(scripts::ADOPT_INDEX, &[&quote(mirror)]))
 }
 
 /// The rsyncs HOST has outside its non-interactive PATH (Nix profiles, Homebrew), each with
 /// the first line of its `--version`.
 fn other_rsync(conn: &Connection) -> Vec<(String, String)> {
-    let dirs = format!("{NIX_PLACES}:/opt/homebrew/bin:/usr/local/bin");
-    let script = format!(
-        "p=\"{dirs}\"; IFS=:; for d in $p; do [ -x \"$d/rsync\" ] && printf '%s\\t%s\\n' \"$d/rsync\" \"$(\"$d/rsync\" --version 2>/dev/null | head -n 1)\"; done; true"
-    );
+    // Each place a double-quoted word: `$HOME` and `$USER` expand there.
+    let dirs: Vec<String> = NIX_PLACES
+        .split(':')
+        .chain(["/opt/homebrew/bin", "/usr/local/bin"])
+        .map(|d| format!("\"{d}\""))
+        .collect();
+    let words: Vec<&str> = dirs.iter().map(String::as_str).collect();
+    let script = call(scripts::FIND_RSYNC, &words);
     conn.ssh(Tty::No, &script)
         .output()
         .map(|o| {
@@ -346,29 +357,11 @@ pub fn prelude() -> String {
     format!("PATH=\"$PATH:{NIX_PLACES}\"\n{CACHE_DIR}")
 }
 
-/// Removes the mirrors in `$c/mirrors` unused for more than `days` days (all when `None`)
-/// and not locked by a run, printing `EDICT-gone NAME KB` for each: it takes the run's lock
-/// (flock, or without it the lock directory, holding its pid while it removes), so a mirror
-/// is never removed under a run that holds it. flock's lock files stay: one removed under
-/// a waiting run would let a new run take another. Paths are globbed, never word-split, so
-/// `$c` may hold spaces.
+/// Removes the mirrors unused for more than `days` days (all when `None`) that no run
+/// holds (see `scripts/expire.sh`); needs `$c`.
 pub fn expire_script(days: Option<u32>) -> String {
-    let old_enough = match days {
-        Some(d) => format!(
-            "[ -n \"$(find \"$m\" -prune -mmin +{} 2>/dev/null)\" ] || continue; ",
-            u64::from(d) * 1440
-        ),
-        None => String::new(),
-    };
-    format!(
-        "for m in \"$c\"/mirrors/*/; do m=${{m%/}}; case $m in *.lockd) continue;; esac; \
-         [ -d \"$m\" ] && [ ! -L \"$m\" ] || continue; {old_enough}\
-         k=$(du -sk \"$m\" 2>/dev/null | cut -f1); \
-         if command -v flock >/dev/null; then flock -n \"$m.lock\" rm -rf \"$m\" 2>/dev/null; \
-         elif mkdir \"$m.lockd\" 2>/dev/null; then echo $$ > \"$m.lockd/pid\"; rm -rf \"$m\"; rm -rf \"$m.lockd\"; fi; \
-         [ ! -e \"$m\" ] && echo \"EDICT-gone ${{m##*/}} ${{k:-0}}\"; \
-         done; true\n"
-    )
+    let minutes = days.map_or(String::new(), |d| (u64::from(d) * 1440).to_string());
+    format!("{}\n", call(scripts::EXPIRE, &["\"$c\"", &quote(&minutes)]))
 }
 
 /// The probe-and-lock script. POSIX sh; prints `EDICT-key value` lines, then blocks on stdin.
@@ -828,10 +821,8 @@ fn copy_output(
 /// is said only then (a shared file system, or the same path there, makes it wrong).
 pub fn missing_there(conn: &Connection, paths: &[&std::path::Path]) -> Vec<bool> {
     let words: Vec<String> = paths.iter().map(|p| quote(&p.to_string_lossy())).collect();
-    let script = format!(
-        "for p in {}; do if [ -e \"$p\" ]; then echo here; else echo missing; fi; done",
-        words.join(" ")
-    );
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let script = call(scripts::MISSING, &words);
     let said = conn
         .ssh(Tty::No, &script)
         .output()
@@ -947,23 +938,141 @@ fn pid_file(env: &RemoteEnv) -> String {
     quote(&format!("{}/pid", env.dirs.run))
 }
 
-/// A subshell that stops the command whose pid is in `pidfile` (a shell word), if the file
-/// is there: the command removes it when it ends, so a stale pid is never signalled.
+/// A shell line that stops the command whose pid is in `pidfile` (a shell word), if the
+/// file is there (see `scripts/stop.sh`).
 fn stop_script(pidfile: &str) -> String {
-    format!(
-        "(pid=$(cat {pidfile} 2>/dev/null) || exit 0\n\
-         pg=$(ps -o pgid= -p \"$pid\" 2>/dev/null | tr -d ' ')\n\
-         [ -n \"$pg\" ] || pg=$(sed 's/.*) //' /proc/\"$pid\"/stat 2>/dev/null | cut -d' ' -f3)\n\
-         if [ -n \"$pg\" ] && [ \"$pg\" != 0 ]; then t=-$pg; else t=$pid; fi\n\
-         kill -INT \"$t\" 2>/dev/null\n\
-         i=0; while kill -0 \"$pid\" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done\n\
-         kill -KILL \"$t\" 2>/dev/null; true)"
-    )
+    format!("({})", call(scripts::STOP, &[pidfile]))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs a script from `src/scripts` under /bin/sh with `args`; its stdout.
+    fn run_script_file(script: &str, args: &[&str]) -> String {
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(script)
+            .arg("sh")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn stop_interrupts_the_command_s_group_and_ignores_a_gone_one() {
+        use std::os::unix::process::CommandExt as _;
+        let d = tempfile::tempdir().unwrap();
+        let pidfile = d.path().join("pid");
+        let child = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg("echo $$ > \"$1\"; sleep 30; echo survived")
+            .arg("sh")
+            .arg(&pidfile)
+            .process_group(0)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        while !std::fs::read_to_string(&pidfile).is_ok_and(|t| t.ends_with('\n')) {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        run_script_file(scripts::STOP, &[pidfile.to_str().unwrap()]);
+        let out = child.wait_with_output().unwrap();
+        assert!(!out.status.success());
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("survived"));
+        // No pid file (the command ended): nothing to do.
+        run_script_file(scripts::STOP, &[d.path().join("none").to_str().unwrap()]);
+    }
+
+    #[test]
+    fn find_rsync_lists_each_place_with_its_version() {
+        let d = tempfile::tempdir().unwrap();
+        let with = d.path().join("with rsync");
+        std::fs::create_dir_all(&with).unwrap();
+        std::fs::write(
+            with.join("rsync"),
+            "#!/bin/sh\necho 'rsync  version 3.2.7  protocol version 31'\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            with.join("rsync"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let out = run_script_file(
+            scripts::FIND_RSYNC,
+            &[
+                d.path().join("empty").to_str().unwrap(),
+                with.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(
+            out,
+            format!(
+                "{}/rsync\trsync  version 3.2.7  protocol version 31\n",
+                with.display()
+            )
+        );
+    }
+
+    #[test]
+    fn missing_says_for_each_path_in_order() {
+        let d = tempfile::tempdir().unwrap();
+        let out = run_script_file(
+            scripts::MISSING,
+            &[
+                d.path().join("no").to_str().unwrap(),
+                d.path().to_str().unwrap(),
+                "a b",
+            ],
+        );
+        assert_eq!(out, "missing\nhere\nmissing\n");
+    }
+
+    #[test]
+    fn adopt_index_takes_the_sent_index_and_keeps_the_tree_clean() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = d.path().join("m x");
+        std::fs::create_dir_all(&repo).unwrap();
+        let git = |args: &[&str]| {
+            let out = std::process::Command::new("git")
+                .arg("-C")
+                .arg(&repo)
+                .args(["-c", "user.name=t", "-c", "user.email=t@e"])
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        git(&["init", "-q"]);
+        std::fs::write(repo.join("a"), "a\n").unwrap();
+        git(&["add", "a"]);
+        git(&["commit", "-qm", "a"]);
+        std::fs::write(repo.join("b"), "b\n").unwrap();
+        git(&["add", "b"]);
+        // What arrives: the sent index beside HOST's own, which lacks `b`.
+        std::fs::copy(repo.join(".git/index"), repo.join(".git/edict-index")).unwrap();
+        git(&["rm", "-q", "--cached", "b"]);
+        run_script_file(scripts::ADOPT_INDEX, &[repo.to_str().unwrap()]);
+        assert_eq!(git(&["diff", "--cached", "--name-only"]), "b\n");
+        assert!(
+            repo.join(".git/edict-index").exists(),
+            "the sent copy stays as sent"
+        );
+        // Not a mirror with a sent index: nothing happens.
+        run_script_file(scripts::ADOPT_INDEX, &[d.path().to_str().unwrap()]);
+    }
 
     /// The real scripts under /bin/sh: the snapshot before the command, then the inspection
     /// sees links, deletions, and exactly the files touched after the start marker,
