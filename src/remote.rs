@@ -32,12 +32,26 @@ pub mod scripts {
     pub const FIND_RSYNC: &str = include_str!("scripts/find_rsync.sh");
     pub const MISSING: &str = include_str!("scripts/missing.sh");
     pub const ADOPT_INDEX: &str = include_str!("scripts/adopt_index.sh");
+    pub const SNAPSHOT: &str = include_str!("scripts/snapshot.sh");
+    pub const INSPECT: &str = include_str!("scripts/inspect.sh");
+}
+
+/// A script as the one line it is sent as: comments and blank lines left out, lines joined
+/// by a space (so `-v` prints each command edict runs on one line, pasteable). The
+/// scripts end every command with `;` unless the next line continues it.
+pub fn one_line(script: &str) -> String {
+    script
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A shell line that runs `script` in sh with `words` as its positional parameters; the
 /// words are shell words already (quoted with [`quote`], or expansions such as `"$c"`).
 pub fn call(script: &str, words: &[&str]) -> String {
-    let mut line = format!("sh -c {} sh", quote(script));
+    let mut line = format!("sh -c {} sh", quote(&one_line(script)));
     for w in words {
         line.push(' ');
         line.push_str(w);
@@ -533,23 +547,26 @@ fn sync_back_mirrors(env: &RemoteEnv, plan: &Plan) -> Vec<(usize, String)> {
         .collect()
 }
 
-/// The files of each mirror just before the command runs, kept on HOST (`before-<i>`), so
-/// that afterwards only the names of deleted files cross the link, not the whole list.
+/// A shell line (with its `; `) that lists each mirror's files before the command runs
+/// (see `scripts/snapshot.sh`).
 fn snapshot_script(run: &str, mirrors: &[(usize, String)]) -> String {
-    mirrors
-        .iter()
-        .map(|(i, m)| {
-            format!(
-                "(cd {} && {FILES} -print0 > {}) 2>/dev/null; ",
-                quote(m),
-                quote(&format!("{run}/before-{i}"))
-            )
-        })
-        .collect()
+    if mirrors.is_empty() {
+        return String::new();
+    }
+    let words = mirror_words(mirrors);
+    let mut all = vec![quote(run)];
+    all.extend(words);
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    format!("{}; ", call(scripts::SNAPSHOT, &all))
 }
 
-/// The files and symlinks of a mirror outside `.git`, from inside it.
-const FILES: &str = "find . -path ./.git -prune -o \\( -type f -o -type l \\)";
+/// `INDEX MIRROR` pairs as shell words, for snapshot.sh and inspect.sh.
+fn mirror_words(mirrors: &[(usize, String)]) -> Vec<String> {
+    mirrors
+        .iter()
+        .flat_map(|(i, m)| [i.to_string(), quote(m)])
+        .collect()
+}
 
 /// What the command left on HOST, found in one round trip after it ran (step 5).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -596,27 +613,13 @@ pub fn inspect(
 /// mirror `S index files… C changed… G git-changes… E`. It runs in the session's shell,
 /// where `$r` is the run dir (the script crosses the link: a path five times is 200 bytes).
 fn inspect_script(want_links: bool, mirrors: &[(usize, String)]) -> String {
-    let mut script = String::new();
-    if want_links {
-        script.push_str(
-            "if cd \"$r/links\" 2>/dev/null; then for l in */result*; do [ -L \"$l\" ] && printf 'L\\0%s\\0%s\\0' \"$l\" \"$(readlink \"$l\")\"; done; fi\n",
-        );
-    }
-    for (i, m) in mirrors {
-        let files = FILES;
-        // Deleted: in the snapshot taken before the command, gone now (xargs -0 and `[ -e ]`
-        // work the same in GNU and BSD userlands).
-        script.push_str(&format!(
-            "if cd {m} 2>/dev/null; then\n\
-             b=\"$r/before-{i}\"; printf 'S\\0%s\\0' {i}; [ -f \"$b\" ] && xargs -0 sh -c 'for f; do [ -e \"$f\" ] || [ -L \"$f\" ] || printf \"%s\\0\" \"$f\"; done' sh < \"$b\"\n\
-             printf 'C\\0'; {files} -cnewer \"$r/start\" -print0\n\
-             printf 'G\\0'; [ -d .git ] && find .git/HEAD .git/packed-refs .git/refs -cnewer \"$r/start\" -print0 2>/dev/null\n\
-             printf 'E\\0'\nfi\n",
-            m = quote(m),
-        ));
-    }
-    script.push_str("exit 0\n");
-    script
+    let mut all = vec![
+        "\"$r\"".to_string(),
+        if want_links { "1" } else { "0" }.to_string(),
+    ];
+    all.extend(mirror_words(mirrors));
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    call(scripts::INSPECT, &all)
 }
 
 fn parse_after(out: &[u8]) -> After {
@@ -948,11 +951,43 @@ fn stop_script(pidfile: &str) -> String {
 mod tests {
     use super::*;
 
-    /// Runs a script from `src/scripts` under /bin/sh with `args`; its stdout.
+    /// Every script, as the one line it is sent as, is still valid sh (dash and bash as sh).
+    #[test]
+    fn every_script_is_sh_on_one_line() {
+        for script in [
+            scripts::STOP,
+            scripts::EXPIRE,
+            scripts::FIND_RSYNC,
+            scripts::MISSING,
+            scripts::ADOPT_INDEX,
+            scripts::SNAPSHOT,
+            scripts::INSPECT,
+        ] {
+            let line = one_line(script);
+            assert!(!line.contains('\n'));
+            for sh in [
+                &["/bin/sh", "-n", "-c"][..],
+                &["/bin/bash", "--posix", "-n", "-c"][..],
+            ] {
+                let out = std::process::Command::new(sh[0])
+                    .args(&sh[1..])
+                    .arg(&line)
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{sh:?}: {line}\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+
+    /// Runs a script from `src/scripts`, as it is sent, under /bin/sh with `args`; its stdout.
     fn run_script_file(script: &str, args: &[&str]) -> String {
         let out = std::process::Command::new("/bin/sh")
             .arg("-c")
-            .arg(script)
+            .arg(one_line(script))
             .arg("sh")
             .args(args)
             .output()

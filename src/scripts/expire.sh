@@ -4,18 +4,18 @@
 # removes; a mirror is never removed under a run that holds it. flock's lock files stay:
 # one removed under a waiting run would let a new run take another.
 for m in "$1"/mirrors/*/; do
-  m=${m%/}
-  case $m in *.lockd) continue ;; esac
-  if [ ! -d "$m" ] || [ -L "$m" ]; then continue; fi
-  if [ -n "$2" ] && [ -z "$(find "$m" -prune -mmin "+$2" 2>/dev/null)" ]; then continue; fi
-  k=$(du -sk "$m" 2>/dev/null | cut -f1)
+  m=${m%/};
+  case $m in *.lockd) continue ;; esac;
+  if [ ! -d "$m" ] || [ -L "$m" ]; then continue; fi;
+  if [ -n "$2" ] && [ -z "$(find "$m" -prune -mmin "+$2" 2>/dev/null)" ]; then continue; fi;
+  k=$(du -sk "$m" 2>/dev/null | cut -f1);
   if command -v flock >/dev/null; then
-    flock -n "$m.lock" rm -rf "$m" 2>/dev/null
+    flock -n "$m.lock" rm -rf "$m" 2>/dev/null;
   elif mkdir "$m.lockd" 2>/dev/null; then
-    echo $$ >"$m.lockd/pid"
-    rm -rf "$m"
-    rm -rf "$m.lockd"
-  fi
-  [ ! -e "$m" ] && echo "EDICT-gone ${m##*/} ${k:-0}"
-done
+    echo $$ >"$m.lockd/pid";
+    rm -rf "$m";
+    rm -rf "$m.lockd";
+  fi;
+  [ ! -e "$m" ] && echo "EDICT-gone ${m##*/} ${k:-0}";
+done;
 true
