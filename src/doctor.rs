@@ -194,14 +194,34 @@ fn first<'a>(g: &'a BTreeMap<String, Vec<String>>, key: &str) -> &'a str {
 
 /// Checks one host. `machine` is its pool entry, if it came from the pool.
 pub fn check(transport: Transport, machine: Option<&Machine>) -> Report {
-    let host = transport.label.clone();
     let mut r = Run {
-        host: host.clone(),
+        host: transport.label.clone(),
         checks: BTreeMap::new(),
     };
+    // A check that panics (a bug) is said on the first check not yet made; the ones made
+    // before it keep their results.
+    let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        checks(&mut r, &transport, machine)
+    }));
+    if let Err(p) = made {
+        if let Some(&(id, _, _)) = CHECKS.iter().find(|(id, _, _)| !r.checks.contains_key(id)) {
+            r.fail(
+                id,
+                crate::exec::panic_text(p.as_ref()),
+                "report it, with the output of `edict doctor -v HOST`",
+            );
+        }
+    }
+    r.report()
+}
+
+/// The checks for one host, in order, into `r`; they stop at the first one that makes the
+/// rest meaningless.
+fn checks(r: &mut Run, transport: &Transport, machine: Option<&Machine>) {
+    let host = transport.label.clone();
 
     // 2. What ssh will use (first: the real host name and port come from here).
-    let g = match ssh_g(&transport) {
+    let g = match ssh_g(transport) {
         Ok(g) => g,
         Err(e) => {
             r.fail(
@@ -209,7 +229,7 @@ pub fn check(transport: Transport, machine: Option<&Machine>) -> Report {
                 format!("{e:#}"),
                 format!("check your ssh config for {host}: `ssh -G {host}`"),
             );
-            return r.report();
+            return;
         }
     };
     let hostname = first(&g, "hostname").to_string();
@@ -267,7 +287,7 @@ pub fn check(transport: Transport, machine: Option<&Machine>) -> Report {
                         Ok(_) => r.ok(CheckId::Tcp, format!("{addr} accepts connections")),
                         Err(e) => {
                             r.fail(CheckId::Tcp, format!("{addr}: {e}"), format!("start sshd on {host} or check the port (`ssh -G {host} | grep ^port`) and any firewall"));
-                            return r.report();
+                            return;
                         }
                     }
                 }
@@ -277,26 +297,18 @@ pub fn check(transport: Transport, machine: Option<&Machine>) -> Report {
                         format!("{hostname} has no address"),
                         format!("check the name, or set `HostName` for {host} in ~/.ssh/config"),
                     );
-                    return r.report();
+                    return;
                 }
             },
             Err(e) => {
                 r.fail(CheckId::Resolve, format!("{hostname}: {e}"), format!("check the spelling, or add `Host {host}` with a `HostName` to ~/.ssh/config"));
-                return r.report();
+                return;
             }
         }
     }
 
     // 3. Host key: what the host presents against every place that may know it.
-    host_key(
-        &mut r,
-        &transport,
-        &g,
-        &hostname,
-        port,
-        proxy.is_some(),
-        machine,
-    );
+    host_key(r, transport, &g, &hostname, port, proxy.is_some(), machine);
 
     // 4. A non-interactive login (BatchMode: a password prompt would hang Nix's builds),
     // running a two-line script quoted as edict's are, which csh and tcsh refuse.
@@ -314,7 +326,7 @@ pub fn check(transport: Transport, machine: Option<&Machine>) -> Report {
                 format!("{e:#}"),
                 "install OpenSSH's client (ssh)",
             );
-            return r.report();
+            return;
         }
     };
     let csh = ssh::csh_shell(&host, &String::from_utf8_lossy(&login.stderr));
@@ -324,12 +336,12 @@ pub fn check(transport: Transport, machine: Option<&Machine>) -> Report {
             ssh::ssh_failure(&host, "logging in", &String::from_utf8_lossy(&login.stderr))
         );
         r.fail_with(CheckId::Login, &err, format!("run `ssh -v {host} true`"));
-        return r.report();
+        return;
     }
     r.ok(CheckId::Login, "key login without a prompt works");
     if let Some(explained) = csh {
         r.fail_with(CheckId::QuietShell, &explained, String::new());
-        return r.report();
+        return;
     }
 
     // 5. The shell must print nothing in non-interactive sessions.
@@ -353,11 +365,10 @@ pub fn check(transport: Transport, machine: Option<&Machine>) -> Report {
                 format!("{e:#}"),
                 format!("run `ssh -v {host} true`"),
             );
-            return r.report();
+            return;
         }
     };
-    remote_checks(&mut r, &conn, machine, (&hostname, port));
-    r.report()
+    remote_checks(r, &conn, machine, (&hostname, port));
 }
 
 fn expand_home(p: &str) -> String {

@@ -247,7 +247,10 @@ impl Cmd {
     /// Runs it with no input or output of its own and says whether it succeeded (a check:
     /// not starting at all is a no).
     pub fn succeeds(&self) -> bool {
-        self.log();
+        // A check, not a step: shown from -vv on.
+        if verbosity() >= 2 {
+            eprintln!("+ {}", self.line());
+        }
         self.command()
             .stdin(Stdio::null())
             .stdout(Stdio::null())

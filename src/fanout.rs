@@ -72,6 +72,7 @@ pub fn run(
             .map(|(i, transport)| {
                 let sync_host = sync_host.clone();
                 let label = transport.label.clone();
+                let started = Instant::now();
                 let handle = scope.spawn(move || {
                     let host = transport.label.clone();
                     let prefix = if color {
@@ -108,19 +109,19 @@ pub fn run(
                         took: start.elapsed(),
                     }
                 });
-                (label, handle)
+                (label, started, handle)
             })
             .collect();
         handles
             .into_iter()
-            .map(|(host, h)| {
+            .map(|(host, started, h)| {
                 h.join().unwrap_or_else(|p| Outcome {
                     result: Err(anyhow::anyhow!(
                         "{host}: {}\n  fix: report it, with the output of `edict -vv …`",
                         crate::exec::panic_text(p.as_ref())
                     )),
                     host,
-                    took: Duration::ZERO,
+                    took: started.elapsed(),
                 })
             })
             .collect()

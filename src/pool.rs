@@ -103,13 +103,13 @@ impl Machine {
         None
     }
 
-    /// The ssh destination in the URI: `ssh://user@host`, `ssh-ng://host?port=22`, `host`.
     /// How to reach it: its destination, with its key and pinned host key.
     pub fn transport(&self, ssh_opts: &str) -> Result<crate::ssh::Transport> {
         crate::ssh::Transport::new(&self.name, self.destination()?, ssh_opts)
             .with_machine_keys(self.key(), self.host_key.as_deref())
     }
 
+    /// The ssh destination in the URI: `ssh://user@host`, `ssh-ng://host?port=22`, `host`.
     pub fn destination(&self) -> Result<crate::ssh::Destination> {
         let uri = &self.uri;
         let (rest, query) = match uri.split_once('?') {

@@ -150,7 +150,10 @@ pub fn probe(machines: &[Machine], needs: &Needs, ssh_opts: &str) -> Vec<Probed>
         .map(|(machine, h)| {
             h.join().unwrap_or_else(|p| Probed {
                 machine,
-                verdict: Verdict::Unreachable(crate::exec::panic_text(p.as_ref()), None),
+                verdict: Verdict::Unreachable(
+                    crate::exec::panic_text(p.as_ref()),
+                    Some("report it, with the output of `edict -vv machines`".into()),
+                ),
                 conn: None,
             })
         })
