@@ -132,6 +132,23 @@ impl Run {
     }
     /// A FAIL from one of edict's own error messages (`what…\n  fix: …`): the detail on one
     /// line, and its fix, or `fallback` if it has none.
+    /// A FAIL from an edict error: a [`Problem`]'s step, what and words on one line, and its
+    /// fix; any other error as text, with `fallback` for the fix.
+    fn fail_problem(&mut self, id: CheckId, e: &anyhow::Error, fallback: String) {
+        match crate::problem::Problem::of(e) {
+            Some(p) => {
+                let mut detail = format!("{}: {}", p.step, p.what);
+                if let Some((who, said)) = &p.said {
+                    detail.push_str(&format!(
+                        " / {who} said: {}",
+                        said.lines().collect::<Vec<_>>().join(" / ")
+                    ));
+                }
+                self.fail(id, detail, p.fix.clone());
+            }
+            None => self.fail(id, format!("{e:#}"), fallback),
+        }
+    }
     fn fail_with(&mut self, id: CheckId, message: &str, fallback: String) {
         let (what, fix) = message
             .split_once("\n  fix: ")
@@ -331,11 +348,8 @@ fn checks(r: &mut Run, transport: &Transport, machine: Option<&Machine>) {
     };
     let csh = ssh::csh_shell(&host, &String::from_utf8_lossy(&login.stderr));
     if !login.status.success() && csh.is_none() {
-        let err = format!(
-            "{:#}",
-            ssh::ssh_failure(&host, "logging in", &String::from_utf8_lossy(&login.stderr))
-        );
-        r.fail_with(CheckId::Login, &err, format!("run `ssh -v {host} true`"));
+        let err = ssh::ssh_failure(&host, "logging in", &String::from_utf8_lossy(&login.stderr));
+        r.fail_problem(CheckId::Login, &err, format!("run `ssh -v {host} true`"));
         return;
     }
     r.ok(CheckId::Login, "key login without a prompt works");

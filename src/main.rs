@@ -16,6 +16,7 @@ mod mapping;
 mod nixargs;
 mod pinned;
 mod pool;
+mod problem;
 mod remote;
 mod results;
 mod rsync;

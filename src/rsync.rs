@@ -2,7 +2,8 @@
 //! the doctor.
 
 use crate::exec::Cmd;
-use anyhow::{Result, bail};
+use crate::problem::{Kind, Problem};
+use anyhow::Result;
 
 /// Why the rsync whose `rsync --version` begins with `line` cannot do what edict asks of
 /// it, or `None` when it can. edict needs rsync ≥ 3.1.3: `--modify-window=-1` (times to
@@ -55,20 +56,26 @@ pub fn fix(host: Option<&str>) -> String {
 
 /// Checks this machine's rsync before anything is sent (the copy a Mac has cannot be used).
 pub fn check_here(host: &str) -> Result<()> {
-    let out = Cmd::new("rsync").arg("--version").output().map_err(|_| {
-        anyhow::anyhow!(
-            "{host}: syncing sources: there is no rsync on this machine\n  fix: {}",
-            fix(None)
-        )
-    })?;
+    let problem = |what: String| Problem {
+        host: host.to_string(),
+        step: "syncing sources".into(),
+        what,
+        said: None,
+        fix: fix(None),
+        kind: Kind::Edict,
+    };
+    let out = Cmd::new("rsync")
+        .arg("--version")
+        .output()
+        .map_err(|_| problem("there is no rsync on this machine".into()))?;
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().next().unwrap_or_default();
     if let Some(why) = unfit(line) {
-        bail!(
-            "{host}: syncing sources: the rsync on this machine ({}) cannot be used: {why}\n  fix: {}",
-            line.trim(),
-            fix(None)
-        );
+        return Err(problem(format!(
+            "the rsync on this machine ({}) cannot be used: {why}",
+            line.trim()
+        ))
+        .into());
     }
     Ok(())
 }

@@ -128,12 +128,14 @@ pub fn probe(machines: &[Machine], needs: &Needs, ssh_opts: &str) -> Vec<Probed>
                         }
                     }
                     Err(e) => {
+                        let fix = crate::problem::Problem::of(&e).map(|p| p.fix.clone());
                         let e = format!("{e:#}");
                         let first = e.lines().next().unwrap_or("").to_string();
-                        let fix = e
-                            .lines()
-                            .find_map(|l| l.trim().strip_prefix("fix: "))
-                            .map(str::to_string);
+                        let fix = fix.or_else(|| {
+                            e.lines()
+                                .find_map(|l| l.trim().strip_prefix("fix: "))
+                                .map(str::to_string)
+                        });
                         Probed {
                             machine,
                             verdict: Verdict::Unreachable(first, fix),

@@ -3,6 +3,7 @@
 //! rsync (`-e`), and `nix copy` (through `NIX_SSHOPTS`) — and closed when edict exits.
 
 use crate::exec::{self, Cmd};
+use crate::problem::{Kind, Problem};
 use anyhow::{Result, bail};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -271,7 +272,7 @@ impl Connection {
 
     /// The connection, or a session on it, went away in the middle of `step`: the error,
     /// with what the master said (its stderr goes to a log, not the terminal).
-    pub fn lost(&self, step: &str, what: &str) -> SshError {
+    pub fn lost(&self, step: &str, what: &str) -> Problem {
         let host = &self.transport.label;
         let log = std::fs::read_to_string(self.log()).unwrap_or_default();
         // The last words: earlier lines are from connecting (e.g. "Permanently added").
@@ -280,15 +281,15 @@ impl Connection {
             .map(str::trim)
             .filter(|l| !l.is_empty())
             .collect();
-        let said = lines[lines.len().saturating_sub(3)..].join("\n  ");
-        let said = if said.is_empty() {
-            String::new()
-        } else {
-            format!("\n  ssh said: {said}")
-        };
-        SshError(format!(
-            "{host}: {step}: {what}{said}\n  fix: check the network to {host}; run `ssh -v {host} true` to see why"
-        ))
+        let said = lines[lines.len().saturating_sub(3)..].join("\n");
+        Problem {
+            host: host.clone(),
+            step: step.to_string(),
+            what: what.to_string(),
+            said: (!said.is_empty()).then(|| ("ssh".to_string(), said)),
+            fix: format!("check the network to {host}; run `ssh -v {host} true` to see why"),
+            kind: Kind::Connection,
+        }
     }
 
     /// The master's log: its stderr while connecting, then (`-E`) everything it says.
@@ -387,10 +388,6 @@ fn socket_dir() -> Result<tempfile::TempDir> {
     Ok(crate::contain::private_tempdir("edict-", Some(base))?)
 }
 
-/// A failure of ssh itself (not of the remote command): edict exits 255 for it, as ssh does.
-#[derive(Debug)]
-pub struct SshError(pub String);
-
 /// Whether `ssh -G` output has keepalives on (`serveraliveinterval` above 0).
 fn sets_keepalive(config: &str) -> bool {
     config.lines().any(|l| {
@@ -398,14 +395,6 @@ fn sets_keepalive(config: &str) -> bool {
             .is_some_and(|v| v.trim() != "0")
     })
 }
-
-impl std::fmt::Display for SshError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for SshError {}
 
 /// Words as rsync's `-e` reads them: rsync splits the option on white space itself and
 /// honours quotes, in its own grammar (a doubled quote inside quotes is the quote), which is
@@ -432,8 +421,8 @@ pub fn rsync_shell_words(words: &[String]) -> String {
 pub fn exit_code_for(e: &anyhow::Error) -> u8 {
     if e.chain().any(|c| c.is::<crate::signals::Interrupted>()) {
         130
-    } else if e.chain().any(|c| c.is::<SshError>()) {
-        255
+    } else if let Some(p) = Problem::of(e) {
+        p.exit_code()
     } else {
         1
     }
@@ -514,7 +503,7 @@ pub fn ssh_failure(host: &str, step: &str, stderr: &str) -> anyhow::Error {
         .filter(|l| !HOST_KEY_BOILERPLATE.iter().any(|b| l.contains(b)))
         .map(str::trim)
         .collect::<Vec<_>>()
-        .join("\n  ");
+        .join("\n");
     let has = |s: &str| stderr.contains(s);
     // ssh names the exact known_hosts file and entry it checked (`[10.0.0.5]:2222` for an
     // alias with a port, in the config's UserKnownHostsFile): its own removal command.
@@ -591,9 +580,14 @@ pub fn ssh_failure(host: &str, step: &str, stderr: &str) -> anyhow::Error {
             format!("run `ssh -v {host} true` to see why"),
         )
     };
-    anyhow::Error::new(SshError(format!(
-        "{host}: {step}: {what}.\n  ssh said: {said}\n  fix: {fix}"
-    )))
+    anyhow::Error::new(Problem {
+        host: host.to_string(),
+        step: step.to_string(),
+        what: format!("{what}."),
+        said: Some(("ssh".into(), said)),
+        fix,
+        kind: Kind::Connection,
+    })
 }
 
 /// When the login shell is csh or tcsh: they reject a quoted string over several lines
