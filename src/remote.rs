@@ -160,6 +160,34 @@ pub fn prepare(
     signals: &Signals,
 ) -> Result<(RemoteEnv, Session)> {
     let host = &conn.transport.label;
+    let (fields, session) = lock(conn, plan, run_id, signals)?;
+    let mut env = env_from(host, &fields, run_id)?;
+    exec::debug(format_args!(
+        "{host}: {} at {}, rsync at {}, cache {}",
+        env.nix_version,
+        env.nix,
+        env.rsync.as_deref().unwrap_or("(none)"),
+        env.dirs.mirrors
+    ));
+    if !plan.sources.is_empty() {
+        let version = fields.get("rsyncv").cloned().unwrap_or_default();
+        env.rsync = Some(choose_rsync(host, env.rsync.take(), &version, || {
+            other_rsync(conn)
+        })?);
+    }
+    Ok((env, session))
+}
+
+/// Runs the probe-and-lock script (see [`prepare_script`]) and reads its findings until
+/// the mirrors are locked: the `EDICT-key value` fields, and the session that holds the
+/// locks. A failure before that is explained (ssh's, a full disk, a csh login shell).
+fn lock(
+    conn: &Connection,
+    plan: &Plan,
+    run_id: &str,
+    signals: &Signals,
+) -> Result<(std::collections::HashMap<String, String>, Session)> {
+    let host = &conn.transport.label;
     let names: Vec<String> = plan.sources.iter().map(|s| s.name.clone()).collect();
     let script = prepare_script(&names, run_id);
     // Its own process group: Ctrl-C at a terminal must not end this session, whose end
@@ -267,7 +295,15 @@ pub fn prepare(
         stdin,
         stdout,
     };
+    Ok((fields, session))
+}
 
+/// What the probe found, as the remote environment of the run.
+fn env_from(
+    host: &str,
+    fields: &std::collections::HashMap<String, String>,
+    run_id: &str,
+) -> Result<RemoteEnv> {
     let get = |k: &str| fields.get(k).cloned().filter(|v| !v.is_empty());
     let nix = get("nix").with_context(|| {
         format!(
@@ -276,7 +312,7 @@ pub fn prepare(
         )
     })?;
     let cache = get("cache").context("the remote probe did not report a cache directory")?;
-    let env = RemoteEnv {
+    Ok(RemoteEnv {
         nix_version: get("version").unwrap_or_default(),
         nix,
         rsync: get("rsync"),
@@ -284,49 +320,48 @@ pub fn prepare(
             mirrors: format!("{cache}/mirrors"),
             run: format!("{cache}/runs/{run_id}"),
         },
-    };
-    exec::debug(format_args!(
-        "{host}: {} at {}, rsync at {}, cache {cache}",
-        env.nix_version,
-        env.nix,
-        env.rsync.as_deref().unwrap_or("(none)")
-    ));
-    // The rsync on the PATH there may be one edict cannot use (a Mac builder's openrsync,
-    // or 2.6.9), or none, while a good one sits in a Nix profile or Homebrew's directory
-    // (off the non-interactive PATH, or after /usr/bin): one more look then, before
-    // anything is sent, rather than rsync's option error after.
-    let mut env = env;
-    let version = get("rsyncv").unwrap_or_default();
-    let fit = env.rsync.is_some() && crate::rsync::unfit(&version).is_none();
-    if !plan.sources.is_empty() && !fit {
-        let found = other_rsync(conn);
-        if let Some(path) = found
-            .iter()
-            .find_map(|(path, v)| crate::rsync::unfit(v).is_none().then(|| path.clone()))
-        {
-            exec::debug(format_args!("{host}: using the rsync at {path}"));
-            env.rsync = Some(path);
-        } else if env.rsync.is_none() && found.is_empty() {
-            bail!(
+    })
+}
+
+/// The rsync to use there: the one on the PATH (`on_path`, whose `--version` begins with
+/// `version`) when edict can use it; else, as a Mac builder's openrsync or 2.6.9 may sit
+/// before a good one in a Nix profile or Homebrew's directory, the first usable one of
+/// `others` (asked only then: one more round trip); else an error naming the one found.
+fn choose_rsync(
+    host: &str,
+    on_path: Option<String>,
+    version: &str,
+    others: impl FnOnce() -> Vec<(String, String)>,
+) -> Result<String> {
+    if let Some(path) = on_path
+        .as_ref()
+        .filter(|_| crate::rsync::unfit(version).is_none())
+    {
+        return Ok(path.clone());
+    }
+    let found = others();
+    if let Some(path) = found
+        .iter()
+        .find_map(|(path, v)| crate::rsync::unfit(v).is_none().then(|| path.clone()))
+    {
+        exec::debug(format_args!("{host}: using the rsync at {path}"));
+        return Ok(path);
+    }
+    let (what, line) = match on_path {
+        Some(path) => (path, version.trim().to_string()),
+        None => match found.first() {
+            Some((p, v)) => (p.clone(), v.trim().to_string()),
+            None => bail!(
                 "{host}: syncing sources: rsync is not installed there\n  fix: {}",
                 crate::rsync::fix(Some(host))
-            );
-        } else {
-            let (what, line) = match env.rsync.as_ref() {
-                Some(path) => (path.clone(), version.trim().to_string()),
-                None => found
-                    .first()
-                    .map(|(p, v)| (p.clone(), v.trim().to_string()))
-                    .unwrap_or_default(),
-            };
-            bail!(
-                "{host}: syncing sources: the rsync there ({what}: {line}) cannot be used: {}\n  fix: {}",
-                crate::rsync::unfit(&line).unwrap_or_default(),
-                crate::rsync::fix(Some(host))
-            );
-        }
-    }
-    Ok((env, session))
+            ),
+        },
+    };
+    bail!(
+        "{host}: syncing sources: the rsync there ({what}: {line}) cannot be used: {}\n  fix: {}",
+        crate::rsync::unfit(&line).unwrap_or_default(),
+        crate::rsync::fix(Some(host))
+    )
 }
 
 /// A shell line (with its `; `) that adopts the sent index in `mirror` (see
@@ -950,6 +985,72 @@ fn stop_script(pidfile: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_probe_s_fields_make_the_environment() {
+        let fields: std::collections::HashMap<String, String> = [
+            ("nix", "/nix/var/nix/profiles/default/bin/nix"),
+            ("version", "nix (Nix) 2.26.3"),
+            ("rsync", ""),
+            ("cache", "/home/u/.cache/edict"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let env = env_from("h", &fields, "r1").unwrap();
+        assert_eq!(
+            env.nix_store(),
+            "/nix/var/nix/profiles/default/bin/nix-store"
+        );
+        assert!(env.reads_relative_locks());
+        assert_eq!(env.rsync, None, "an empty field is nothing");
+        assert_eq!(env.dirs.run, "/home/u/.cache/edict/runs/r1");
+        let mut no_nix = fields.clone();
+        no_nix.remove("nix");
+        let err = format!("{:#}", env_from("h", &no_nix, "r1").unwrap_err());
+        assert!(
+            err.contains("h: finding nix") && err.contains("fix: install Nix on h"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn rsync_is_the_path_s_when_usable_else_the_first_usable_elsewhere() {
+        let good = "rsync  version 3.2.7  protocol version 31";
+        let open = "openrsync: protocol version 29";
+        let asked = std::cell::Cell::new(0);
+        let others = |list: Vec<(&str, &str)>| {
+            asked.set(asked.get() + 1);
+            list.into_iter()
+                .map(|(p, v)| (p.to_string(), v.to_string()))
+                .collect::<Vec<_>>()
+        };
+        // Usable on the PATH: no second look.
+        let got = choose_rsync("h", Some("/usr/bin/rsync".into()), good, || others(vec![]));
+        assert_eq!(got.unwrap(), "/usr/bin/rsync");
+        assert_eq!(asked.get(), 0);
+        // openrsync first, a good one in a Nix profile.
+        let got = choose_rsync("h", Some("/usr/bin/rsync".into()), open, || {
+            others(vec![
+                ("/opt/homebrew/bin/rsync", open),
+                ("/nix/var/nix/profiles/default/bin/rsync", good),
+            ])
+        });
+        assert_eq!(got.unwrap(), "/nix/var/nix/profiles/default/bin/rsync");
+        // Nothing usable anywhere: the one on the PATH is named.
+        let err = choose_rsync("h", Some("/usr/bin/rsync".into()), open, || others(vec![]));
+        let err = format!("{:#}", err.unwrap_err());
+        assert!(
+            err.contains("the rsync there (/usr/bin/rsync: openrsync"),
+            "{err}"
+        );
+        // None at all.
+        let err = format!(
+            "{:#}",
+            choose_rsync("h", None, "", || others(vec![])).unwrap_err()
+        );
+        assert!(err.contains("rsync is not installed there"), "{err}");
+    }
 
     /// Every script, as the one line it is sent as, is still valid sh (dash and bash as sh).
     #[test]
