@@ -655,7 +655,8 @@ fn remote_checks(r: &mut Run, conn: &Connection, machine: Option<&Machine>, addr
     // 9. The store URI nix itself would use, from this machine.
     store_uri(r, conn, &nix);
 
-    // 10. rsync on both sides.
+    // 10. rsync on both sides: here, and there the one a run would use (on the PATH, or in
+    // a Nix profile or Homebrew's directory when that one cannot be used).
     let local_rsync = Cmd::new("rsync").arg("--version").output().ok().map(|o| {
         String::from_utf8_lossy(&o.stdout)
             .lines()
@@ -663,27 +664,21 @@ fn remote_checks(r: &mut Run, conn: &Connection, machine: Option<&Machine>, addr
             .unwrap_or("")
             .to_string()
     });
-    let (_, remote_rsync, _) = sh(&format!(
-        "PATH=\"$PATH:{NIX_PLACES}\"; rsync --version 2>&1 | head -n 1"
+    let (_, path_rsync, _) = sh(&format!(
+        "PATH=\"$PATH:{NIX_PLACES}\"; command -v rsync || true"
     ));
-    use crate::rsync::{fix as rsync_fix, unfit as rsync_unfit, version as rsync_version};
-    match local_rsync {
-        None => r.fail(CheckId::Rsync, "no rsync here", "install rsync on this machine"),
-        Some(l) if rsync_unfit(&l).is_some() => r.fail(
-            CheckId::Rsync,
-            format!("here: {l}: {}", rsync_unfit(&l).unwrap_or_default()),
-            rsync_fix(None),
-        ),
-        Some(_) if !remote_rsync.contains("rsync") || remote_rsync.contains("not found") => {
-            r.fail(CheckId::Rsync, format!("none on {host}"), format!("install rsync on {host} (`apt-get install rsync`, or `nix profile install nixpkgs#rsync`)"))
-        }
-        Some(_) if rsync_unfit(&remote_rsync).is_some() => r.fail(
-            CheckId::Rsync,
-            format!("{host}: {remote_rsync}: {}", rsync_unfit(&remote_rsync).unwrap_or_default()),
-            rsync_fix(Some(&host)),
-        ),
-        Some(l) => r.ok(CheckId::Rsync, format!("here {}, there {}", rsync_version(&l), rsync_version(&remote_rsync))),
-    }
+    let (_, remote_rsync, _) = sh(&format!(
+        "PATH=\"$PATH:{NIX_PLACES}\"; rsync --version 2>/dev/null | head -n 1"
+    ));
+    let on_path = (!path_rsync.is_empty()).then_some(path_rsync);
+    let (status, detail, fix) = judge_rsync(
+        &host,
+        local_rsync.as_deref(),
+        on_path,
+        &remote_rsync,
+        || crate::remote::other_rsync(conn),
+    );
+    r.set(CheckId::Rsync, status, detail, fix);
 
     // 11. The host's system against the machines file.
     let (_, system, _) = sh(&format!(
@@ -753,6 +748,44 @@ fn remote_checks(r: &mut Run, conn: &Connection, machine: Option<&Machine>, addr
 
     // 13. As root: what Nix's daemon needs to use this host in `builders`.
     daemon_view(r, conn, machine, addr);
+}
+
+/// The rsync check from what was found: the rsync here (`rsync --version`'s first line),
+/// the one on HOST's PATH and its version line, and (asked only when that one cannot be
+/// used) the others HOST has; the same choice a run makes.
+fn judge_rsync(
+    host: &str,
+    local: Option<&str>,
+    on_path: Option<String>,
+    version: &str,
+    others: impl FnOnce() -> Vec<(String, String)>,
+) -> (Status, String, Option<String>) {
+    use crate::rsync::{fix, unfit, version as rsync_version};
+    let Some(local) = local else {
+        return (Status::Fail, "no rsync here".into(), Some(fix(None)));
+    };
+    if let Some(why) = unfit(local) {
+        return (
+            Status::Fail,
+            format!("here: {local}: {why}"),
+            Some(fix(None)),
+        );
+    }
+    match crate::remote::choose_rsync(host, on_path.clone(), version, others) {
+        Ok(path) => {
+            let there = if on_path.as_deref() == Some(path.as_str()) {
+                rsync_version(version)
+            } else {
+                format!("at {path} (the one on the PATH cannot be used)")
+            };
+            (
+                Status::Ok,
+                format!("here {}, there {there}", rsync_version(local)),
+                None,
+            )
+        }
+        Err(p) => (Status::Fail, p.what, Some(p.fix)),
+    }
 }
 
 fn store_uri(r: &mut Run, conn: &Connection, nix: &str) {
@@ -1009,6 +1042,82 @@ mod tests {
             text.contains("FAIL") && text.contains("fix: start sshd"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_rsync_verdicts_from_recorded_findings() {
+        let good = "rsync  version 3.2.7  protocol version 31";
+        let open = "openrsync: protocol version 29";
+        #[allow(clippy::type_complexity)]
+        // a table: here, PATH's rsync, its version, others, verdict, words
+        let cases: Vec<(
+            Option<&str>,
+            Option<&str>,
+            &str,
+            Vec<(&str, &str)>,
+            Status,
+            &str,
+        )> = vec![
+            (
+                None,
+                Some("/usr/bin/rsync"),
+                good,
+                vec![],
+                Status::Fail,
+                "no rsync here",
+            ),
+            (
+                Some(open),
+                Some("/usr/bin/rsync"),
+                good,
+                vec![],
+                Status::Fail,
+                "here: openrsync",
+            ),
+            (
+                Some(good),
+                Some("/usr/bin/rsync"),
+                good,
+                vec![],
+                Status::Ok,
+                "here 3.2.7, there 3.2.7",
+            ),
+            (
+                Some(good),
+                None,
+                "",
+                vec![],
+                Status::Fail,
+                "rsync is not installed there",
+            ),
+            (
+                Some(good),
+                Some("/usr/bin/rsync"),
+                open,
+                vec![],
+                Status::Fail,
+                "the rsync there (/usr/bin/rsync: openrsync",
+            ),
+            (
+                Some(good),
+                Some("/usr/bin/rsync"),
+                open,
+                vec![("/nix/var/nix/profiles/default/bin/rsync", good)],
+                Status::Ok,
+                "at /nix/var/nix/profiles/default/bin/rsync",
+            ),
+        ];
+        for (local, path, version, others, status, says) in cases {
+            let others: Vec<(String, String)> = others
+                .iter()
+                .map(|(p, v)| (p.to_string(), v.to_string()))
+                .collect();
+            let (got, detail, fix) =
+                judge_rsync("h", local, path.map(str::to_string), version, || others);
+            assert_eq!(got, status, "{detail}");
+            assert!(detail.contains(says), "{detail} lacks {says}");
+            assert_eq!(fix.is_some(), status == Status::Fail);
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@
 use crate::exec::{self, quote, quote_words};
 use crate::mapping::{Plan, RemoteDirs};
 use crate::nixargs::Program;
+use crate::problem::{Kind, Problem};
 use crate::signals::Signals;
 use crate::ssh::{Connection, Tty, ssh_failure};
 use anyhow::{Context, Result, bail};
@@ -171,9 +172,10 @@ pub fn prepare(
     ));
     if !plan.sources.is_empty() {
         let version = fields.get("rsyncv").cloned().unwrap_or_default();
-        env.rsync = Some(choose_rsync(host, env.rsync.take(), &version, || {
-            other_rsync(conn)
-        })?);
+        env.rsync = Some(
+            choose_rsync(host, env.rsync.take(), &version, || other_rsync(conn))
+                .map_err(|p| anyhow::Error::new(*p))?,
+        );
     }
     Ok((env, session))
 }
@@ -327,12 +329,12 @@ fn env_from(
 /// `version`) when edict can use it; else, as a Mac builder's openrsync or 2.6.9 may sit
 /// before a good one in a Nix profile or Homebrew's directory, the first usable one of
 /// `others` (asked only then: one more round trip); else an error naming the one found.
-fn choose_rsync(
+pub fn choose_rsync(
     host: &str,
     on_path: Option<String>,
     version: &str,
     others: impl FnOnce() -> Vec<(String, String)>,
-) -> Result<String> {
+) -> Result<String, Box<Problem>> {
     if let Some(path) = on_path
         .as_ref()
         .filter(|_| crate::rsync::unfit(version).is_none())
@@ -347,21 +349,27 @@ fn choose_rsync(
         exec::debug(format_args!("{host}: using the rsync at {path}"));
         return Ok(path);
     }
+    let problem = |what: String| {
+        Box::new(Problem {
+            host: host.to_string(),
+            step: "syncing sources".into(),
+            what,
+            said: None,
+            fix: crate::rsync::fix(Some(host)),
+            kind: Kind::Edict,
+        })
+    };
     let (what, line) = match on_path {
         Some(path) => (path, version.trim().to_string()),
         None => match found.first() {
             Some((p, v)) => (p.clone(), v.trim().to_string()),
-            None => bail!(
-                "{host}: syncing sources: rsync is not installed there\n  fix: {}",
-                crate::rsync::fix(Some(host))
-            ),
+            None => return Err(problem("rsync is not installed there".into())),
         },
     };
-    bail!(
-        "{host}: syncing sources: the rsync there ({what}: {line}) cannot be used: {}\n  fix: {}",
-        crate::rsync::unfit(&line).unwrap_or_default(),
-        crate::rsync::fix(Some(host))
-    )
+    Err(problem(format!(
+        "the rsync there ({what}: {line}) cannot be used: {}",
+        crate::rsync::unfit(&line).unwrap_or_default()
+    )))
 }
 
 /// A shell line (with its `; `) that adopts the sent index in `mirror` (see
@@ -372,7 +380,7 @@ fn adopt_index_script(mirror: &str) -> String {
 
 /// The rsyncs HOST has outside its non-interactive PATH (Nix profiles, Homebrew), each with
 /// the first line of its `--version`.
-fn other_rsync(conn: &Connection) -> Vec<(String, String)> {
+pub fn other_rsync(conn: &Connection) -> Vec<(String, String)> {
     // Each place a double-quoted word: `$HOME` and `$USER` expand there.
     let dirs: Vec<String> = NIX_PLACES
         .split(':')

@@ -230,7 +230,12 @@ fn broken_hosts_on(flavour: Flavour) {
     );
     expect("hidden", "store", "warn", "remote-program=");
     assert_eq!(status(&json, "hidden", "build").0, "ok");
-    expect("norsync", "rsync", "fail", "install rsync on norsync");
+    expect(
+        "norsync",
+        "rsync",
+        "fail",
+        "install rsync ≥ 3.1.3 on norsync",
+    );
     expect("chatty", "quiet-shell", "fail", "[[ $- == *i* ]] || return");
     expect(
         "noflakes",

@@ -128,6 +128,27 @@ fn an_rsync_there_that_cannot_is_named_before_sending() {
             .unwrap();
         assert!(out.status.success(), "{host}: {}", describe(&out));
         assert!(dir.join("result").exists());
+        // The doctor judges as a run chooses.
+        let out = lab
+            .edict(lab.dir())
+            .args(["doctor", "--json", &host])
+            .output()
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let rsync = json[0]["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == "rsync")
+            .unwrap();
+        assert_eq!(rsync["status"], "ok", "{rsync}");
+        assert!(
+            rsync["detail"]
+                .as_str()
+                .unwrap()
+                .contains("/nix/var/nix/profiles/default/bin/rsync"),
+            "{rsync}"
+        );
     }
 }
 
