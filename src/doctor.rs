@@ -593,40 +593,9 @@ fn remote_checks(r: &mut Run, conn: &Connection, machine: Option<&Machine>, addr
             .unwrap_or_default()
     };
     let features = setting("experimental-features");
-    // Lock files: Nix 2.26 locks relative `path:` inputs in a form older Nix and Lix refuse.
     let local = crate::sync::local_nix_version();
-    let skew = match (
-        crate::mapping::reads_relative_locks(&local),
-        crate::mapping::reads_relative_locks(&version),
-    ) {
-        (false, true) => Some(format!(
-            "; it writes relative path: inputs of flake.lock in the Nix 2.26 form, which the nix here ({local}) cannot read: edict keeps your lock on builds there and brings {host}'s back beside it after `nix flake lock/update`"
-        )),
-        (true, false) => Some(format!(
-            "; the nix here ({local}) writes relative path: inputs of flake.lock in the Nix 2.26 form, which it cannot read: edict sends it a lock without them, and it locks them itself"
-        )),
-        _ => None,
-    };
-    let skew_fix = "for one lock format on both sides, use Nix 2.26 or later on both machines (or older on both)";
-    if features.contains("flakes") && features.contains("nix-command") {
-        match &skew {
-            None => r.ok(CheckId::NixVersion, format!("{version}, flakes on")),
-            Some(skew) => r.warn(
-                CheckId::NixVersion,
-                format!("{version}, flakes on{skew}"),
-                skew_fix,
-            ),
-        }
-    } else {
-        r.warn(
-            CheckId::NixVersion,
-            format!(
-                "{version}, flakes off (edict passes --extra-experimental-features){}",
-                skew.as_deref().unwrap_or_default()
-            ),
-            format!("to turn them on for everything on {host}: add `experimental-features = nix-command flakes` to /etc/nix/nix.conf there (and restart nix-daemon)"),
-        );
-    }
+    let (status, detail, fix) = judge_nix_version(&host, &local, &version, &features);
+    r.set(CheckId::NixVersion, status, detail, fix);
 
     // 8. The store can build: a tiny derivation no store has, without substitutes.
     let tag = format!(
@@ -748,6 +717,52 @@ fn remote_checks(r: &mut Run, conn: &Connection, machine: Option<&Machine>, addr
 
     // 13. As root: what Nix's daemon needs to use this host in `builders`.
     daemon_view(r, conn, machine, addr);
+}
+
+/// The nix-version check from what was found: the nix here and there (`nix --version`)
+/// and HOST's `experimental-features`. Flakes off is a warning (edict passes the flags);
+/// so is a lock-format skew: Nix 2.26 locks relative `path:` inputs in a form older Nix
+/// and Lix refuse.
+fn judge_nix_version(
+    host: &str,
+    local: &str,
+    version: &str,
+    features: &str,
+) -> (Status, String, Option<String>) {
+    let skew = match (
+        crate::mapping::reads_relative_locks(local),
+        crate::mapping::reads_relative_locks(version),
+    ) {
+        (false, true) => Some(format!(
+            "; it writes relative path: inputs of flake.lock in the Nix 2.26 form, which the nix here ({local}) cannot read: edict keeps your lock on builds there and brings {host}'s back beside it after `nix flake lock/update`"
+        )),
+        (true, false) => Some(format!(
+            "; the nix here ({local}) writes relative path: inputs of flake.lock in the Nix 2.26 form, which it cannot read: edict sends it a lock without them, and it locks them itself"
+        )),
+        _ => None,
+    };
+    let skew_fix = "for one lock format on both sides, use Nix 2.26 or later on both machines (or older on both)";
+    if features.contains("flakes") && features.contains("nix-command") {
+        match skew {
+            None => (Status::Ok, format!("{version}, flakes on"), None),
+            Some(skew) => (
+                Status::Warn,
+                format!("{version}, flakes on{skew}"),
+                Some(skew_fix.to_string()),
+            ),
+        }
+    } else {
+        (
+            Status::Warn,
+            format!(
+                "{version}, flakes off (edict passes --extra-experimental-features){}",
+                skew.as_deref().unwrap_or_default()
+            ),
+            Some(format!(
+                "to turn them on for everything on {host}: add `experimental-features = nix-command flakes` to /etc/nix/nix.conf there (and restart nix-daemon)"
+            )),
+        )
+    }
 }
 
 /// The rsync check from what was found: the rsync here (`rsync --version`'s first line),
@@ -1117,6 +1132,52 @@ mod tests {
             assert_eq!(got, status, "{detail}");
             assert!(detail.contains(says), "{detail} lacks {says}");
             assert_eq!(fix.is_some(), status == Status::Fail);
+        }
+    }
+
+    #[test]
+    fn the_nix_version_verdicts_from_recorded_findings() {
+        let on = "nix-command flakes";
+        let (n28, n226, lix) = (
+            "nix (Nix) 2.8.0",
+            "nix (Nix) 2.26.3",
+            "nix (Lix, like Nix) 2.93.3",
+        );
+        for (local, there, features, status, says, fix) in [
+            (n28, n28, on, Status::Ok, "nix (Nix) 2.8.0, flakes on", None),
+            (
+                n28,
+                n28,
+                "",
+                Status::Warn,
+                "flakes off",
+                Some("experimental-features = nix-command flakes"),
+            ),
+            (
+                n28,
+                n226,
+                on,
+                Status::Warn,
+                "which the nix here (nix (Nix) 2.8.0) cannot read",
+                Some("Nix 2.26 or later on both"),
+            ),
+            (
+                n226,
+                lix,
+                on,
+                Status::Warn,
+                "edict sends it a lock without them",
+                Some("Nix 2.26 or later on both"),
+            ),
+            (n226, n226, on, Status::Ok, "2.26.3, flakes on", None),
+        ] {
+            let (got, detail, got_fix) = judge_nix_version("h", local, there, features);
+            assert_eq!(got, status, "{detail}");
+            assert!(detail.contains(says), "{detail} lacks {says}");
+            match fix {
+                None => assert!(got_fix.is_none()),
+                Some(f) => assert!(got_fix.unwrap().contains(f)),
+            }
         }
     }
 
