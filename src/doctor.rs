@@ -360,16 +360,8 @@ fn checks(r: &mut Run, transport: &Transport, machine: Option<&Machine>) {
 
     // 5. The shell must print nothing in non-interactive sessions.
     let noise = [&login.stdout[..], &login.stderr[..]].concat();
-    let noise = String::from_utf8_lossy(&noise).trim().to_string();
-    if noise.is_empty() {
-        r.ok(CheckId::QuietShell, "prints nothing");
-    } else {
-        r.fail(
-            CheckId::QuietShell,
-            format!("`ssh {host} true` prints: {}", noise.lines().take(3).collect::<Vec<_>>().join(" / ")),
-            format!("on {host}, make the shell rc files (~/.bashrc, ~/.zshenv, /etc/bash.bashrc, /etc/profile.d) print only in interactive shells: start ~/.bashrc with `[[ $- == *i* ]] || return`; Nix's and rsync's protocols break on any output"),
-        );
-    }
+    let (status, detail, fix) = judge_quiet_shell(&host, &String::from_utf8_lossy(&noise));
+    r.set(CheckId::QuietShell, status, detail, fix);
 
     let conn = match Connection::open(transport.clone()) {
         Ok(c) => c,
@@ -653,34 +645,8 @@ fn remote_checks(r: &mut Run, conn: &Connection, machine: Option<&Machine>, addr
     let (_, system, _) = sh(&format!(
         "{nix_q} --extra-experimental-features nix-command eval --impure --raw --expr builtins.currentSystem"
     ));
-    let extra = setting("extra-platforms");
-    let mut systems: Vec<String> = std::iter::once(system.clone())
-        .chain(extra.split_whitespace().map(str::to_string))
-        .filter(|s| !s.is_empty())
-        .collect();
-    systems.dedup();
-    match machine {
-        Some(m) => {
-            let claimed: Vec<&String> = m
-                .system_types
-                .iter()
-                .filter(|s| !systems.contains(s))
-                .collect();
-            if claimed.is_empty() {
-                r.ok(
-                    CheckId::System,
-                    format!("{} (as the machines file says)", systems.join(", ")),
-                );
-            } else {
-                r.fail(
-                    CheckId::System,
-                    format!("{host} builds for {}, but {} claims {}", systems.join(", "), m.origin, claimed.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")),
-                    format!("fix the system-types of {} in {}, or add `extra-platforms = …` (with binfmt/emulation) in {host}'s nix.conf", m.name, m.origin),
-                );
-            }
-        }
-        None => r.ok(CheckId::System, systems.join(", ")),
-    }
+    let (status, detail, fix) = judge_system(&host, &system, &setting("extra-platforms"), machine);
+    r.set(CheckId::System, status, detail, fix);
 
     // 12. Trust: import that path here, for real.
     if built && out_path.starts_with('/') {
@@ -717,6 +683,68 @@ fn remote_checks(r: &mut Run, conn: &Connection, machine: Option<&Machine>, addr
 
     // 13. As root: what Nix's daemon needs to use this host in `builders`.
     daemon_view(r, conn, machine, addr);
+}
+
+/// The quiet-shell check from what a non-interactive login printed (`ssh HOST true`).
+fn judge_quiet_shell(host: &str, printed: &str) -> (Status, String, Option<String>) {
+    let printed = printed.trim();
+    if printed.is_empty() {
+        return (Status::Ok, "prints nothing".into(), None);
+    }
+    (
+        Status::Fail,
+        format!(
+            "`ssh {host} true` prints: {}",
+            printed.lines().take(3).collect::<Vec<_>>().join(" / ")
+        ),
+        Some(format!(
+            "on {host}, make the shell rc files (~/.bashrc, ~/.zshenv, /etc/bash.bashrc, /etc/profile.d) print only in interactive shells: start ~/.bashrc with `[[ $- == *i* ]] || return`; Nix's and rsync's protocols break on any output"
+        )),
+    )
+}
+
+/// The system check from what was found: HOST's `builtins.currentSystem` and its
+/// `extra-platforms`, against what its machines-file entry (if any) claims.
+fn judge_system(
+    host: &str,
+    system: &str,
+    extra_platforms: &str,
+    machine: Option<&Machine>,
+) -> (Status, String, Option<String>) {
+    let mut systems: Vec<String> = std::iter::once(system.to_string())
+        .chain(extra_platforms.split_whitespace().map(str::to_string))
+        .filter(|s| !s.is_empty())
+        .collect();
+    systems.dedup();
+    let Some(m) = machine else {
+        return (Status::Ok, systems.join(", "), None);
+    };
+    let claimed: Vec<&str> = m
+        .system_types
+        .iter()
+        .filter(|s| !systems.contains(s))
+        .map(String::as_str)
+        .collect();
+    if claimed.is_empty() {
+        return (
+            Status::Ok,
+            format!("{} (as the machines file says)", systems.join(", ")),
+            None,
+        );
+    }
+    (
+        Status::Fail,
+        format!(
+            "{host} builds for {}, but {} claims {}",
+            systems.join(", "),
+            m.origin,
+            claimed.join(", ")
+        ),
+        Some(format!(
+            "fix the system-types of {} in {}, or add `extra-platforms = …` (with binfmt/emulation) in {host}'s nix.conf",
+            m.name, m.origin
+        )),
+    )
 }
 
 /// The nix-version check from what was found: the nix here and there (`nix --version`)
@@ -1179,6 +1207,35 @@ mod tests {
                 Some(f) => assert!(got_fix.unwrap().contains(f)),
             }
         }
+    }
+
+    #[test]
+    fn the_quiet_shell_and_system_verdicts_from_recorded_findings() {
+        assert_eq!(judge_quiet_shell("h", "\n").0, Status::Ok);
+        let (st, detail, fix) = judge_quiet_shell("h", "Welcome\nto\nthe\nfarm\n");
+        assert_eq!(st, Status::Fail);
+        assert_eq!(detail, "`ssh h true` prints: Welcome / to / the");
+        assert!(fix.unwrap().contains("[[ $- == *i* ]] || return"));
+
+        assert_eq!(
+            judge_system("h", "x86_64-linux", "", None),
+            (Status::Ok, "x86_64-linux".to_string(), None)
+        );
+        let machine = |types: &[&str]| {
+            let line = format!("ssh://h {} - 1 1", types.join(","));
+            crate::pool::parse(&line, "/etc/nix/machines", "x86_64-linux")
+                .unwrap()
+                .remove(0)
+        };
+        let m = machine(&["x86_64-linux", "i686-linux"]);
+        assert_eq!(
+            judge_system("h", "x86_64-linux", "i686-linux", Some(&m)).0,
+            Status::Ok
+        );
+        let (st, detail, fix) = judge_system("h", "x86_64-linux", "", Some(&m));
+        assert_eq!(st, Status::Fail);
+        assert!(detail.contains("claims i686-linux"), "{detail}");
+        assert!(fix.unwrap().contains("extra-platforms"));
     }
 
     #[test]
