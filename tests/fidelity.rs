@@ -39,8 +39,7 @@ fn pinned_local_inputs_are_the_ones_the_lock_pins() {
     each_host(|lab, host| {
         let tag = lab::unique_tag();
         let top = lab::pinned_inputs_flake(&lab.workdir(&format!("pin-{host}")), &tag);
-        let out = local_nix(lab, &top, &["flake", "lock"]);
-        assert!(out.status.success(), "{}", describe(&out));
+        lab.lock_here(&top);
         lab::git(&top, &["add", "flake.lock"]);
         let lock = std::fs::read(top.join("flake.lock")).unwrap();
         lab::move_pinned_inputs(&top);
@@ -86,8 +85,7 @@ fn a_pinned_input_this_store_lost_is_fetched_again_or_refused() {
     let host = "nix226";
     let tag = lab::unique_tag();
     let top = lab::pinned_inputs_flake(&lab.workdir("pin-gc"), &tag);
-    let out = local_nix(&lab, &top, &["flake", "lock"]);
-    assert!(out.status.success(), "{}", describe(&out));
+    lab.lock_here(&top);
     lab::git(&top, &["add", "flake.lock"]);
     let pinned = local_nix(&lab, &top, &["flake", "archive", "--json", "--dry-run"]);
     let pinned: serde_json::Value = serde_json::from_slice(&pinned.stdout).unwrap();
@@ -155,8 +153,7 @@ fn pinned_inputs_reach_an_untrusted_user() {
         lab.start(HostSpec::new(&host, flavour).user("edict-remote"));
         let tag = lab::unique_tag();
         let top = lab::pinned_inputs_flake(&lab.workdir(&host), &tag);
-        let out = local_nix(&lab, &top, &["flake", "lock"]);
-        assert!(out.status.success(), "{}", describe(&out));
+        lab.lock_here(&top);
         lab::move_pinned_inputs(&top);
         let out = run(lab.edict(&top).args([&host, "nix", "eval", "--raw", ".#v"]));
         assert!(out.status.success(), "{host}: {}", describe(&out));
@@ -446,8 +443,7 @@ fn the_cannot_see_warning_comes_only_from_a_host_that_cannot() {
             ),
         )
         .unwrap();
-        let out = local_nix(&lab, &dir, &["flake", "lock"]);
-        assert!(out.status.success(), "{}", describe(&out));
+        lab.lock_here(&dir);
         let out = run(lab.edict(&dir).args([host, "nix", "flake", "update"]));
         let err = text(&out.stderr);
         assert_eq!(

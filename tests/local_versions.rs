@@ -374,13 +374,7 @@ fn a_newer_hosts_lock_never_replaces_one_the_local_nix_reads() {
         let tag = lab::unique_tag();
         let dir = lab.workdir(&format!("skew-{host}"));
         relative_flake(&dir, &tag);
-        let out = lab
-            .command("nix")
-            .args(["flake", "lock"])
-            .current_dir(&dir)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", describe(&out));
+        lab.lock_here(&dir);
         lab::git(&dir, &["add", "flake.lock"]);
         let lock = read(&dir.join("flake.lock"));
 

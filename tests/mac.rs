@@ -173,53 +173,21 @@ fn a_host_without_flock_still_takes_turns() {
 fn takes_turns(lab: &Lab, host: &str) {
     let dir = lab.workdir(&format!("turns-{host}"));
     lab::write_rich_flake(&dir, &lab::unique_tag());
-    let gate = format!("/root/gate-{host}");
-    let started = lab.host(host).local_path(&format!("{gate}.started"));
-    let first = lab
-        .edict(&dir)
-        .args([host, "nix", "run", ".#gate", "--", &gate])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    lab::wait_for(&started);
-
-    // A run that waits, then is interrupted: it ends at once; the first goes on.
-    let mut waiting = lab
-        .edict(&dir)
-        .args([host, "nix", "build", ".#dep"])
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    let mut log = lab::StderrLog::of(&mut waiting);
-    log.until("waiting for it to finish");
-    unsafe { libc::killpg(waiting.id() as i32, libc::SIGINT) };
-    let err = log.rest();
-    assert_eq!(waiting.wait().unwrap().code(), Some(130), "{host}: {err}");
-
-    // A run that waits, then runs once the first is done.
-    let second = lab
-        .edict(&dir)
-        .args([host, "nix", "build", ".#dep"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    std::fs::write(lab.host(host).local_path(&gate), "go").unwrap();
-    let first = first.wait_with_output().unwrap();
-    let second = second.wait_with_output().unwrap();
-    assert!(first.status.success(), "{host}: {}", describe(&first));
-    assert!(second.status.success(), "{host}: {}", describe(&second));
-    assert!(
-        stderr(&second).contains("waiting"),
-        "{host}: {}",
-        describe(&second)
-    );
-    assert_eq!(
-        std::fs::read_to_string(dir.join("version.txt")).unwrap(),
-        "10\n"
-    );
-    assert!(dir.join("result").exists());
+    lab::runs_take_turns(lab, host, &dir, || {
+        // A run that waits, then is interrupted: it ends at once; the first goes on.
+        let mut waiting = lab
+            .edict(&dir)
+            .args([host, "nix", "build", ".#dep"])
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let mut log = lab::StderrLog::of(&mut waiting);
+        log.until("waiting for it to finish");
+        unsafe { libc::killpg(waiting.id() as i32, libc::SIGINT) };
+        let err = log.rest();
+        assert_eq!(waiting.wait().unwrap().code(), Some(130), "{host}: {err}");
+    });
     // No lock left behind once both are done.
     let locks: Vec<_> = std::fs::read_dir(lab.host(host).local_path("/root/.cache/edict/mirrors"))
         .unwrap()

@@ -714,13 +714,7 @@ fn local_inputs_are_synced_overridden_or_pinned() {
             ),
         )
         .unwrap();
-        let lock = lab
-            .command("nix")
-            .args(["flake", "lock"])
-            .current_dir(&flake2)
-            .output()
-            .unwrap();
-        assert!(lock.status.success(), "local lock: {}", describe(&lock));
+        lab.lock_here(&flake2);
         ok(lab.edict(&flake2).args([host, "nix", "build"]));
         assert_eq!(
             std::fs::read_to_string(flake2.join("result")).unwrap(),
@@ -829,34 +823,8 @@ fn concurrent_runs_on_one_flake_both_succeed() {
     each_host(|lab, host, _| {
         let dir = lab.workdir(&format!("conc-{host}"));
         lab::write_rich_flake(&dir, &lab::unique_tag());
-        let gate = format!("/root/cgate-{host}");
-        let started = lab.host(host).local_path(&format!("{gate}.started"));
-        let first = lab
-            .edict(&dir)
-            .args([host, "nix", "run", ".#gate", "--", &gate])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        wait_for_file(&started);
         // The second run must wait for the first (same mirror) and then succeed.
-        let second = lab
-            .edict(&dir)
-            .args([host, "nix", "build", ".#dep"])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(1500));
-        std::fs::write(lab.host(host).local_path(&gate), "go").unwrap();
-        let first = first.wait_with_output().unwrap();
-        let second = second.wait_with_output().unwrap();
-        assert!(first.status.success(), "{}", describe(&first));
-        assert!(second.status.success(), "{}", describe(&second));
-        assert!(stderr(&second).contains("waiting"), "{}", describe(&second));
-        assert_eq!(
-            std::fs::read_to_string(dir.join("version.txt")).unwrap(),
-            "10\n"
-        );
-        assert!(dir.join("result").exists());
+        lab::runs_take_turns(lab, host, &dir, || {});
     });
 }
 

@@ -354,13 +354,7 @@ fn lock_inputs_flake_nix_does_not_declare_are_never_sent() {
             ),
         )
         .unwrap();
-        let out = lab
-            .command("nix")
-            .args(["flake", "lock"])
-            .current_dir(&dir)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", describe(&out));
+        lab.lock_here(&dir);
         // Someone else's lock: an extra node for a local directory flake.nix never names.
         let mut lock: serde_json::Value =
             serde_json::from_str(&read(&dir.join("flake.lock"))).unwrap();

@@ -1065,6 +1065,63 @@ pub fn wait_for(path: &Path) {
     }
 }
 
+impl Lab {
+    /// `nix flake lock` with this machine's nix in `dir`, which must succeed: the lock a
+    /// test then hands to edict.
+    pub fn lock_here(&self, dir: &Path) {
+        let out = self
+            .command("nix")
+            .args(["flake", "lock"])
+            .current_dir(dir)
+            .output()
+            .expect("running nix");
+        assert!(
+            out.status.success(),
+            "nix flake lock here: {}",
+            describe(&out)
+        );
+    }
+}
+
+/// Two runs on the rich flake in `dir` take turns on `host`: its `gate` app runs first and
+/// is held at a gate there; `while_held` runs meanwhile (a test's own run that waits);
+/// then a `nix build .#dep` waits, says so, and succeeds once the gate opens, as does the
+/// first (which bumps version.txt to 10).
+pub fn runs_take_turns(lab: &Lab, host: &str, dir: &Path, while_held: impl FnOnce()) {
+    let name = dir.file_name().expect("a workdir").to_string_lossy();
+    let gate = format!("/root/gate-{name}");
+    let first = lab
+        .edict(dir)
+        .args([host, "nix", "run", ".#gate", "--", &gate])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting edict");
+    wait_for(&lab.host(host).local_path(&format!("{gate}.started")));
+    while_held();
+    let second = lab
+        .edict(dir)
+        .args([host, "nix", "build", ".#dep"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting edict");
+    std::thread::sleep(Duration::from_millis(1500));
+    std::fs::write(lab.host(host).local_path(&gate), "go").expect("opening the gate");
+    let first = first.wait_with_output().expect("the first run");
+    let second = second.wait_with_output().expect("the second run");
+    assert!(first.status.success(), "{host}: {}", describe(&first));
+    assert!(second.status.success(), "{host}: {}", describe(&second));
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("waiting"),
+        "{host}: {}",
+        describe(&second)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("version.txt")).expect("version.txt"),
+        "10\n"
+    );
+    assert!(dir.join("result").exists());
+}
+
 /// Asserts that `text` (an error message) mentions every one of `needles`.
 pub fn assert_mentions(text: &str, needles: &[&str]) {
     for n in needles {
