@@ -625,12 +625,13 @@ fn remote_checks(r: &mut Run, conn: &Connection, machine: Option<&Machine>, addr
             .unwrap_or("")
             .to_string()
     });
-    let (_, path_rsync, _) = sh(&format!(
-        "PATH=\"$PATH:{NIX_PLACES}\"; command -v rsync || true"
+    // Its path and `--version` line, in one round trip.
+    let (_, found, _) = sh(&format!(
+        "PATH=\"$PATH:{NIX_PLACES}\"; command -v rsync || echo; rsync --version 2>/dev/null | head -n 1"
     ));
-    let (_, remote_rsync, _) = sh(&format!(
-        "PATH=\"$PATH:{NIX_PLACES}\"; rsync --version 2>/dev/null | head -n 1"
-    ));
+    let mut found = found.lines();
+    let path_rsync = found.next().unwrap_or_default().trim().to_string();
+    let remote_rsync = found.next().unwrap_or_default().to_string();
     let on_path = (!path_rsync.is_empty()).then_some(path_rsync);
     let (status, detail, fix) = judge_rsync(
         &host,

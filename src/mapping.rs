@@ -204,6 +204,17 @@ fn cmd_end(args: &NixArgs) -> usize {
 /// result links and written files to the run's scratch dir, store paths to send.
 fn map_words(p: &mut Plan, args: &NixArgs, local: &Local) -> Result<()> {
     for (at, arg) in args.args.iter().enumerate() {
+        // A store path here as a file or search path: HOST may not have it (nix there would
+        // ignore a missing search path entry and use its own nixpkgs), so it is copied there.
+        if matches!(arg.role, Role::InputFile | Role::SearchPath) {
+            if let Some(path) = local_store_path(&arg.text, local) {
+                if !p.store_paths.contains(&path) {
+                    p.store_paths.push(path);
+                }
+                p.words.push(Word::Lit(arg.text.clone()));
+                continue;
+            }
+        }
         let word = match arg.role {
             Role::FlakeRef => match flakeref::parse(&arg.text) {
                 FlakeRef::Remote => Word::Lit(arg.text.clone()),
@@ -247,16 +258,6 @@ fn map_words(p: &mut Plan, args: &NixArgs, local: &Local) -> Result<()> {
                     src,
                     rel,
                 }
-            }
-            // A store path here: HOST may not have it (nix there would ignore a missing
-            // search path entry and use its own nixpkgs), so it is copied there.
-            Role::InputFile | Role::SearchPath if local_store_path(&arg.text, local).is_some() => {
-                if let Some(path) = local_store_path(&arg.text, local) {
-                    if !p.store_paths.contains(&path) {
-                        p.store_paths.push(path);
-                    }
-                }
-                Word::Lit(arg.text.clone())
             }
             // `-I nixpkgs=./np`: the directory (or its git tree) goes, the name stays.
             Role::SearchPath => match search_path_entry(&arg.text) {
@@ -1015,6 +1016,11 @@ pub fn store_dir(env: &[(String, String)]) -> String {
         .map(|(_, v)| v.trim_end_matches('/').to_string())
         .filter(|v| !v.is_empty())
         .unwrap_or_else(|| "/nix/store".into())
+}
+
+/// This process's store directory (see [`store_dir`]).
+pub fn local_store_dir() -> String {
+    store_dir(&std::env::vars().collect::<Vec<_>>())
 }
 
 /// The store path of a locked input's tree: nix adds a fetched tree as a content-addressed

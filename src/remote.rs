@@ -1092,21 +1092,26 @@ mod tests {
         }
     }
 
-    /// Runs a script from `src/scripts`, as it is sent, under /bin/sh with `args`; its stdout.
-    fn run_script_file(script: &str, args: &[&str]) -> String {
-        let out = std::process::Command::new("/bin/sh")
-            .arg("-c")
-            .arg(one_line(script))
-            .arg("sh")
-            .args(args)
-            .output()
-            .unwrap();
+    /// Runs `cmd`, which must succeed (its stderr in the message); its stdout.
+    fn stdout_of(cmd: &mut std::process::Command) -> String {
+        let out = cmd.output().unwrap();
         assert!(
             out.status.success(),
-            "{}",
+            "{cmd:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a script from `src/scripts`, as it is sent, under /bin/sh with `args`; its stdout.
+    fn run_script_file(script: &str, args: &[&str]) -> String {
+        stdout_of(
+            std::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(one_line(script))
+                .arg("sh")
+                .args(args),
+        )
     }
 
     #[test]
@@ -1185,19 +1190,13 @@ mod tests {
         let repo = d.path().join("m x");
         std::fs::create_dir_all(&repo).unwrap();
         let git = |args: &[&str]| {
-            let out = std::process::Command::new("git")
-                .arg("-C")
-                .arg(&repo)
-                .args(["-c", "user.name=t", "-c", "user.email=t@e"])
-                .args(args)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8_lossy(&out.stdout).into_owned()
+            stdout_of(
+                std::process::Command::new("git")
+                    .arg("-C")
+                    .arg(&repo)
+                    .args(["-c", "user.name=t", "-c", "user.email=t@e"])
+                    .args(args),
+            )
         };
         git(&["init", "-q"]);
         std::fs::write(repo.join("a"), "a\n").unwrap();
@@ -1365,13 +1364,11 @@ mod tests {
             std::fs::write(m.join(name).join("src/f"), "x").unwrap();
         }
         let sh = |script: String| {
-            let out = std::process::Command::new("/bin/sh")
-                .arg("-c")
-                .arg(format!("c={}\n{script}", quote(&d.display().to_string())))
-                .output()
-                .unwrap();
-            assert!(out.status.success());
-            String::from_utf8_lossy(&out.stdout).into_owned()
+            stdout_of(
+                std::process::Command::new("/bin/sh")
+                    .arg("-c")
+                    .arg(format!("c={}\n{script}", quote(&d.display().to_string()))),
+            )
         };
         sh(format!(
             "touch -d '40 days ago' {0}/old-1 {0}/busy-3",

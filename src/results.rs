@@ -19,7 +19,7 @@ pub struct Link {
 /// The links nix made in the run's `links/<i>/` directories on HOST (found by
 /// `remote::inspect`), each paired with where it goes here.
 pub fn links(plan: &Plan, found: &[(String, String)]) -> Vec<Link> {
-    let store_dir = crate::mapping::store_dir(&std::env::vars().collect::<Vec<_>>());
+    let store_dir = crate::mapping::local_store_dir();
     let mut links = Vec::new();
     for (name, target) in found {
         let Some((index, base)) = name.split_once('/') else {

@@ -1096,7 +1096,7 @@ impl Pulled {
         no_link: bool,
         step: &str,
     ) {
-        let store_dir = crate::mapping::store_dir(&std::env::vars().collect::<Vec<_>>());
+        let store_dir = crate::mapping::local_store_dir();
         for name in names {
             let Some(target) = std::fs::read_link(self.staging.join(name)).ok() else {
                 continue;
