@@ -300,7 +300,7 @@ impl Cli {
                 &self.host
             };
             bail!(
-                "edict runs nix, nix-build and nix-shell on a remote host; `{name}` there {what}\n  fix: {}",
+                "{host}: reading the command: edict runs nix, nix-build and nix-shell on a remote host; `{name}` there {what}\n  fix: {}",
                 fix.replace("{host}", host)
             );
         }
