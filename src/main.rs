@@ -12,6 +12,7 @@ mod exec;
 mod fanout;
 mod flakeref;
 mod identity;
+mod judge;
 mod mapping;
 mod nixargs;
 mod pinned;
@@ -312,11 +313,7 @@ fn gc(cli: &cli::Cli) -> Result<u8> {
     }
     for host in &hosts {
         let conn = ssh::Connection::open(select::any_transport(host, &pool, &ssh_opts)?)?;
-        let script = format!(
-            "{}{}",
-            remote::prelude(),
-            remote::expire_script(args.older_than)
-        );
+        let script = remote::expire_script(args.older_than);
         let out = conn.ssh(ssh::Tty::No, &script).output()?;
         if !out.status.success() {
             return Err(ssh::ssh_failure(

@@ -24,6 +24,30 @@ pub struct Problem {
 }
 
 impl Problem {
+    /// A step edict could not do (exit code 1). A problem met before any host is known
+    /// (reading the arguments, mapping sources, reading the machines file) has an empty
+    /// host and step until [`place`] gives it the ones it was met in.
+    pub fn new(host: &str, step: &str, what: impl Into<String>, fix: impl Into<String>) -> Self {
+        Problem {
+            host: host.to_string(),
+            step: step.to_string(),
+            what: what.into(),
+            said: None,
+            fix: fix.into(),
+            kind: Kind::Edict,
+        }
+    }
+
+    /// What the tool that failed said (`nix`, `rsync`, `git`), in its words.
+    pub fn said(mut self, who: &str, text: impl Into<String>) -> Self {
+        let text: String = text.into();
+        let text = text.trim();
+        if !text.is_empty() {
+            self.said = Some((who.to_string(), text.to_string()));
+        }
+        self
+    }
+
     pub fn exit_code(&self) -> u8 {
         match self.kind {
             Kind::Edict => 1,
@@ -37,9 +61,28 @@ impl Problem {
     }
 }
 
+/// `e` as met at `step` on `host`: a problem without a host gets them; any other error
+/// is said after them.
+pub fn place(e: anyhow::Error, host: &str, step: &str) -> anyhow::Error {
+    match e.downcast::<Problem>() {
+        Ok(mut p) if p.host.is_empty() => {
+            p.host = host.to_string();
+            p.step = step.to_string();
+            p.into()
+        }
+        Ok(p) => p.into(),
+        Err(e) => e.context(format!("{host}: {step}")),
+    }
+}
+
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}: {}", self.host, self.step, self.what)?;
+        for part in [&self.host, &self.step] {
+            if !part.is_empty() {
+                write!(f, "{part}: ")?;
+            }
+        }
+        write!(f, "{}", self.what)?;
         if let Some((who, said)) = &self.said {
             write!(f, "\n  {who} said: {}", said.replace('\n', "\n  "))?;
         }
@@ -70,5 +113,28 @@ mod tests {
         assert_eq!(p.exit_code(), 255);
         let e = anyhow::Error::new(p.clone()).context("outer");
         assert_eq!(Problem::of(&e), Some(&p));
+    }
+
+    /// A problem met before the host was known gets it where it is placed; other errors
+    /// are said after the host and step, as context.
+    #[test]
+    fn placing_gives_a_problem_its_host_and_step() {
+        let p = Problem::new("", "", "`./x` does not exist here", "check the path")
+            .said("nix", "  error: no such file\n");
+        assert_eq!(
+            p.to_string(),
+            "`./x` does not exist here\n  nix said: error: no such file\n  fix: check the path"
+        );
+        let placed = place(p.into(), "b", "mapping local sources");
+        assert_eq!(
+            placed.to_string(),
+            "b: mapping local sources: `./x` does not exist here\n  nix said: error: no such file\n  fix: check the path"
+        );
+        assert_eq!(Problem::of(&placed).unwrap().host, "b");
+        let other = place(anyhow::anyhow!("disk full"), "b", "syncing");
+        assert_eq!(format!("{other:#}"), "b: syncing: disk full");
+        // One that has its host keeps it.
+        let own = place(Problem::new("a", "x", "w", "f").into(), "b", "y");
+        assert_eq!(own.to_string(), "a: x: w\n  fix: f");
     }
 }

@@ -7,7 +7,7 @@
 //! HOST is removed, so nothing is left behind however edict stops. Meanwhile that session is
 //! a shell reading from edict: step 5 runs in it, without opening another session.
 
-use crate::exec::{self, quote, quote_words};
+use crate::exec::{self, quote};
 use crate::mapping::{Plan, RemoteDirs};
 use crate::nixargs::Program;
 use crate::problem::{Kind, Problem};
@@ -35,6 +35,27 @@ pub mod scripts {
     pub const ADOPT_INDEX: &str = include_str!("scripts/adopt_index.sh");
     pub const SNAPSHOT: &str = include_str!("scripts/snapshot.sh");
     pub const INSPECT: &str = include_str!("scripts/inspect.sh");
+    pub const PREPARE: &str = include_str!("scripts/prepare.sh");
+    pub const HOLD: &str = include_str!("scripts/hold.sh");
+    pub const ASK: &str = include_str!("scripts/ask.sh");
+    pub const RUN: &str = include_str!("scripts/run.sh");
+    pub const DOCTOR: &str = include_str!("scripts/doctor.sh");
+    /// Every one of them, for the tests.
+    #[cfg(test)]
+    pub const ALL: [&str; 12] = [
+        STOP,
+        EXPIRE,
+        FIND_RSYNC,
+        MISSING,
+        ADOPT_INDEX,
+        SNAPSHOT,
+        INSPECT,
+        PREPARE,
+        HOLD,
+        ASK,
+        RUN,
+        DOCTOR,
+    ];
 }
 
 /// A script as the one line it is sent as: comments and blank lines left out, lines joined
@@ -70,6 +91,8 @@ pub struct RemoteEnv {
     pub nix_version: String,
     pub rsync: Option<String>,
     pub dirs: RemoteDirs,
+    /// The login shell there (`$SHELL` of the ssh session).
+    pub shell: String,
 }
 
 impl RemoteEnv {
@@ -105,25 +128,30 @@ pub struct Session {
 /// a script: those print NUL-separated names, all of them starting with `./`, a digit or `/`.
 const END: &[u8] = b"\0EDICT-END\0";
 
-/// `script` as the session's shell runs it: in a subshell with stdin closed, its output
-/// gathered in the run dir and sent in one write (each `printf` would be its own packet),
-/// then END. Straight through if the file cannot be written (a full disk).
-fn ask_script(script: &str) -> String {
-    format!(
-        "f() (\n{script}\n) </dev/null\n\
-         if f >\"$r/out\" && printf '\\0EDICT-END\\0' >>\"$r/out\"; then cat \"$r/out\"; else f; printf '\\0EDICT-END\\0'; fi\n"
-    )
+/// The line the session's shell reads for [`Session::ask`].
+fn ask_line(script: &str, words: &[&str]) -> String {
+    let text = quote(&one_line(script));
+    let mut all = vec!["\"$r\"", &text];
+    all.extend_from_slice(words);
+    format!("{}\n", call(scripts::ASK, &all))
 }
 
 impl Session {
-    /// Runs `script` in the session's shell on HOST (in a subshell, stdin closed) and returns
-    /// its stdout.
-    pub fn ask(&mut self, conn: &Connection, step: &str, script: &str) -> Result<Vec<u8>> {
+    /// Runs `script` with `words` (shell words, as for [`call`]; `"$r"` is the run dir) in
+    /// the session's shell on HOST, stdin closed (see `scripts/ask.sh`), and returns its
+    /// stdout.
+    pub fn ask(
+        &mut self,
+        conn: &Connection,
+        step: &str,
+        script: &str,
+        words: &[&str],
+    ) -> Result<Vec<u8>> {
         use std::io::Write as _;
         let lost = || conn.lost(step, "the ssh session holding the run was lost");
         let stdin = self.stdin.as_mut().ok_or_else(lost)?;
         stdin
-            .write_all(ask_script(script).as_bytes())
+            .write_all(ask_line(script, words).as_bytes())
             .and_then(|()| stdin.flush())
             .map_err(|_| lost())?;
         let mut out = Vec::new();
@@ -315,6 +343,7 @@ fn env_from(
     })?;
     let cache = get("cache").context("the remote probe did not report a cache directory")?;
     Ok(RemoteEnv {
+        shell: get("shell").unwrap_or_default(),
         nix_version: get("version").unwrap_or_default(),
         nix,
         rsync: get("rsync"),
@@ -404,130 +433,54 @@ pub fn other_rsync(conn: &Connection) -> Vec<(String, String)> {
 /// Mirrors on HOST that no run used for this many days are removed by the next run there.
 pub const MIRROR_DAYS: u32 = 30;
 
-/// Sets `$c`, edict's cache directory on HOST, in a remote script.
-pub const CACHE_DIR: &str = "c=\"${XDG_CACHE_HOME:-$HOME/.cache}/edict\"\n";
+/// edict's cache directory on HOST, as a shell word that expands there.
+pub const CACHE_WORD: &str = "\"${XDG_CACHE_HOME:-$HOME/.cache}/edict\"";
 
-/// What every script that touches edict's cache there starts with: the places nix may be
-/// (where flock may be too, on nix-darwin: runs and `edict gc` must see the same one, or
-/// they would lock differently) and `$c`.
-pub fn prelude() -> String {
-    format!("PATH=\"$PATH:{NIX_PLACES}\"\n{CACHE_DIR}")
+/// [`NIX_PLACES`] as a shell word that expands there (`$HOME`, `$USER`).
+pub fn places_word() -> String {
+    format!("\"{NIX_PLACES}\"")
 }
 
-/// Removes the mirrors unused for more than `days` days (all when `None`) that no run
-/// holds (see `scripts/expire.sh`); needs `$c`.
-pub fn expire_script(days: Option<u32>) -> String {
+/// The words that remove the mirrors unused for more than `days` days (all when `None`)
+/// and held by no run (see `scripts/expire.sh`): the places where flock may be (on
+/// nix-darwin: runs and `edict gc` must see the same one, or they would lock differently),
+/// the cache, the minutes.
+fn expire_words(days: Option<u32>) -> [String; 3] {
     let minutes = days.map_or(String::new(), |d| (u64::from(d) * 1440).to_string());
-    format!("{}\n", call(scripts::EXPIRE, &["\"$c\"", &quote(&minutes)]))
+    [places_word(), CACHE_WORD.to_string(), quote(&minutes)]
 }
 
-/// The probe-and-lock script. POSIX sh; prints `EDICT-key value` lines, then blocks on stdin.
+/// `edict gc`'s script: [`expire_words`] for `days`.
+pub fn expire_script(days: Option<u32>) -> String {
+    let words = expire_words(days);
+    call(
+        scripts::EXPIRE,
+        &words.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+}
+
+/// The probe-and-lock line (see `scripts/prepare.sh`): prints `EDICT-key value` lines,
+/// then holds the locks while it reads edict's scripts (see `scripts/hold.sh`).
 fn prepare_script(mirror_names: &[String], run_id: &str) -> String {
-    let mut s = String::new();
-    s.push_str(&prelude());
-    // The findings go out in one write with EDICT-locked: one packet on the wire, not five.
-    s.push_str(
-        "nix=$(command -v nix)\n\
-         o=\"EDICT-nix $nix\n\
-         EDICT-version $([ -n \"$nix\" ] && \"$nix\" --version 2>&1 | head -n 1)\n\
-         EDICT-rsync $(command -v rsync)\n\
-         EDICT-rsyncv $(rsync --version 2>/dev/null | head -n 1)\n\
-         EDICT-cache $c\"\n",
-    );
-    s.push_str(&format!("run=\"$c/runs/\"{}\n", quote(run_id)));
-    let mirror_dirs: String = mirror_names
-        .iter()
-        .map(|n| format!(" \"$c/mirrors/\"{}", quote(n)))
-        .collect();
-    s.push_str(&format!(
-        // edict's cache there (mirrors with .git/config, run dirs) is for this user only;
-        // the umask stays inside the $(…), never reaching the holder or the command.
-        "err=$(umask 077; mkdir -p \"$run/links\" \"$run/outputs\"{mirror_dirs} 2>&1) || {{ printf '%s\\nEDICT-error %s\\n' \"$o\" \"$err\"; exit 1; }}\nchmod 700 \"$c\" 2>/dev/null\n"
-    ));
-    // Scratch dirs of runs that died without cleaning up (edict killed with -9, host reboot).
-    s.push_str(
-        "find \"$c/runs\" -mindepth 1 -maxdepth 1 -mtime +2 -exec rm -rf {} + 2>/dev/null\n",
-    );
-    // This run's mirrors are used now (their mtime is their last use); mirrors unused for
-    // MIRROR_DAYS go.
-    for n in mirror_names {
-        s.push_str(&format!("touch \"$c/mirrors/\"{} 2>/dev/null\n", quote(n)));
-    }
-    s.push_str(&format!(
-        "{{ {}; }} >/dev/null 2>&1\n",
-        expire_script(Some(MIRROR_DAYS)).trim_end()
-    ));
-    // The holder: a shell reading edict's scripts (with the run dir in $r) until edict
-    // closes its end (also when edict was killed, or its connection dropped), then the
-    // cleanup: a command still running is stopped, the run dir removed.
-    // Files the command wrote in a mirror get an mtime of 1970 at the end, so the next
-    // upload compares them anew: rsync's quick check (size and mtime) would keep a file the
-    // command rewrote with its size and mtime unchanged, and HOST would go on seeing it.
-    let stale: String = mirror_names
-        .iter()
-        .map(|n| {
-            format!(
-                "(cd \"$1/../../mirrors/\"{} && find . -path ./.git -prune -o -type f -cnewer \"$1/start\" -exec touch -t 197001020000 {{}} +) 2>/dev/null; ",
-                quote(n)
-            )
-        })
-        .collect();
-    // Without flock, the locks are directories this shell made (see below): it removes
-    // the ones that still name it, last.
-    let release = "[ -f \"$1/locks\" ] && while IFS= read -r d; do [ \"$(cat \"$d/pid\" 2>/dev/null)\" = $$ ] && rm -rf \"$d\"; done < \"$1/locks\"; ";
-    let hold = quote(&format!(
-        "printf \"%s\\nEDICT-$2\\n\" \"$3\"; r=$1 sh; {}; {stale}{release}rm -rf \"$1\"",
-        stop_script("\"$1/pid\"")
-    ));
-    if mirror_names.is_empty() {
-        s.push_str(&format!("sh -c {hold} sh \"$run\" locked \"$o\"\n"));
-        return s;
-    }
+    let [places, cache, minutes] = expire_words(Some(MIRROR_DAYS));
     // Always in the same order, so two runs that share two mirrors never hold one each.
-    let mut mirror_names = mirror_names.to_vec();
-    mirror_names.sort();
-    s.push_str("if command -v flock >/dev/null; then\n  busy=\n");
-    let mut nested = String::new();
-    for n in &mirror_names {
-        let lock = format!("\"$c/mirrors/\"{}", quote(&format!("{n}.lock")));
-        s.push_str(&format!("  flock -n {lock} true || busy=1\n"));
-        nested.push_str(&format!("flock {lock} "));
-    }
-    s.push_str("  [ -n \"$busy\" ] && echo EDICT-waiting\n");
-    s.push_str(&format!(
-        "  exec {nested}sh -c {hold} sh \"$run\" locked \"$o\"\n"
-    ));
-    // No flock (macOS, a BSD): a lock is a directory that mkdir makes for one run only,
-    // holding the pid of the shell that keeps it (this one, which becomes the holder). One
-    // whose holder is gone (killed with -9, the host rebooted) is taken over; one with no
-    // pid yet is its maker's for a minute. Taking one over is itself under a lock, and
-    // checked again there, so two waiting runs never both take the same one.
-    s.push_str("else\n  busy=\n");
-    for n in &mirror_names {
-        let lock = format!("\"$c/mirrors/\"{}", quote(&format!("{n}.lockd")));
-        s.push_str(&format!(
-            "  d={lock}\n\
-             until mkdir \"$d\" 2>/dev/null; do\n\
-             [ -d \"$d\" ] || {{ printf '%s\\nEDICT-error cannot make the lock %s\\n' \"$o\" \"$d\"; exit 1; }}\n\
-             p=$(cat \"$d/pid\" 2>/dev/null)\n\
-             if {{ [ -n \"$p\" ] && ! kill -0 \"$p\" 2>/dev/null; }} || {{ [ -z \"$p\" ] && [ -n \"$(find \"$d\" -prune -mmin +1 2>/dev/null)\" ]; }}; then\n\
-               if mkdir \"$d.break.lockd\" 2>/dev/null; then\n\
-                 q=$(cat \"$d/pid\" 2>/dev/null)\n\
-                 if {{ [ -n \"$q\" ] && [ \"$q\" = \"$p\" ] && ! kill -0 \"$q\" 2>/dev/null; }} || {{ [ -z \"$q\" ] && [ -n \"$(find \"$d\" -prune -mmin +1 2>/dev/null)\" ]; }}; then rm -rf \"$d\"; fi\n\
-                 rmdir \"$d.break.lockd\"; continue\n\
-               fi\n\
-               [ -n \"$(find \"$d.break.lockd\" -prune -mmin +1 2>/dev/null)\" ] && rmdir \"$d.break.lockd\" 2>/dev/null\n\
-             fi\n\
-             [ -n \"$busy\" ] || {{ busy=1; echo EDICT-waiting; }}\n\
-             sleep 1\n\
-             done\n\
-             echo $$ > \"$d/pid\" && printf '%s\\n' \"$d\" >> \"$run/locks\" || {{ rm -rf \"$d\"; printf '%s\\nEDICT-error cannot write the lock %s\\n' \"$o\" \"$d\"; exit 1; }}\n"
-        ));
-    }
-    s.push_str(&format!(
-        "  exec sh -c {hold} sh \"$run\" locked \"$o\"\nfi\n"
-    ));
-    s
+    let mut names: Vec<String> = mirror_names.iter().map(|n| quote(n)).collect();
+    names.sort();
+    names.dedup();
+    let mut words = vec![
+        places,
+        cache,
+        quote(run_id),
+        minutes,
+        quote(&one_line(scripts::EXPIRE)),
+        quote(&one_line(scripts::HOLD)),
+        quote(&one_line(scripts::STOP)),
+    ];
+    words.extend(names);
+    call(
+        scripts::PREPARE,
+        &words.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
 }
 
 /// The remote command's words: nix (flakes on) or nix-build/nix-shell beside it, the
@@ -553,30 +506,23 @@ pub fn program_words(plan: &Plan, nix: &str) -> Vec<String> {
     words
 }
 
+/// The line that runs the command (see `scripts/run.sh`), after adopting the sent git
+/// indexes and taking the snapshot; `exec`, so that the pid it records is the session's
+/// own shell, as a Ctrl-C at a terminal there would see it.
 fn run_script(env: &RemoteEnv, plan: &Plan) -> String {
-    let cwd = plan.render_cwd(&env.dirs);
-    // `start` marks the moment the command begins: what it changes afterwards has a newer
-    // ctime (see `inspect`).
-    // One line, so that `-v` prints it as one pasteable line (the pid and marker files are
-    // gone after the run; a pasted copy still works without them: `true`, not the special
-    // builtin `:`, whose failed redirection would end the shell).
-    // The working directory may be one git does not track (an empty `build/`): it is not in
-    // the mirror, so it is made there, and nix searches upward for the flake as it does here.
-    // nix runs as a child, not exec'd, so that the pid file goes the moment it ends: the
-    // lock session, when it ends early (edict killed, the connection dropped), stops a
-    // command whose pid file is still there. The trap keeps this shell alive through a
-    // Ctrl-C (nix still gets it) to pass nix's exit code on.
+    let index: String = (0..plan.sources.len())
+        .filter(|&i| plan.sources[i].kind == crate::mapping::SourceKind::Git)
+        .map(|i| adopt_index_script(&plan.mirror(i, &env.dirs)))
+        .collect();
+    let mut words = vec![quote(&env.dirs.run), quote(&plan.render_cwd(&env.dirs))];
+    words.extend(command_words(env, plan).iter().map(|w| quote(w)));
     format!(
-        "{index}{snapshot}mkdir -p {cwd} 2>/dev/null; cd {cwd} || exit 127; {{ echo $$ > {pid}; true > {start}; }} 2>/dev/null; trap true INT TERM HUP; {cmd}; rc=$?; rm -f {pid}; exit $rc",
-        index = (0..plan.sources.len())
-            .filter(|&i| plan.sources[i].kind == crate::mapping::SourceKind::Git)
-            .map(|i| adopt_index_script(&plan.mirror(i, &env.dirs)))
-            .collect::<String>(),
+        "{index}{snapshot}exec {}",
+        call(
+            scripts::RUN,
+            &words.iter().map(String::as_str).collect::<Vec<_>>()
+        ),
         snapshot = snapshot_script(&env.dirs.run, &sync_back_mirrors(env, plan)),
-        cwd = quote(&cwd),
-        pid = pid_file(env),
-        start = quote(&format!("{}/start", env.dirs.run)),
-        cmd = quote_words(&command_words(env, plan)),
     )
 }
 
@@ -647,22 +593,27 @@ pub fn inspect(
     if mirrors.is_empty() && (!want_links || plan.links.is_empty()) {
         return Ok(After::default());
     }
-    let script = inspect_script(want_links, &mirrors);
-    let out = session.ask(conn, "finding what the command made", &script)?;
+    let words = inspect_words(want_links, &mirrors);
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let out = session.ask(
+        conn,
+        "finding what the command made",
+        scripts::INSPECT,
+        &words,
+    )?;
     Ok(parse_after(&out))
 }
 
-/// The shell script behind [`inspect`]: NUL-separated records `L name target`, and per
-/// mirror `S index files… C changed… G git-changes… E`. It runs in the session's shell,
-/// where `$r` is the run dir (the script crosses the link: a path five times is 200 bytes).
-fn inspect_script(want_links: bool, mirrors: &[(usize, String)]) -> String {
+/// The words of `scripts/inspect.sh`, which prints NUL-separated records `L name target`,
+/// and per mirror `S index files… C changed… G git-changes… E`. It runs in the session's
+/// shell, where `$r` is the run dir (a path five times is 200 bytes on the link).
+fn inspect_words(want_links: bool, mirrors: &[(usize, String)]) -> Vec<String> {
     let mut all = vec![
         "\"$r\"".to_string(),
         if want_links { "1" } else { "0" }.to_string(),
     ];
     all.extend(mirror_words(mirrors));
-    let all: Vec<&str> = all.iter().map(String::as_str).collect();
-    call(scripts::INSPECT, &all)
+    all
 }
 
 fn parse_after(out: &[u8]) -> After {
@@ -914,7 +865,23 @@ pub fn run(
         Io::Through => None,
         Io::Prefixed(prefix) => Some(prefix.clone()),
     };
-    let mut child = conn.ssh(tty, &run_script(env, plan)).spawn(|c| {
+    let line = run_script(env, plan);
+    // csh and tcsh run edict's one-line commands, but no quoted word over several lines.
+    if line.contains('\n') && env.shell.ends_with("csh") {
+        return Err(Problem {
+            host: host.to_string(),
+            step: "running the command".into(),
+            what: format!(
+                "an argument holds a line break, which the login shell there ({}) cannot take",
+                env.shell
+            ),
+            said: None,
+            fix: crate::ssh::CSH_FIX.replace("{host}", host),
+            kind: Kind::Edict,
+        }
+        .into());
+    }
+    let mut child = conn.ssh(tty, &line).spawn(|c| {
         if prefix.is_some() {
             c.stdin(Stdio::null()).stdout(Stdio::piped());
         } else if tty == Tty::No && flake_output {
@@ -987,7 +954,7 @@ fn pid_file(env: &RemoteEnv) -> String {
 /// A shell line that stops the command whose pid is in `pidfile` (a shell word), if the
 /// file is there (see `scripts/stop.sh`).
 fn stop_script(pidfile: &str) -> String {
-    format!("({})", call(scripts::STOP, &[pidfile]))
+    call(scripts::STOP, &[pidfile])
 }
 
 #[cfg(test)]
@@ -1063,15 +1030,9 @@ mod tests {
     /// Every script, as the one line it is sent as, is still valid sh (dash and bash as sh).
     #[test]
     fn every_script_is_sh_on_one_line() {
-        for script in [
-            scripts::STOP,
-            scripts::EXPIRE,
-            scripts::FIND_RSYNC,
-            scripts::MISSING,
-            scripts::ADOPT_INDEX,
-            scripts::SNAPSHOT,
-            scripts::INSPECT,
-        ] {
+        for script in scripts::ALL {
+            // A continued line would join as `\ `, an escaped space.
+            assert!(!script.lines().any(|l| l.trim_end().ends_with('\\')));
             let line = one_line(script);
             assert!(!line.contains('\n'));
             for sh in [
@@ -1268,7 +1229,9 @@ mod tests {
         std::fs::write(m0.join("sub/new file"), "n").unwrap();
         std::fs::remove_file(m0.join("sub/doomed file")).unwrap();
         std::os::unix::fs::symlink("/nix/store/abc-x", run.join("links/0/result")).unwrap();
-        let after = parse_after(&sh(&inspect_script(true, &mirrors)));
+        let words = inspect_words(true, &mirrors);
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        let after = parse_after(&sh(&call(scripts::INSPECT, &words)));
         assert_eq!(
             after.links,
             vec![("0/result".to_string(), "/nix/store/abc-x".to_string())]
@@ -1290,6 +1253,7 @@ mod tests {
     fn which_nix_reads_relative_locks() {
         let env = |v: &str| RemoteEnv {
             nix: "nix".into(),
+            shell: "/bin/sh".into(),
             nix_version: v.into(),
             rsync: None,
             dirs: RemoteDirs {
@@ -1356,7 +1320,8 @@ mod tests {
     fn expiry_removes_old_unlocked_mirrors_only() {
         let top = tempfile::tempdir().unwrap();
         // A cache path with a space, and a sibling that a split word would name.
-        let d = top.path().join("x y");
+        let xdg = top.path().join("x y");
+        let d = xdg.join("edict");
         std::fs::create_dir_all(top.path().join("x/mirrors")).unwrap();
         let m = d.join("mirrors");
         for name in ["old-1", "new-2", "busy-3"] {
@@ -1367,7 +1332,8 @@ mod tests {
             stdout_of(
                 std::process::Command::new("/bin/sh")
                     .arg("-c")
-                    .arg(format!("c={}\n{script}", quote(&d.display().to_string()))),
+                    .arg(script)
+                    .env("XDG_CACHE_HOME", &xdg),
             )
         };
         sh(format!(
@@ -1435,15 +1401,18 @@ mod tests {
             {
                 use std::io::Write as _;
                 let mut stdin = child.stdin.take().unwrap();
-                for script in ["cd /; printf 'a\\0b'; exit 3", "pwd; cat"] {
-                    stdin.write_all(ask_script(script).as_bytes()).unwrap();
+                for (script, words) in [
+                    ("cd /; printf 'a\\0b%s' \"$1\"; exit 3", &["'\\0c d'"][..]),
+                    ("pwd; cat", &[]),
+                ] {
+                    stdin.write_all(ask_line(script, words).as_bytes()).unwrap();
                 }
             }
             let out = child.wait_with_output().unwrap();
             let pwd = std::env::current_dir().unwrap();
             assert_eq!(
                 String::from_utf8_lossy(&out.stdout),
-                format!("a\0b\0EDICT-END\0{}\n\0EDICT-END\0", pwd.display()),
+                format!("a\0b\\0c d\0EDICT-END\0{}\n\0EDICT-END\0", pwd.display()),
                 "r={r}"
             );
         }
@@ -1560,5 +1529,102 @@ mod tests {
             drop(third.stdin.take());
             third.wait().unwrap();
         }
+    }
+
+    /// With flock, the holder holds the lock of every mirror (names with spaces too) until
+    /// edict closes its end, then releases them and removes the run dir.
+    #[test]
+    fn the_holder_keeps_every_flock_until_its_input_ends() {
+        use std::io::{BufRead as _, Write as _};
+        let home = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(prepare_script(&["b c".into(), "a-1".into()], "r1"))
+            .env("HOME", home.path())
+            .env_remove("XDG_CACHE_HOME")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        while line.trim_end() != "EDICT-locked" {
+            line.clear();
+            assert!(out.read_line(&mut line).unwrap() > 0, "no EDICT-locked");
+        }
+        let cache = home.path().join(".cache/edict");
+        let free = |name: &str| {
+            std::process::Command::new("flock")
+                .arg("-n")
+                .arg(cache.join("mirrors").join(name))
+                .arg("true")
+                .status()
+                .unwrap()
+                .success()
+        };
+        assert!(!free("a-1.lock") && !free("b c.lock"));
+        // The holder's shell answers with the run dir in $r.
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(ask_line("printf %s \"$1\"", &["\"$r\""]).as_bytes())
+            .unwrap();
+        stdin.flush().unwrap();
+        let mut said = Vec::new();
+        while !said.ends_with(END) {
+            assert!(out.read_until(0, &mut said).unwrap() > 0);
+        }
+        assert_eq!(
+            said,
+            [cache.join("runs/r1").as_os_str().as_bytes(), END].concat()
+        );
+        drop(stdin);
+        assert!(child.wait().unwrap().success());
+        assert!(free("a-1.lock") && free("b c.lock"));
+        assert!(!cache.join("runs/r1").exists());
+    }
+
+    /// The run script runs the words from the working directory (made when missing), keeps
+    /// its pid file only while they run, marks the start, and passes their exit code on,
+    /// also through a Ctrl-C that it survives.
+    #[test]
+    fn the_run_script_passes_the_exit_code_on() {
+        let d = tempfile::tempdir().unwrap();
+        let run = d.path().join("run");
+        std::fs::create_dir(&run).unwrap();
+        let cwd = d.path().join("a b/new");
+        let go = |words: &[&str]| {
+            let mut c = std::process::Command::new("/bin/sh");
+            // Its own group, as the ssh session's: `kill 0` reaches only that.
+            c.process_group(0)
+                .arg("-c")
+                .arg(one_line(scripts::RUN))
+                .arg("sh")
+                .arg(&run)
+                .arg(&cwd)
+                .args(words);
+            c.output().unwrap()
+        };
+        let out = go(&["sh", "-c", "pwd; test -f ../../run/pid && exit 7", "x"]);
+        assert_eq!(out.status.code(), Some(7));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            cwd.display().to_string()
+        );
+        assert!(run.join("start").exists() && !run.join("pid").exists());
+        // A Ctrl-C to the whole group: the command dies of it, the script says 130.
+        let out = go(&["sh", "-c", "kill -INT 0; sleep 5"]);
+        assert_eq!(out.status.code(), Some(130));
+        // A working directory that cannot be made: 127, nothing run.
+        std::fs::write(d.path().join("file"), "").unwrap();
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(one_line(scripts::RUN))
+            .arg("sh")
+            .arg(&run)
+            .arg(d.path().join("file/sub"))
+            .args(["touch", "ran"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(127));
     }
 }

@@ -591,15 +591,19 @@ pub fn ssh_failure(host: &str, step: &str, stderr: &str) -> anyhow::Error {
 }
 
 /// When the login shell is csh or tcsh: they reject a quoted string over several lines
-/// (`Unmatched '''.`), and every edict command but the simplest is one. The explanation and
-/// fix, or None.
+/// (`Unmatched '''.`). edict sends each command as one line, so only an argument with a
+/// line break (a multi-line `--expr`) meets this. The explanation and fix, or None.
 pub fn csh_shell(host: &str, stderr: &str) -> Option<String> {
     stderr.contains("Unmatched '''.").then(|| {
         format!(
-            "the login shell on {host} is csh or tcsh, which cannot run the multi-line sh scripts edict sends (it said: Unmatched ''')\n  fix: give your user on {host} a POSIX login shell or fish: `chsh -s /bin/sh` there (or bash, zsh, fish)"
+            "the login shell on {host} is csh or tcsh, which cannot take an argument with a line break (it said: Unmatched ''')\n  fix: {}",
+            CSH_FIX.replace("{host}", host)
         )
     })
 }
+
+/// The fix for a csh or tcsh login shell ("{host}" stands for the host).
+pub const CSH_FIX: &str = "give your user on {host} a POSIX login shell or fish: `chsh -s /bin/sh` there (or bash, zsh, fish)";
 
 /// When a remote protocol (rsync's, nix's) fails because the login shell printed text:
 /// the explanation and fix, or None if that is not what happened.

@@ -244,14 +244,43 @@ fn a_flake_git_does_not_track_on(flavour: Flavour) {
     assert!(dir.join("result").exists());
 }
 
-/// csh and tcsh cannot take a quoted string over several lines, which edict's commands are:
-/// edict says that the login shell is the problem and how to fix it, before sending anything.
+/// csh and tcsh cannot take a quoted string over several lines, but run one-line ones:
+/// edict sends each command as one line, so a build works there; an argument with a line
+/// break is refused before the command runs, naming the login shell and the fix.
 #[test]
-fn a_csh_login_shell_is_named_with_a_fix() {
+fn a_csh_login_shell_runs_edict_but_not_a_line_break() {
     for flavour in Flavour::ALL {
         let mut lab = Lab::new();
         lab.start(HostSpec::new("tcsh", flavour).login_shell("/usr/bin/tcsh"));
-        fails(&lab, "tcsh", 1, &["login shell", "csh", "chsh -s /bin/sh"]);
+        let dir = lab.workdir("csh");
+        lab::write_rich_flake(&dir, &lab::unique_tag());
+        let out = lab
+            .edict(&dir)
+            .args(["tcsh", "nix", "build", ".#default"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{flavour:?}: {}", describe(&out));
+        assert!(dir.join("result").exists());
+        std::fs::remove_file(dir.join("result")).unwrap();
+        let out = fails_with(
+            lab.edict(&dir).args([
+                "tcsh",
+                "nix",
+                "build",
+                ".#default",
+                "--argstr",
+                "note",
+                "two\nlines",
+            ]),
+            1,
+            &[
+                "tcsh: running the command",
+                "line break",
+                "tcsh",
+                "chsh -s /bin/sh",
+            ],
+        );
+        assert!(!dir.join("result").exists(), "{}", describe(&out));
     }
 }
 
