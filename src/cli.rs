@@ -2,8 +2,12 @@
 
 use crate::mapping::SyncMode;
 use crate::nixargs::Program;
-use anyhow::{Result, bail};
+use crate::problem::Problem;
+use anyhow::Result;
 use clap::Parser;
+
+/// The HOST that asks edict to choose one from the pool.
+pub const AUTO: &str = "auto";
 
 const EXAMPLES: &str = "\
 Examples:
@@ -256,7 +260,7 @@ impl Cli {
             return Ok((Hosts::Auto, program, words));
         }
         let hosts = match host {
-            "auto" => Hosts::Auto,
+            AUTO => Hosts::Auto,
             "all" => Hosts::Many(host.to_string()),
             h if h.contains(',') => Hosts::Many(h.to_string()),
             h => Hosts::One(h.to_string()),
@@ -271,20 +275,27 @@ impl Cli {
         self.words(&self.command).map(|(_, w)| w)
     }
 
+    /// The command line cannot be read as one edict runs.
+    fn unreadable(&self, what: impl Into<String>, fix: impl Into<String>) -> anyhow::Error {
+        Problem::new(&self.host, "reading the command", what, fix).into()
+    }
+
     fn words(&self, command: &[String]) -> Result<(Program, Vec<String>)> {
         let (first, rest) = match command.split_first() {
             Some(x) => x,
-            None => bail!(
-                "no command given: try `edict {} nix build .#default`",
-                self.host
-            ),
+            None => {
+                return Err(self.unreadable(
+                    "no command given",
+                    format!("`edict {} nix build .#default`", self.host),
+                ));
+            }
         };
         if first == "nix" {
             if rest.is_empty() {
-                bail!(
-                    "`nix` needs a subcommand: try `edict {} nix build .#default`",
-                    self.host
-                );
+                return Err(self.unreadable(
+                    "`nix` needs a subcommand",
+                    format!("`edict {} nix build .#default`", self.host),
+                ));
             }
             return Ok((Program::Nix, rest.to_vec()));
         }
@@ -299,23 +310,28 @@ impl Cli {
             } else {
                 &self.host
             };
-            bail!(
-                "{host}: reading the command: edict runs nix, nix-build and nix-shell on a remote host; `{name}` there {what}\n  fix: {}",
-                fix.replace("{host}", host)
-            );
+            return Err(Problem::new(
+                host,
+                "reading the command",
+                format!("edict runs nix, nix-build and nix-shell on a remote host; `{name}` there {what}"),
+                fix.replace("{host}", host),
+            )
+            .into());
         }
         if NIX_COMMANDS.contains(&first.as_str()) {
-            bail!(
-                "`{first}` looks like a nix subcommand: did you mean `edict {} nix {}`?",
-                self.host,
-                self.command.join(" ")
-            );
+            return Err(self.unreadable(
+                format!("`{first}` looks like a nix subcommand"),
+                format!("`edict {} nix {}`", self.host, self.command.join(" ")),
+            ));
         }
         if first.starts_with('-') {
-            bail!(
-                "`{first}` comes after HOST, so it is not an edict option: put edict's options before HOST, or write `edict {} nix …`",
-                self.host
-            );
+            return Err(self.unreadable(
+                format!("`{first}` comes after HOST, so it is not an edict option"),
+                format!(
+                    "put edict's options before HOST, or write `edict {} nix …`",
+                    self.host
+                ),
+            ));
         }
         // The shorthand: an installable and its program's arguments.
         let mut words = vec!["run".to_string(), first.clone()];
@@ -489,7 +505,7 @@ mod tests {
             .nix_words()
             .unwrap_err();
         assert!(
-            format!("{e}").contains("did you mean `edict h nix build .#x`"),
+            format!("{e}").contains("nix subcommand\n  fix: `edict h nix build .#x`"),
             "{e}"
         );
         assert!(parse(&["h", "nix"]).unwrap().nix_words().is_err());

@@ -8,6 +8,7 @@
 use crate::cli::Cli;
 use crate::mapping::{self, Local, SyncMode};
 use crate::nixargs::NixArgs;
+use crate::problem::Problem;
 use crate::remote::Io;
 use crate::signals::Signals;
 use crate::ssh::{Connection, Transport};
@@ -36,14 +37,19 @@ pub fn run(
 ) -> Result<u8> {
     let sync_host = match &cli.sync {
         Some(Some(h)) => Some(h.clone()),
-        Some(None) => bail!(
-            "several hosts would each bring back their changes to the same files\n  fix: name the one host whose changes come back: --sync=HOST (one of {})",
-            transports
-                .iter()
-                .map(|t| t.label.clone())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        Some(None) => {
+            let hosts: Vec<String> = transports.iter().map(|t| t.label.clone()).collect();
+            return Err(Problem::new(
+                &hosts.join(","),
+                "bringing changes back",
+                "several hosts would each bring back their changes to the same files",
+                format!(
+                    "name the one host whose changes come back: --sync=HOST (one of {})",
+                    hosts.join(", ")
+                ),
+            )
+            .into());
+        }
         None => None,
     };
     if let Some(h) = &sync_host {
@@ -116,10 +122,13 @@ pub fn run(
             .into_iter()
             .map(|(host, started, h)| {
                 h.join().unwrap_or_else(|p| Outcome {
-                    result: Err(anyhow::anyhow!(
-                        "{host}: {}\n  fix: report it, with the output of `edict -vv …`",
-                        crate::exec::panic_text(p.as_ref())
-                    )),
+                    result: Err(Problem::new(
+                        &host,
+                        "running",
+                        crate::exec::panic_text(p.as_ref()),
+                        "report it, with the output of `edict -vv …`",
+                    )
+                    .into()),
                     host,
                     took: started.elapsed(),
                 })

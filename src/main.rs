@@ -26,6 +26,7 @@ mod signals;
 mod ssh;
 mod sync;
 
+use crate::problem::Problem;
 use anyhow::{Context, Result};
 use clap::Parser;
 use std::process::ExitCode;
@@ -69,7 +70,7 @@ fn run(cli: &cli::Cli) -> Result<u8> {
         declared_inputs: &declared_inputs,
     };
     let plan = mapping::plan(&args, &local, cli.sync_mode())
-        .with_context(|| format!("{}: mapping local sources", cli.host))?;
+        .map_err(|e| problem::place(e, &cli.host, "mapping local sources"))?;
     if cli.dry_run {
         print!("{}", dryrun::describe(&plan, &cli.host, cli.no_link));
         return Ok(0);
@@ -262,9 +263,13 @@ fn doctor(cli: &cli::Cli) -> Result<u8> {
     let ssh_opts = ssh::Transport::ssh_opts_from_env();
     let targets: Vec<(ssh::Transport, Option<pool::Machine>)> = if args.hosts.is_empty() {
         if pool.is_empty() {
-            anyhow::bail!(
-                "doctor: no hosts given and the builder pool is empty\n  fix: `edict doctor HOST…`, or pass --builders / set `builders` in nix.conf / fill /etc/nix/machines"
-            );
+            return Err(Problem::new(
+                "",
+                "doctor",
+                "no hosts given and the builder pool is empty",
+                "`edict doctor HOST…`, or pass --builders / set `builders` in nix.conf / fill /etc/nix/machines",
+            )
+            .into());
         }
         pool.iter()
             .filter(|m| m.enabled)
@@ -309,7 +314,13 @@ fn gc(cli: &cli::Cli) -> Result<u8> {
         args.hosts.clone()
     };
     if hosts.is_empty() {
-        anyhow::bail!("gc: no hosts given and the builder pool is empty\n  fix: `edict gc HOST…`");
+        return Err(Problem::new(
+            "",
+            "gc",
+            "no hosts given and the builder pool is empty",
+            "`edict gc HOST…`",
+        )
+        .into());
     }
     for host in &hosts {
         let conn = ssh::Connection::open(select::any_transport(host, &pool, &ssh_opts)?)?;

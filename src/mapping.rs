@@ -9,7 +9,8 @@
 
 use crate::flakeref::{self, FlakeRef, LocalKind, LocalRef};
 use crate::nixargs::{NixArgs, Program, Role};
-use anyhow::{Context, Result, bail};
+use crate::problem::Problem;
+use anyhow::{Context, Result};
 use std::path::{Component, Path, PathBuf};
 
 /// What nix would read from a local source, which decides how it is synced.
@@ -337,12 +338,18 @@ fn implicit_sources(p: &mut Plan, args: &NixArgs, local: &Local) -> Result<()> {
             .map(|c| local.cwd.join(c))
             .find(|f| f.exists())
         else {
-            bail!(
-                "{} reads {} in the current directory {} when given no file, and there is none\n  fix: name the expression (`{0} ./path/to/file.nix`), or run it where the file is",
-                args.program.name(),
-                candidates.join(" or "),
-                local.cwd.display()
-            );
+            let name = args.program.name();
+            return Err(Problem::new(
+                "",
+                "",
+                format!(
+                    "{name} reads {} in the current directory {} when given no file, and there is none",
+                    candidates.join(" or "),
+                    local.cwd.display()
+                ),
+                format!("name the expression (`{name} ./path/to/file.nix`), or run it where the file is"),
+            )
+            .into());
         };
         // Named on HOST's command line: nix there reads the very file chosen here (an
         // untracked shell.nix is refused before sending, never replaced by default.nix).
@@ -529,18 +536,29 @@ fn add_ref_source(p: &mut Plan, lref: &LocalRef, local: &Local) -> Result<(usize
         LocalKind::GitFile => {
             let (src, rel) = add_dir_source(p, &path, true, local, &lref.path)?;
             if p.sources[src].kind != SourceKind::Git {
-                bail!(
-                    "the local flake `git+file:{}` is not inside a git work tree (no .git found above it); use path:{} for a plain directory",
-                    lref.path,
-                    lref.path
-                );
+                return Err(Problem::new(
+                    "",
+                    "",
+                    format!(
+                        "the local flake `git+file:{}` is not inside a git work tree (no .git found above it)",
+                        lref.path
+                    ),
+                    format!("use path:{} for a plain directory", lref.path),
+                )
+                .into());
             }
             Ok((src, rel))
         }
         LocalKind::File => {
             let canon = canonical(&path, &lref.path)?;
             if !canon.is_file() {
-                bail!("the local flake `{}` is not a file", lref.path);
+                return Err(Problem::new(
+                    "",
+                    "",
+                    format!("the local flake `{}` is not a file", lref.path),
+                    "name the file, or use path: for a directory",
+                )
+                .into());
             }
             Ok((add_source(p, canon, SourceKind::File, local), String::new()))
         }
@@ -573,15 +591,21 @@ fn require_flake_nix(dir: &Path, sub: Option<&str>) -> Result<()> {
         Some(sub) => dir.join(sub),
         None => dir,
     };
-    bail!(
-        "{} holds no flake.nix, nor does a directory above it{}, so nix here would refuse it too (\"could not find a flake.nix file\"); nothing was sent\n  fix: run edict inside your flake, or name it: `edict HOST nix build /path/to/flake#pkg`",
-        at.display(),
-        if sub.is_some() {
-            ""
-        } else {
-            " (up to a git work tree's top)"
-        }
+    Err(Problem::new(
+        "",
+        "",
+        format!(
+            "{} holds no flake.nix, nor does a directory above it{}, so nix here would refuse it too (\"could not find a flake.nix file\"); nothing was sent",
+            at.display(),
+            if sub.is_some() {
+                ""
+            } else {
+                " (up to a git work tree's top)"
+            }
+        ),
+        "run edict inside your flake, or name it: `edict HOST nix build /path/to/flake#pkg`",
     )
+    .into())
 }
 
 /// A directory source for `dir`: the git work tree around it when `git_aware`, else `dir`.
@@ -594,10 +618,16 @@ fn add_dir_source(
 ) -> Result<(usize, String)> {
     let canon = canonical(dir, as_written)?;
     if !canon.is_dir() {
-        bail!(
-            "the local flake {} is not a directory (a flake is a directory with a flake.nix)",
-            canon.display()
-        );
+        return Err(Problem::new(
+            "",
+            "",
+            format!(
+                "the local flake {} is not a directory (a flake is a directory with a flake.nix)",
+                canon.display()
+            ),
+            "name the directory that holds flake.nix",
+        )
+        .into());
     }
     let git_root = if git_aware {
         git_work_tree(&canon)
@@ -679,10 +709,16 @@ fn refuse_broad(dir: &Path, local: &Local) -> Result<()> {
         || [Path::new("/tmp"), Path::new("/var/tmp")].contains(&dir)
         || tmpdir.as_deref() == Some(dir);
     if broad {
-        bail!(
-            "edict will not send {}: it holds far more than nix reads here (a home, a temp directory or /), such as ~/.ssh\n  fix: put the flake or expression in a directory of its own, or a git repository (only its tracked files are sent), or name the file itself (`-f ./dir/default.nix`)",
-            dir.display()
-        );
+        return Err(Problem::new(
+            "",
+            "",
+            format!(
+                "edict will not send {}: it holds far more than nix reads here (a home, a temp directory or /), such as ~/.ssh",
+                dir.display()
+            ),
+            "put the flake or expression in a directory of its own, or a git repository (only its tracked files are sent), or name the file itself (`-f ./dir/default.nix`)",
+        )
+        .into());
     }
     Ok(())
 }
@@ -811,11 +847,23 @@ fn absolute(cwd: &Path, p: &Path) -> PathBuf {
 
 fn canonical(path: &Path, as_written: &str) -> Result<PathBuf> {
     std::fs::canonicalize(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => anyhow::anyhow!(
-            "`{as_written}` does not exist here (no {})\n  fix: check the path; a flake from a registry is written without `./` (e.g. nixpkgs#hello)",
-            path.display()
-        ),
-        _ => anyhow::anyhow!("`{as_written}` can't be read here ({}: {e})", path.display()),
+        std::io::ErrorKind::NotFound => Problem::new(
+            "",
+            "",
+            format!("`{as_written}` does not exist here (no {})", path.display()),
+            "check the path; a flake from a registry is written without `./` (e.g. nixpkgs#hello)",
+        )
+        .into(),
+        _ => Problem::new(
+            "",
+            "",
+            format!(
+                "`{as_written}` can't be read here ({}: {e})",
+                path.display()
+            ),
+            "check its permissions",
+        )
+        .into(),
     })
 }
 
@@ -938,10 +986,12 @@ fn local_inputs(lock: &Path, store_dir: &str) -> Result<Vec<LockedLocal>> {
         Ok(t) => t,
         Err(_) => return Ok(Vec::new()),
     };
-    let json: serde_json::Value = serde_json::from_str(&text).with_context(|| {
-        format!(
-            "{} is not valid JSON; fix or delete it (nix will re-lock)",
-            lock.display()
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        Problem::new(
+            "",
+            "",
+            format!("{} is not valid JSON ({e})", lock.display()),
+            "fix or delete it (nix will re-lock)",
         )
     })?;
     let flake_dir = lock.parent().unwrap_or(Path::new("/"));

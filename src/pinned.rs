@@ -6,9 +6,10 @@
 
 use crate::exec::{self, Cmd};
 use crate::mapping::{Pinned, Plan};
+use crate::problem::Problem;
 use crate::remote::RemoteEnv;
 use crate::ssh::Connection;
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 /// Makes every pinned store path valid in this machine's store, as nix here would on its
 /// next evaluation: a path collected since then is fetched again by its locked ref (the
@@ -22,7 +23,12 @@ pub fn make_valid_here(host: &str, plan: &Plan) -> Result<()> {
         .args(plan.pinned.iter().map(|p| p.store_path.as_str()))
         .run_checked()
         .map_err(|e| {
-            anyhow::anyhow!("{host}: preparing locked inputs: {e:#}\n  fix: check that this machine's nix store works (`nix store ping`)")
+            Problem::new(
+                host,
+                "preparing locked inputs",
+                format!("{e:#}"),
+                "check that this machine's nix store works (`nix store ping`)",
+            )
         })?;
     let invalid = String::from_utf8_lossy(&out.stdout).into_owned();
     for pin in plan
@@ -58,24 +64,35 @@ fn fetch_here(host: &str, pin: &Pinned) -> Result<()> {
         .env("EDICT_LOCKED", &pin.locked);
     let out = fetch.output()?;
     let fix = format!(
-        "fix: re-lock it (`nix flake lock --update-input {0}`, or `nix flake update {0}` on Nix ≥ 2.19); nix here needs that too",
+        "re-lock it (`nix flake lock --update-input {0}`, or `nix flake update {0}` on Nix ≥ 2.19); nix here needs that too",
         pin.input
     );
+    let step = "preparing locked inputs";
     if !out.status.success() {
-        bail!(
-            "{host}: preparing locked inputs: input `{}` is locked to {}, which this machine's store no longer has, and nix here cannot fetch it again:\n  {}\n  {fix}",
-            pin.input,
-            pin.store_path,
-            exec::stderr_tail(&out).replace('\n', "\n  ")
-        );
+        return Err(Problem::new(
+            host,
+            step,
+            format!(
+                "input `{}` is locked to {}, which this machine's store no longer has, and nix here cannot fetch it again",
+                pin.input, pin.store_path
+            ),
+            fix,
+        )
+        .said("nix", exec::stderr_tail(&out))
+        .into());
     }
     let got = String::from_utf8_lossy(&out.stdout);
     if got != pin.store_path {
-        bail!(
-            "{host}: preparing locked inputs: input `{}` is locked to {}, but fetching it gives {got}\n  {fix}",
-            pin.input,
-            pin.store_path,
-        );
+        return Err(Problem::new(
+            host,
+            step,
+            format!(
+                "input `{}` is locked to {}, but fetching it gives {got}",
+                pin.input, pin.store_path
+            ),
+            fix,
+        )
+        .into());
     }
     Ok(())
 }
@@ -113,10 +130,15 @@ pub fn send(conn: &Connection, env: &RemoteEnv, plan: &Plan) -> Result<()> {
         .map(|p| p.input.as_str())
         .chain(plan.store_paths.iter().map(String::as_str))
         .collect();
-    bail!(
-        "{host}: sending locked inputs and store paths ({}): `{}` failed:\n  {}\n  fix: check that {host}'s nix store accepts paths from you (`edict doctor {host}`)",
-        what.join(", "),
-        copy.line(),
-        exec::stderr_tail(&out).replace('\n', "\n  ")
-    );
+    Err(Problem::new(
+        host,
+        &format!(
+            "sending locked inputs and store paths ({})",
+            what.join(", ")
+        ),
+        format!("`{}` failed", copy.line()),
+        format!("check that {host}'s nix store accepts paths from you (`edict doctor {host}`)"),
+    )
+    .said("nix", exec::stderr_tail(&out))
+    .into())
 }

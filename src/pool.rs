@@ -13,6 +13,7 @@
 //! Detection as in Lix: TOML first; if that fails and the text has a `"` (which TOML needs
 //! and the legacy format never has), the TOML error stands; otherwise legacy.
 
+use crate::problem::Problem;
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -423,9 +424,12 @@ pub fn load(
     machines_file: &Path,
 ) -> Result<Vec<Machine>> {
     let fix = |e: anyhow::Error| {
-        anyhow!(
-            "{e:#}\n  fix: correct that entry (a line is `URI SYSTEMS SSH-KEY MAX-JOBS SPEED-FACTOR FEATURES MANDATORY-FEATURES HOST-KEY`, `-` for a default; Lix also reads TOML), or name the machines to use with --builders"
-        )
+        anyhow::Error::from(Problem::new(
+            "",
+            "",
+            format!("{e:#}"),
+            "correct that entry (a line is `URI SYSTEMS SSH-KEY MAX-JOBS SPEED-FACTOR FEATURES MANDATORY-FEATURES HOST-KEY`, `-` for a default; Lix also reads TOML), or name the machines to use with --builders",
+        ))
     };
     if let Some(spec) = cli_builders {
         return parse(spec, "--builders", &local.system).map_err(fix);
@@ -436,10 +440,16 @@ pub fn load(
     match std::fs::read_to_string(machines_file) {
         Ok(text) => parse(&text, &machines_file.display().to_string(), &local.system).map_err(fix),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(anyhow!(
-            "reading {}: {e}\n  fix: make it readable (`ls -l {0}`), or name the machines to use with --builders",
-            machines_file.display()
-        )),
+        Err(e) => Err(Problem::new(
+            "",
+            "",
+            format!("reading {}: {e}", machines_file.display()),
+            format!(
+                "make it readable (`ls -l {}`), or name the machines to use with --builders",
+                machines_file.display()
+            ),
+        )
+        .into()),
     }
 }
 

@@ -295,21 +295,34 @@ fn lock(
         if status.code() == Some(255) {
             return Err(ssh_failure(host, "preparing the run", &stderr));
         }
+        let step = "preparing the run";
         if let Some(err) = fields.get("error") {
-            bail!(
-                "{host}: preparing {}: {err}\n  fix: check free space and permissions there (`df -h ~; ls -ld ~/.cache`)",
-                fields
-                    .get("cache")
-                    .map_or("the cache directory", |s| s.as_str())
-            );
+            return Err(Problem::new(
+                host,
+                &format!(
+                    "preparing {}",
+                    fields
+                        .get("cache")
+                        .map_or("the cache directory", |s| s.as_str())
+                ),
+                err.clone(),
+                "check free space and permissions there (`df -h ~; ls -ld ~/.cache`)",
+            )
+            .into());
         }
         if let Some(explained) = crate::ssh::csh_shell(host, &stderr) {
-            bail!("{host}: preparing the run: {explained}");
+            bail!("{host}: {step}: {explained}");
         }
-        bail!(
-            "{host}: preparing the run: the remote shell stopped early ({status}): {}",
-            stderr.trim()
-        );
+        return Err(Problem::new(
+            host,
+            step,
+            format!("the remote shell stopped early ({status})"),
+            format!(
+                "run `ssh {host} sh -c true` to see what the login does, or `edict doctor {host}`"
+            ),
+        )
+        .said("the shell", stderr)
+        .into());
     }
     if waited {
         exec::info(format_args!("{host}: the other run finished; going on"));
@@ -335,10 +348,15 @@ fn env_from(
     run_id: &str,
 ) -> Result<RemoteEnv> {
     let get = |k: &str| fields.get(k).cloned().filter(|v| !v.is_empty());
-    let nix = get("nix").with_context(|| {
-        format!(
-            "{host}: finding nix: there is no `nix` there (looked on the PATH of a non-interactive login and in {})\n  fix: install Nix on {host}, or make it reachable from `ssh {host} nix --version`",
-            NIX_PLACES.replace(':', ", ")
+    let nix = get("nix").ok_or_else(|| {
+        Problem::new(
+            host,
+            "finding nix",
+            format!(
+                "there is no `nix` there (looked on the PATH of a non-interactive login and in {})",
+                NIX_PLACES.replace(':', ", ")
+            ),
+            format!("install Nix on {host}, or make it reachable from `ssh {host} nix --version`"),
         )
     })?;
     let cache = get("cache").context("the remote probe did not report a cache directory")?;

@@ -4,9 +4,10 @@
 
 use crate::exec::{self, Cmd};
 use crate::mapping::Plan;
+use crate::problem::Problem;
 use crate::remote::RemoteEnv;
 use crate::ssh::{Connection, ssh_failure};
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use std::path::{Path, PathBuf};
 
 /// A result link to recreate here: `local` → `target` (a store path built on HOST).
@@ -66,17 +67,15 @@ pub fn fetch(conn: &Connection, env: &RemoteEnv, links: &[Link]) -> Result<()> {
     for l in links {
         if let Ok(m) = std::fs::symlink_metadata(&l.local) {
             if !m.file_type().is_symlink() {
-                bail!(
-                    "{host}: creating result links: {} exists and is not a symlink, so edict will not replace it\n  fix: move it away, or pass -o/--out-link to choose another name",
-                    l.local.display()
-                );
+                return Err(not_a_link(host, &l.local, "").into());
             }
         }
     }
     let targets: Vec<&str> = links.iter().map(|l| l.target.as_str()).collect();
     copy_closures(conn, env, &targets, "copying results")?;
     for l in links {
-        add_root(&l.target, &l.local)?;
+        add_root(&l.target, &l.local)
+            .map_err(|e| crate::problem::place(e, host, "creating result links"))?;
         exec::debug(format_args!("{} -> {}", l.local.display(), l.target));
     }
     Ok(())
@@ -123,34 +122,64 @@ pub fn copy_closures(conn: &Connection, env: &RemoteEnv, paths: &[&str], step: &
         return Ok(());
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
+    let said = exec::stderr_tail(&out);
     if lacks_signature(&stderr) {
-        bail!(
-            "{host}: {step}: this machine's Nix store refused the paths built on {host}: they are not signed by a key it trusts, and your user may not import unsigned paths.\n  nix said: {}\n  fix: {}",
-            exec::stderr_tail(&out),
-            unsigned_fix(host)
-        );
+        return Err(Problem::new(
+            host,
+            step,
+            format!("this machine's Nix store refused the paths built on {host}: they are not signed by a key it trusts, and your user may not import unsigned paths"),
+            unsigned_fix(host),
+        )
+        .said("nix", said)
+        .into());
     }
     if stderr.contains("daemon-socket") && stderr.contains("Permission denied") {
-        let user = std::env::var("USER").unwrap_or_else(|_| "YOUR-USER".into());
-        bail!(
-            "{host}: {step}: your user may not talk to this machine's nix-daemon.\n  nix said: {}\n  fix: add your user to the group that owns /nix/var/nix/daemon-socket (on Debian: `sudo usermod -aG nix-users {user}`), then log in again",
-            exec::stderr_tail(&out)
-        );
+        return Err(Problem::new(
+            host,
+            step,
+            "your user may not talk to this machine's nix-daemon",
+            daemon_group_fix(),
+        )
+        .said("nix", said)
+        .into());
     }
-    if let Some(explained) = crate::ssh::chatty_shell(host, &stderr) {
-        bail!(
-            "{host}: {step}: {explained}\n  nix said: {}",
-            exec::stderr_tail(&out)
-        );
+    if crate::ssh::is_chatty(&stderr) {
+        return Err(crate::ssh::chatty_shell(host, step)
+            .said("nix", said)
+            .into());
     }
     if crate::ssh::said_by_ssh(&stderr) {
         return Err(ssh_failure(host, step, &stderr));
     }
-    bail!(
-        "{host}: {step}: `{}` failed:\n  {}\n  fix: run it by hand with -v to see more",
-        copy.line(),
-        exec::stderr_tail(&out).replace('\n', "\n  ")
-    );
+    Err(Problem::new(
+        host,
+        step,
+        format!("`{}` failed", copy.line()),
+        "run it by hand with -v to see more",
+    )
+    .said("nix", said)
+    .into())
+}
+
+/// A real file or directory where a result link should go: the user's data, never replaced.
+fn not_a_link(host: &str, path: &std::path::Path, when: &str) -> Problem {
+    Problem::new(
+        host,
+        "creating result links",
+        format!(
+            "{} exists and is not a symlink, so edict will not replace it{when}",
+            path.display()
+        ),
+        "move it away, or pass -o/--out-link to choose another name",
+    )
+}
+
+/// How a user gets to talk to this machine's nix-daemon.
+fn daemon_group_fix() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "YOUR-USER".into());
+    format!(
+        "add your user to the group that owns /nix/var/nix/daemon-socket (on Debian: `sudo usermod -aG nix-users {user}`), then log in again"
+    )
 }
 
 /// Makes `link` → `target` (a valid store path) here an indirect GC root, as `nix build`
@@ -160,7 +189,14 @@ pub fn add_root(target: &str, link: &std::path::Path) -> Result<()> {
         .args(["--realise", target, "--add-root"])
         .arg(link)
         .run_checked()
-        .with_context(|| format!("creating the result link {}", link.display()))?;
+        .map_err(|e| {
+            Problem::new(
+                "",
+                "",
+                format!("creating the result link {}: {e:#}", link.display()),
+                format!("check that you can write to {} and that this machine's nix store works (`nix store ping`)", link.parent().unwrap_or(link).display()),
+            )
+        })?;
     Ok(())
 }
 
@@ -207,7 +243,16 @@ pub fn lacks_signature(stderr: &str) -> bool {
 /// store answers (a daemon that is down, a socket the user may not use), and no result
 /// link's place is taken by a real file or directory.
 pub fn check_local(host: &str, plan: &Plan) -> Result<()> {
-    which::which("nix").map(|_| ()).context("nix is not installed on this machine (or not on PATH), so results built remotely can't be copied here\n  fix: install Nix here, or pass --no-link to run without retrieving results")?;
+    let step = "checking this machine's nix store before sending anything";
+    if which::which("nix").is_err() {
+        return Err(Problem::new(
+            host,
+            step,
+            "nix is not installed on this machine (or not on PATH), so results built remotely can't be copied here",
+            "install Nix here, or pass --no-link to run without retrieving results",
+        )
+        .into());
+    }
     // Asking the store for a path it cannot have opens it, through the daemon if there is
     // one, in a few milliseconds: "not valid" is the healthy answer.
     if let Ok(out) = Cmd::new("nix-store")
@@ -220,26 +265,26 @@ pub fn check_local(host: &str, plan: &Plan) -> Result<()> {
     {
         let said = String::from_utf8_lossy(&out.stderr);
         if said.contains("cannot connect to socket") || said.contains("Permission denied") {
-            let user = std::env::var("USER").unwrap_or_else(|_| "YOUR-USER".into());
             let fix = if said.contains("Permission denied") {
-                format!(
-                    "add your user to the group that owns /nix/var/nix/daemon-socket (on Debian: `sudo usermod -aG nix-users {user}`), then log in again"
-                )
+                daemon_group_fix()
             } else {
                 "start this machine's nix-daemon (`sudo systemctl start nix-daemon`), or run as the store's owner".to_string()
             };
-            bail!(
-                "{host}: checking this machine's nix store before sending anything: nix here cannot reach it, so results built on {host} could not come back.\n  nix said: {}\n  fix: {fix} (or pass --no-link)",
-                exec::stderr_tail(&out)
-            );
+            return Err(Problem::new(
+                host,
+                step,
+                format!("nix here cannot reach it, so results built on {host} could not come back"),
+                format!("{fix} (or pass --no-link)"),
+            )
+            .said("nix", exec::stderr_tail(&out))
+            .into());
         }
     }
     for l in &plan.links {
         if let Ok(m) = std::fs::symlink_metadata(&l.local_base) {
             if !m.file_type().is_symlink() {
-                bail!(
-                    "{host}: creating result links: {} exists and is not a symlink, so edict will not replace it (checked before sending anything)\n  fix: move it away, or pass -o/--out-link to choose another name",
-                    l.local_base.display()
+                return Err(
+                    not_a_link(host, &l.local_base, " (checked before sending anything)").into(),
                 );
             }
         }

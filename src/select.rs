@@ -8,6 +8,7 @@
 
 use crate::nixargs::{NixArgs, Role};
 use crate::pool::{self, Machine, Rejection};
+use crate::problem::Problem;
 use crate::ssh::{self, Connection, Transport};
 use anyhow::{Result, bail};
 use std::collections::BTreeSet;
@@ -226,9 +227,13 @@ pub fn explain(probed: &[Probed]) -> Vec<(String, String)> {
 /// `auto`: the best reachable eligible machine, with its open connection.
 pub fn choose(machines: &[Machine], needs: &Needs, ssh_opts: &str) -> Result<Connection> {
     if machines.is_empty() {
-        bail!(
-            "choosing a host: the builder pool is empty\n  fix: pass --builders 'ssh://HOST SYSTEM …' or @FILE, set `builders` in nix.conf, or list machines in /etc/nix/machines"
-        );
+        return Err(Problem::new(
+            crate::cli::AUTO,
+            "choosing a host",
+            "the builder pool is empty",
+            "pass --builders 'ssh://HOST SYSTEM …' or @FILE, set `builders` in nix.conf, or list machines in /etc/nix/machines",
+        )
+        .into());
     }
     let mut probed = probe(machines, needs, ssh_opts);
     let reasons = explain(&probed);
@@ -243,10 +248,16 @@ pub fn choose(machines: &[Machine], needs: &Needs, ssh_opts: &str) -> Result<Con
                 _ => format!("\n  {n}: {why}"),
             })
             .collect();
-        bail!(
-            "choosing a host: no machine can take a job for {needs}:{list}\n  fix: add a machine for {} to the pool, or change --system/--required-features",
-            needs.system
-        );
+        return Err(Problem::new(
+            crate::cli::AUTO,
+            "choosing a host",
+            format!("no machine can take a job for {needs}:{list}"),
+            format!(
+                "add a machine for {} to the pool, or change --system/--required-features",
+                needs.system
+            ),
+        )
+        .into());
     };
     let why = reasons
         .iter()
@@ -303,9 +314,13 @@ pub fn many(spec: &str, pool: &[Machine], needs: &Needs, ssh_opts: &str) -> Resu
 /// A machine the pool disables is not run on, even when named.
 pub fn transport(host: &str, pool: &[Machine], ssh_opts: &str) -> Result<Transport> {
     if pool.iter().any(|m| m.name == host && !m.enabled) {
-        bail!(
-            "{host}: choosing hosts: {host} is disabled in the builder pool (`enable = false`)\n  fix: enable it in the machines file, or name another host"
-        );
+        return Err(Problem::new(
+            host,
+            "choosing hosts",
+            format!("{host} is disabled in the builder pool (`enable = false`)"),
+            "enable it in the machines file, or name another host",
+        )
+        .into());
     }
     any_transport(host, pool, ssh_opts)
 }

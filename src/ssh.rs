@@ -605,19 +605,29 @@ pub fn csh_shell(host: &str, stderr: &str) -> Option<String> {
 /// The fix for a csh or tcsh login shell ("{host}" stands for the host).
 pub const CSH_FIX: &str = "give your user on {host} a POSIX login shell or fish: `chsh -s /bin/sh` there (or bash, zsh, fish)";
 
-/// When a remote protocol (rsync's, nix's) fails because the login shell printed text:
-/// the explanation and fix, or None if that is not what happened.
-pub fn chatty_shell(host: &str, stderr: &str) -> Option<String> {
-    let chatty = stderr.contains("is your shell clean")
+/// Whether a remote protocol (rsync's, nix's) failed the way it does when the login shell
+/// printed text.
+pub fn is_chatty(stderr: &str) -> bool {
+    stderr.contains("is your shell clean")
         || stderr.contains("protocol version mismatch")
         || stderr.contains("protocol mismatch")
         || stderr.contains("unexpected end of file")
-        || stderr.contains("invalid message from remote");
-    chatty.then(|| {
+        || stderr.contains("invalid message from remote")
+}
+
+/// The problem when a remote protocol failed at `step` because the login shell printed
+/// text (see [`is_chatty`]).
+pub fn chatty_shell(host: &str, step: &str) -> Problem {
+    Problem::new(
+        host,
+        step,
         format!(
-            "the login shell on {host} prints text in non-interactive sessions, which breaks rsync and nix's protocol.\n  fix: on {host}, make your shell rc files (~/.bashrc, ~/.zshenv, /etc/bash.bashrc) print only for interactive shells, e.g. start ~/.bashrc with `[[ $- == *i* ]] || return`; `ssh {host} true | od -c` must print nothing"
-        )
-    })
+            "the login shell on {host} prints text in non-interactive sessions, which breaks rsync and nix's protocol"
+        ),
+        format!(
+            "on {host}, make your shell rc files (~/.bashrc, ~/.zshenv, /etc/bash.bashrc) print only for interactive shells, e.g. start ~/.bashrc with `[[ $- == *i* ]] || return`; `ssh {host} true | od -c` must print nothing"
+        ),
+    )
 }
 
 #[cfg(test)]

@@ -11,9 +11,10 @@
 use crate::contain::{self, Dir, Refusal};
 use crate::exec::{self, Cmd, quote};
 use crate::mapping::{Plan, SourceKind, Word};
+use crate::problem::{Problem, place};
 use crate::remote::{After, RemoteEnv};
 use crate::ssh::{Connection, ssh_failure};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
@@ -93,11 +94,11 @@ fn run_rsync_checked(
     {
         return Err(ssh_failure(host, step, &stderr));
     }
-    if let Some(explained) = crate::ssh::chatty_shell(host, &stderr) {
-        bail!(
-            "{host}: {step}: rsync failed: {explained}\n  rsync said: {}",
-            exec::stderr_tail(&out).replace('\n', "\n  ")
-        );
+    let said = exec::stderr_tail(&out);
+    if crate::ssh::is_chatty(&stderr) {
+        return Err(crate::ssh::chatty_shell(host, step)
+            .said("rsync", said)
+            .into());
     }
     let fix = if stderr.contains("No space left on device")
         || stderr.contains("Disk quota exceeded")
@@ -112,10 +113,10 @@ fn run_rsync_checked(
     } else {
         format!("run the rsync command with -v to see more: {}", cmd.line())
     };
-    bail!(
-        "{host}: {step}: rsync failed ({}):\n  {}\n  fix: {fix}",
-        out.status,
-        exec::stderr_tail(&out).replace('\n', "\n  ")
+    Err(
+        Problem::new(host, step, format!("rsync failed ({})", out.status), fix)
+            .said("rsync", said)
+            .into(),
     )
 }
 
@@ -128,7 +129,7 @@ pub fn upload(conn: &Connection, env: &RemoteEnv, plan: &Plan) -> Result<Vec<Upl
             conn.transport.dest.target(),
             plan.mirror(i, &env.dirs)
         );
-        let step = format!("syncing {}", src.root.display());
+        let step = &format!("syncing {}", src.root.display());
         let host = &conn.transport.label;
         let mut upload = Upload::default();
         let tmp = tempfile::NamedTempFile::new()?;
@@ -137,20 +138,32 @@ pub fn upload(conn: &Connection, env: &RemoteEnv, plan: &Plan) -> Result<Vec<Upl
         let mut race = None;
         let cmd = match src.kind {
             SourceKind::Git => {
-                let tracked = sent_files(plan, i).with_context(|| format!("{host}: {step}"))?;
+                let tracked = sent_files(plan, i).map_err(|e| place(e, host, step))?;
                 if let Some(f) = untracked_flake_nix(plan, i, &tracked) {
-                    bail!(
-                        "{host}: {step}: {f} is not tracked by git, and nix (here as on {host}) reads only the files git tracks\n  fix: git -C {} add {}",
-                        quote(&src.root.display().to_string()),
-                        quote(&f)
-                    );
+                    return Err(Problem::new(
+                        host,
+                        step,
+                        format!("{f} is not tracked by git, and nix (here as on {host}) reads only the files git tracks"),
+                        format!(
+                            "git -C {} add {}",
+                            quote(&src.root.display().to_string()),
+                            quote(&f)
+                        ),
+                    )
+                    .into());
                 }
                 if let Some(f) = untracked_named_file(plan, i, &tracked) {
-                    bail!(
-                        "{host}: {step}: {f} is not tracked by git, and edict sends only the files git tracks from a work tree (never your untracked ones), so {host} would not have it\n  fix: git -C {} add {} (or `git add -N` to send it without staging its content)",
-                        quote(&src.root.display().to_string()),
-                        quote(&f)
-                    );
+                    return Err(Problem::new(
+                        host,
+                        step,
+                        format!("{f} is not tracked by git, and edict sends only the files git tracks from a work tree (never your untracked ones), so {host} would not have it"),
+                        format!(
+                            "git -C {} add {} (or `git add -N` to send it without staging its content)",
+                            quote(&src.root.display().to_string()),
+                            quote(&f)
+                        ),
+                    )
+                    .into());
                 }
                 let dot_git = src.root.join(".git");
                 let with_git_dir = dot_git.is_dir();
@@ -165,7 +178,7 @@ pub fn upload(conn: &Connection, env: &RemoteEnv, plan: &Plan) -> Result<Vec<Upl
                         upload.files.insert(f.clone(), s);
                     }
                 }
-                let untracked = untracked(&src.root).with_context(|| format!("{host}: {step}"))?;
+                let untracked = untracked(&src.root).map_err(|e| place(e, host, step))?;
                 let rules = git_rules(&tracked, &untracked, with_git_dir);
                 exec::debug(format_args!(
                     "{}: {} tracked files, {} rules ({})",
@@ -183,9 +196,12 @@ pub fn upload(conn: &Connection, env: &RemoteEnv, plan: &Plan) -> Result<Vec<Upl
                 // `adopt_index_script`): one with HOST's file stats, so git and nix there need
                 // not re-read every file to know the tree is clean.
                 if with_git_dir {
-                    index = IndexCopy::new(&dot_git.join("index")).with_context(|| {
-                        format!(
-                            "{host}: {step}: copying the git index to send it\n  fix: check that .git/index is readable and that the temporary directory ($TMPDIR or /tmp) has space"
+                    index = IndexCopy::new(&dot_git.join("index")).map_err(|e| {
+                        Problem::new(
+                            host,
+                            step,
+                            format!("copying the git index to send it: {e:#}"),
+                            "check that .git/index is readable and that the temporary directory ($TMPDIR or /tmp) has space",
                         )
                     })?;
                 }
@@ -215,13 +231,13 @@ pub fn upload(conn: &Connection, env: &RemoteEnv, plan: &Plan) -> Result<Vec<Upl
                 .arg(&src.root)
                 .arg(format!("{dest}{}", src.file_name())),
         };
-        let out = run_rsync(conn, &cmd, &step)?;
+        let out = run_rsync(conn, &cmd, step)?;
         // The exclude list was taken before rsync read the tree: a file made in between
         // (an editor's backup, a build's output) was not on it and went. If the tree has new
         // untracked entries now, sync again with the exact include list, which removes them
         // from the mirror; what was sent is said.
         if let Some((tracked, before, with_git_dir)) = race {
-            let now = untracked(&src.root).with_context(|| format!("{host}: {step}"))?;
+            let now = untracked(&src.root).map_err(|e| place(e, host, step))?;
             let new: Vec<&Vec<u8>> = now.iter().filter(|u| !before.contains(u)).collect();
             if !new.is_empty() {
                 exec::info(format_args!(
@@ -244,7 +260,7 @@ pub fn upload(conn: &Connection, env: &RemoteEnv, plan: &Plan) -> Result<Vec<Upl
                     index.as_ref(),
                     &dest,
                 );
-                run_rsync(conn, &again, &step)?;
+                run_rsync(conn, &again, step)?;
             }
         }
         drop(index);
@@ -276,7 +292,7 @@ pub fn upload(conn: &Connection, env: &RemoteEnv, plan: &Plan) -> Result<Vec<Upl
                 let send = rsync(conn, env)
                     .arg(copy.path())
                     .arg(format!("{dest}{lock}"));
-                run_rsync(conn, &send, &step)?;
+                run_rsync(conn, &send, step)?;
             }
         }
         uploads.push(upload);
@@ -468,6 +484,16 @@ fn untracked(root: &Path) -> Result<Vec<Vec<u8>>> {
         .collect())
 }
 
+/// A staging directory for what comes back could not be made in `place`.
+fn staging_problem(host: &str, step: &str, e: &std::io::Error, place: &str) -> Problem {
+    Problem::new(
+        host,
+        step,
+        format!("creating a staging directory: {e}"),
+        format!("check that you can write to {place}"),
+    )
+}
+
 fn git_ls_files(root: &Path, args: &[&str]) -> Result<Vec<u8>> {
     let dir = root.display().to_string();
     let Ok(out) = Cmd::new("git")
@@ -477,9 +503,13 @@ fn git_ls_files(root: &Path, args: &[&str]) -> Result<Vec<u8>> {
         .args(args.iter().copied())
         .output()
     else {
-        bail!(
-            "{dir} is a git work tree, and edict lists its files with git, as nix does, but git is not installed here\n  fix: install git on this machine"
-        );
+        return Err(Problem::new(
+            "",
+            "",
+            format!("{dir} is a git work tree, and edict lists its files with git, as nix does, but git is not installed here"),
+            "install git on this machine",
+        )
+        .into());
     };
     if !out.status.success() {
         let said = exec::stderr_tail(&out);
@@ -492,9 +522,10 @@ fn git_ls_files(root: &Path, args: &[&str]) -> Result<Vec<u8>> {
         } else {
             format!("run `git -C {} status` to see what git says", quote(&dir))
         };
-        bail!(
-            "git ls-files failed in {dir}:\n  {}\n  fix: {fix}",
-            said.replace('\n', "\n  ")
+        return Err(
+            Problem::new("", "", format!("git ls-files failed in {dir}"), fix)
+                .said("git", said)
+                .into(),
         );
     }
     Ok(out.stdout)
@@ -789,10 +820,12 @@ pub fn back(
             _ => None,
         };
         if !take.is_empty() || !conflicts.is_empty() {
-            let staging = contain::staging_dir(&src.root).with_context(|| {
-                format!(
-                    "{host}: {step}: creating a staging directory\n  fix: check that you can write to {} (or ~/.cache/edict)",
-                    src.root.display()
+            let staging = contain::staging_dir(&src.root).map_err(|e| {
+                staging_problem(
+                    host,
+                    &step,
+                    &e,
+                    &format!("{} (or ~/.cache/edict)", src.root.display()),
                 )
             })?;
             let staged = Dir::open(staging.path())
@@ -944,12 +977,8 @@ pub fn fetch_outputs(
         let Some(parent) = local.parent() else {
             continue;
         };
-        let staging = contain::staging_dir(parent).with_context(|| {
-            format!(
-                "{host}: {step}: creating a staging directory\n  fix: check that you can write to {}",
-                parent.display()
-            )
-        })?;
+        let staging = contain::staging_dir(parent)
+            .map_err(|e| staging_problem(host, &step, &e, &parent.display().to_string()))?;
         let name = PathBuf::from(i.to_string());
         let outputs = format!("{}/outputs", env.dirs.run);
         let pulled = pull(

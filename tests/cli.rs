@@ -53,7 +53,7 @@ fn mistakes_are_explained_without_connecting() {
         (&["h"], "no command given"),
         (
             &["h", "build", ".#x"],
-            "did you mean `edict h nix build .#x`",
+            "looks like a nix subcommand\n  fix: `edict h nix build .#x`",
         ),
         (&["h", "nix"], "needs a subcommand"),
         (&["-oProxyCommand=x", "nix", "build"], "unexpected argument"),
