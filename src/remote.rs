@@ -13,7 +13,7 @@ use crate::nixargs::Program;
 use crate::problem::{Kind, Problem};
 use crate::signals::Signals;
 use crate::ssh::{Connection, Tty, ssh_failure};
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::process::CommandExt as _;
@@ -230,7 +230,12 @@ fn lock(
             .process_group(0);
     })?;
     let stdin = child.stdin.take();
-    let stdout = BufReader::new(child.stdout.take().context("ssh stdout")?);
+    let stdout = BufReader::new(
+        child
+            .stdout
+            .take()
+            .ok_or_else(|| bug(host, "ssh's stdout was not piped"))?,
+    );
     // The lines are read on a thread so that Ctrl-C can end a wait for another run's lock:
     // killing our ssh would not do it (a mux client hands its pipes to the master, which
     // keeps them open while HOST waits). The thread hands the reader back once locked.
@@ -285,7 +290,7 @@ fn lock(
     }
     let stdout = reader
         .join()
-        .map_err(|_| anyhow::anyhow!("{host}: preparing the run: the reader failed"))?;
+        .map_err(|p| bug(host, &crate::exec::panic_text(p.as_ref())))?;
     if !locked {
         let mut stderr = String::new();
         if let Some(mut e) = child.stderr.take() {
@@ -341,6 +346,16 @@ fn lock(
     Ok((fields, session))
 }
 
+/// A step of preparing the run failed in a way edict did not expect (a bug).
+fn bug(host: &str, what: &str) -> Problem {
+    Problem::new(
+        host,
+        "preparing the run",
+        what,
+        "report it, with the output of `edict -vv …`",
+    )
+}
+
 /// What the probe found, as the remote environment of the run.
 fn env_from(
     host: &str,
@@ -359,7 +374,14 @@ fn env_from(
             format!("install Nix on {host}, or make it reachable from `ssh {host} nix --version`"),
         )
     })?;
-    let cache = get("cache").context("the remote probe did not report a cache directory")?;
+    let cache = get("cache").ok_or_else(|| {
+        Problem::new(
+            host,
+            "preparing the run",
+            "the probe there did not report edict's cache directory",
+            format!("check that `ssh {host} sh -c 'echo $HOME'` prints a home directory"),
+        )
+    })?;
     Ok(RemoteEnv {
         shell: get("shell").unwrap_or_default(),
         nix_version: get("version").unwrap_or_default(),

@@ -10,7 +10,7 @@ use crate::nixargs::{NixArgs, Role};
 use crate::pool::{self, Machine, Rejection};
 use crate::problem::Problem;
 use crate::ssh::{self, Connection, Transport};
-use anyhow::{Result, bail};
+use anyhow::Result;
 use std::collections::BTreeSet;
 
 /// What the job needs from a machine.
@@ -268,9 +268,15 @@ pub fn choose(machines: &[Machine], needs: &Needs, ssh_opts: &str) -> Result<Con
     for (name, why) in reasons.iter().filter(|(n, _)| *n != best.machine.name) {
         crate::exec::debug(format_args!("auto: not {name}: {why}"));
     }
-    best.conn
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("the chosen machine's connection vanished"))
+    best.conn.take().ok_or_else(|| {
+        Problem::new(
+            &best.machine.name,
+            "choosing a host",
+            "the chosen machine's connection vanished",
+            "report it, with the output of `edict -vv …`",
+        )
+        .into()
+    })
 }
 
 /// The transports for `all` (every eligible machine) or a comma list (pool names or ssh
@@ -294,10 +300,19 @@ pub fn many(spec: &str, pool: &[Machine], needs: &Needs, ssh_opts: &str) -> Resu
                     )
                 })
                 .collect();
-            bail!(
-                "choosing hosts: no machine in the pool can take a job for {}:{list}",
-                needs.system
-            );
+            return Err(Problem::new(
+                spec,
+                "choosing hosts",
+                format!(
+                    "no machine in the pool can take a job for {}:{list}",
+                    needs.system
+                ),
+                format!(
+                    "add a machine for {} to the pool, or change --system/--required-features",
+                    needs.system
+                ),
+            )
+            .into());
         }
         return eligible
             .into_iter()
