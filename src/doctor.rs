@@ -74,7 +74,7 @@ fn probe(f: &mut Facts, transport: &Transport) {
     );
     f.login = Some(login.clone());
     let Ok(login) = login else { return };
-    if !login.success && crate::ssh::csh_shell(&f.host, &login.stderr).is_none() {
+    if !login.success && !crate::ssh::refused_by_csh(&login.stderr) {
         return;
     }
 
@@ -170,9 +170,13 @@ fn ssh_g(transport: &Transport) -> Result<SshConfig, String> {
         hostname: first("hostname").unwrap_or_default(),
         port: first("port").and_then(|p| p.parse().ok()).unwrap_or(22),
         proxy: first("proxyjump").or_else(|| first("proxycommand")),
-        identities: all("identityfile")
+        // One path per IdentityFile line (it may hold a space), shown as written.
+        identities: g
+            .get("identityfile")
             .into_iter()
-            .filter(|f| std::path::Path::new(f).exists())
+            .flatten()
+            .filter(|f| std::path::Path::new(&expand_home(f)).exists())
+            .cloned()
             .collect(),
         host_key_alias: first("hostkeyalias"),
         known_hosts_files: [all("userknownhostsfile"), all("globalknownhostsfile")].concat(),

@@ -374,6 +374,7 @@ mod tests {
         "--",
         "$HOME",
         "!bang",
+        "a!b\n!c",
         "#hash",
         "emoji ✓",
         "'",
@@ -435,6 +436,11 @@ mod tests {
                 match c {
                     '\'' => quoted = !quoted,
                     '\\' if quoted => panic!("{w:?} quoted as {q}"),
+                    // A line break only inside quotes: csh needs a backslash before each
+                    // (see `ssh::Connection::ssh_as`), and gets it only there.
+                    '\n' if !quoted => panic!("{w:?} quoted as {q}"),
+                    // And `!` only outside, escaped: csh reads it even inside quotes.
+                    '!' if quoted => panic!("{w:?} quoted as {q}"),
                     '\\' => _ = chars.next(), // an escape outside quotes
                     _ => {}
                 }

@@ -12,7 +12,7 @@ use crate::problem::Problem;
 use crate::remote::Io;
 use crate::signals::Signals;
 use crate::ssh::{Connection, Transport};
-use anyhow::{Result, bail};
+use anyhow::Result;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
@@ -54,14 +54,20 @@ pub fn run(
     };
     if let Some(h) = &sync_host {
         if !transports.iter().any(|t| &t.label == h) {
-            bail!(
-                "--sync={h} names no host of this run ({})",
-                transports
-                    .iter()
-                    .map(|t| t.label.clone())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+            let hosts: Vec<String> = transports.iter().map(|t| t.label.clone()).collect();
+            return Err(Problem::new(
+                h,
+                "bringing changes back",
+                format!(
+                    "--sync={h} names no host of this run ({})",
+                    hosts.join(", ")
+                ),
+                format!(
+                    "name one of them: --sync={}",
+                    hosts.first().map_or("HOST", String::as_str)
+                ),
+            )
+            .into());
         }
     }
     let color = std::io::stdout().is_terminal();
@@ -93,7 +99,9 @@ pub fn run(
                         } else {
                             SyncMode::Off
                         };
-                        let mut plan = mapping::plan(args, local, mode)?;
+                        let mut plan = mapping::plan(args, local, mode).map_err(|e| {
+                            crate::problem::place(e, &host, "mapping local sources")
+                        })?;
                         // Files the command writes for the user come from the host whose
                         // changes come back, like them (the last host would win otherwise).
                         if mode == SyncMode::Off {

@@ -173,7 +173,8 @@ pub fn known_hosts_name(cfg: &SshConfig) -> String {
 pub struct HostKeys {
     /// What `ssh-keyscan` got: (type, key).
     pub presented: Vec<(String, String)>,
-    /// The known_hosts files that exist, and their entries for the host: (file, type, key).
+    /// The known_hosts files ssh reads, and the entries for the host in those that exist:
+    /// (file, type, key).
     pub files: Vec<String>,
     pub known: Vec<(String, String, String)>,
 }
@@ -387,8 +388,8 @@ fn judge_into(r: &mut Run, f: &Facts) {
         }
         Some(Ok(login)) => login,
     };
-    let csh = crate::ssh::csh_shell(host, &login.stderr);
-    if !login.success && csh.is_none() {
+    let csh = crate::ssh::refused_by_csh(&login.stderr);
+    if !login.success && !csh {
         r.set(
             CheckId::Login,
             login_failure(host, "logging in", &login.stderr),
@@ -396,13 +397,12 @@ fn judge_into(r: &mut Run, f: &Facts) {
         return;
     }
     r.ok(CheckId::Login, "key login without a prompt works");
-    match csh {
-        Some(_) => r.set(CheckId::QuietShell, csh_login(host)),
-        None => r.set(
-            CheckId::QuietShell,
-            quiet_shell(host, &format!("{}{}", login.stdout, login.stderr)),
-        ),
+    let printed = crate::ssh::without_csh_refusal(&format!("{}{}", login.stdout, login.stderr));
+    let mut verdict = quiet_shell(host, &printed);
+    if csh && verdict.0 == Status::Ok {
+        verdict.1 = "prints nothing (csh or tcsh: edict puts a backslash before each `!` and line break it sends, as they need)".into();
     }
+    r.set(CheckId::QuietShell, verdict);
 
     match &f.connection {
         None => return,
@@ -639,20 +639,8 @@ fn quiet_shell(host: &str, printed: &str) -> Verdict {
             printed.lines().take(3).collect::<Vec<_>>().join(" / ")
         ),
         Some(format!(
-            "on {host}, make the shell rc files (~/.bashrc, ~/.zshenv, /etc/bash.bashrc, /etc/profile.d) print only in interactive shells: start ~/.bashrc with `[[ $- == *i* ]] || return`; Nix's and rsync's protocols break on any output"
+            "on {host}, make the shell rc files (~/.bashrc, ~/.zshenv, ~/.cshrc, /etc/bash.bashrc, /etc/profile.d) print only in interactive shells: start ~/.bashrc with `[[ $- == *i* ]] || return`; Nix's and rsync's protocols break on any output"
         )),
-    )
-}
-
-/// A csh or tcsh login shell: edict's commands are one line each, which it runs; a word
-/// with a line break (a multi-line `--expr`) it cannot take.
-fn csh_login(host: &str) -> Verdict {
-    (
-        Status::Warn,
-        format!(
-            "the login shell on {host} is csh or tcsh: edict works, but no argument can hold a line break (a multi-line --expr), and `sh -c 'true<newline>true'` fails there"
-        ),
-        Some(crate::ssh::CSH_FIX.replace("{host}", host)),
     )
 }
 
@@ -1179,9 +1167,37 @@ mod tests {
                     }))
                 },
                 CheckId::QuietShell,
-                Status::Warn,
-                "csh or tcsh: edict works",
-                "chsh -s /bin/sh",
+                Status::Ok,
+                "prints nothing (csh or tcsh",
+                "",
+            ),
+            (
+                "csh that prints",
+                |f| {
+                    f.login = Some(Ok(Login {
+                        success: false,
+                        stdout: "Hello from .cshrc\n".into(),
+                        stderr: "Unmatched '''.\n".into(),
+                    }))
+                },
+                CheckId::QuietShell,
+                Status::Fail,
+                "prints: Hello from .cshrc",
+                "[[ $- == *i* ]] || return",
+            ),
+            (
+                "csh logs in",
+                |f| {
+                    f.login = Some(Ok(Login {
+                        success: false,
+                        stdout: String::new(),
+                        stderr: "Unmatched '''.".into(),
+                    }))
+                },
+                CheckId::Login,
+                Status::Ok,
+                "without a prompt",
+                "",
             ),
             (
                 "banner",

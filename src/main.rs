@@ -27,7 +27,7 @@ mod ssh;
 mod sync;
 
 use crate::problem::Problem;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Parser;
 use std::process::ExitCode;
 
@@ -60,7 +60,14 @@ fn run(cli: &cli::Cli) -> Result<u8> {
     };
 
     // 2. Map every local source to its mirror on HOST and rewrite the command.
-    let cwd = std::env::current_dir().context("the current directory is not accessible")?;
+    let cwd = std::env::current_dir().map_err(|e| {
+        Problem::new(
+            &cli.host,
+            "reading the command",
+            format!("the current directory is not accessible ({e})"),
+            "cd to a directory that exists and that you can read",
+        )
+    })?;
     let machine_id = identity::machine_id();
     let env: Vec<(String, String)> = std::env::vars().collect();
     let local = mapping::Local {

@@ -64,13 +64,23 @@ impl Problem {
 /// `e` as met at `step` on `host`: a problem without a host gets them; any other error
 /// is said after them.
 pub fn place(e: anyhow::Error, host: &str, step: &str) -> anyhow::Error {
+    // What was said around the problem on the way up (`with_context`) stays, before it.
+    let around: Vec<String> = e
+        .chain()
+        .take_while(|c| !c.is::<Problem>())
+        .map(|c| c.to_string())
+        .collect();
     match e.downcast::<Problem>() {
-        Ok(mut p) if p.host.is_empty() => {
-            p.host = host.to_string();
-            p.step = step.to_string();
+        Ok(mut p) => {
+            if p.host.is_empty() {
+                p.host = host.to_string();
+                p.step = step.to_string();
+            }
+            if !around.is_empty() {
+                p.what = format!("{}: {}", around.join(": "), p.what);
+            }
             p.into()
         }
-        Ok(p) => p.into(),
         Err(e) => e.context(format!("{host}: {step}")),
     }
 }
@@ -136,5 +146,13 @@ mod tests {
         // One that has its host keeps it.
         let own = place(Problem::new("a", "x", "w", "f").into(), "b", "y");
         assert_eq!(own.to_string(), "a: x: w\n  fix: f");
+        // What was said around it on the way up stays.
+        let around = anyhow::Error::from(Problem::new("", "", "`./x` does not exist", "f"))
+            .context("the command uses the flake in .");
+        let placed = place(around, "b", "mapping");
+        assert_eq!(
+            placed.to_string(),
+            "b: mapping: the command uses the flake in .: `./x` does not exist\n  fix: f"
+        );
     }
 }

@@ -315,9 +315,6 @@ fn lock(
             )
             .into());
         }
-        if let Some(explained) = crate::ssh::csh_shell(host, &stderr) {
-            bail!("{host}: {step}: {explained}");
-        }
         return Err(Problem::new(
             host,
             step,
@@ -905,32 +902,19 @@ pub fn run(
         Io::Through => None,
         Io::Prefixed(prefix) => Some(prefix.clone()),
     };
-    let line = run_script(env, plan);
-    // csh and tcsh run edict's one-line commands, but no quoted word over several lines.
-    if line.contains('\n') && env.shell.ends_with("csh") {
-        return Err(Problem {
-            host: host.to_string(),
-            step: "running the command".into(),
-            what: format!(
-                "an argument holds a line break, which the login shell there ({}) cannot take",
-                env.shell
-            ),
-            said: None,
-            fix: crate::ssh::CSH_FIX.replace("{host}", host),
-            kind: Kind::Edict,
-        }
-        .into());
-    }
-    let mut child = conn.ssh(tty, &line).spawn(|c| {
-        if prefix.is_some() {
-            c.stdin(Stdio::null()).stdout(Stdio::piped());
-        } else if tty == Tty::No && flake_output {
-            c.stdout(Stdio::piped());
-        }
-        if tty == Tty::No {
-            c.stderr(Stdio::piped());
-        }
-    })?;
+    // The user's words may hold what csh reads even inside quotes (see `ssh_as`).
+    let mut child = conn
+        .ssh_as(tty, &run_script(env, plan), &env.shell)
+        .spawn(|c| {
+            if prefix.is_some() {
+                c.stdin(Stdio::null()).stdout(Stdio::piped());
+            } else if tty == Tty::No && flake_output {
+                c.stdout(Stdio::piped());
+            }
+            if tty == Tty::No {
+                c.stderr(Stdio::piped());
+            }
+        })?;
     if let Some(out) = child.stdout.take() {
         // nix's own stdout may be JSON or URLs: a local path goes in only where it reads the
         // same there (no quote, space or `%` to escape).
@@ -1065,6 +1049,28 @@ mod tests {
             choose_rsync("h", None, "", || others(vec![])).unwrap_err()
         );
         assert!(err.contains("rsync is not installed there"), "{err}");
+    }
+
+    /// Joined into one line, a script means what its lines mean: every code line ends a
+    /// command (`;`) or continues it (`then`, `do`, `else`, `{`, `(`, `&&`, `||`, `|`), the
+    /// last one excepted, and none holds a comment (it would swallow the rest of the line).
+    #[test]
+    fn every_script_joins_into_the_commands_its_lines_are() {
+        for script in scripts::ALL {
+            let code: Vec<&str> = script
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .collect();
+            for (i, l) in code.iter().enumerate() {
+                assert!(!l.contains(" #"), "a comment in code: {l}");
+                let ends = [";", "then", "do", "else", "{", "(", "&&", "||", "|"];
+                assert!(
+                    i + 1 == code.len() || ends.iter().any(|e| l.ends_with(e)),
+                    "this line would run into the next one: {l}"
+                );
+            }
+        }
     }
 
     /// Every script, as the one line it is sent as, is still valid sh (dash and bash as sh).

@@ -92,8 +92,7 @@ pub fn copy_closures(conn: &Connection, env: &RemoteEnv, paths: &[&str], step: &
     let all_valid = Cmd::new("nix-store")
         .arg("--check-validity")
         .args(targets.iter().copied())
-        .output()
-        .is_ok_and(|o| o.status.success());
+        .succeeds();
     if all_valid || targets.is_empty() {
         exec::debug(format_args!(
             "{step}: already in the local store, nothing to copy"

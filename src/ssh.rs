@@ -315,6 +315,21 @@ impl Connection {
     /// `ssh … HOST -- sh -c SCRIPT`: the script runs in a POSIX shell whatever the login
     /// shell is; every word in it must already be quoted with [`exec::quote`].
     pub fn ssh(&self, tty: Tty, script: &str) -> Cmd {
+        self.ssh_as(tty, script, "")
+    }
+
+    /// [`Connection::ssh`] for a host whose login shell is `shell` (its `$SHELL`; empty when
+    /// not known yet). csh and tcsh end a command at a line break even inside single
+    /// quotes, unless a backslash comes before it (which they remove). [`exec::quote`]
+    /// puts a line break only inside single quotes, and `!` (csh's history) only outside,
+    /// as `\!`; edict's own scripts hold no line break; a user's words may.
+    pub fn ssh_as(&self, tty: Tty, script: &str, shell: &str) -> Cmd {
+        let line = exec::quote_words(&["sh", "-c", script]);
+        let line = if is_csh(shell) {
+            line.replace('\n', "\\\n")
+        } else {
+            line
+        };
         Cmd::new("ssh")
             .args(self.client_opts())
             .arg(if tty == Tty::Yes { "-t" } else { "-T" })
@@ -327,7 +342,7 @@ impl Connection {
             })
             .arg("--")
             .arg(self.transport.dest.target())
-            .arg(exec::quote_words(&["sh", "-c", script]))
+            .arg(line)
     }
 
     /// The remote shell for `rsync -e`: rsync splits it on spaces and honours quotes.
@@ -590,20 +605,27 @@ pub fn ssh_failure(host: &str, step: &str, stderr: &str) -> anyhow::Error {
     })
 }
 
-/// When the login shell is csh or tcsh: they reject a quoted string over several lines
-/// (`Unmatched '''.`). edict sends each command as one line, so only an argument with a
-/// line break (a multi-line `--expr`) meets this. The explanation and fix, or None.
-pub fn csh_shell(host: &str, stderr: &str) -> Option<String> {
-    stderr.contains("Unmatched '''.").then(|| {
-        format!(
-            "the login shell on {host} is csh or tcsh, which cannot take an argument with a line break (it said: Unmatched ''')\n  fix: {}",
-            CSH_FIX.replace("{host}", host)
-        )
-    })
+/// What csh and tcsh say when a quoted word runs over a line break without a backslash:
+/// how the doctor, which sends one on purpose, tells such a login shell.
+pub fn refused_by_csh(stderr: &str) -> bool {
+    stderr.contains(CSH_SAYS)
 }
 
-/// The fix for a csh or tcsh login shell ("{host}" stands for the host).
-pub const CSH_FIX: &str = "give your user on {host} a POSIX login shell or fish: `chsh -s /bin/sh` there (or bash, zsh, fish)";
+const CSH_SAYS: &str = "Unmatched '''.";
+
+/// What a command printed, without csh's refusal of a line break (see [`refused_by_csh`]).
+pub fn without_csh_refusal(printed: &str) -> String {
+    printed
+        .lines()
+        .filter(|l| !l.contains(CSH_SAYS))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Whether a login shell (a path, as `$SHELL`) is csh or tcsh.
+pub fn is_csh(shell: &str) -> bool {
+    matches!(shell.rsplit('/').next(), Some("csh" | "tcsh"))
+}
 
 /// Whether a remote protocol (rsync's, nix's) failed the way it does when the login shell
 /// printed text.
@@ -687,6 +709,21 @@ mod tests {
             user: user.map(str::to_string),
             host: host.to_string(),
             port,
+        }
+    }
+
+    #[test]
+    fn csh_is_told_by_its_path() {
+        for (shell, csh) in [
+            ("/bin/csh", true),
+            ("/usr/bin/tcsh", true),
+            ("tcsh", true),
+            ("/bin/sh", false),
+            ("/usr/bin/fish", false),
+            ("/opt/tcsh-6/bin/zsh", false),
+            ("", false),
+        ] {
+            assert_eq!(is_csh(shell), csh, "{shell}");
         }
     }
 

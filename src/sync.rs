@@ -762,8 +762,14 @@ pub fn back(
         }
         let sent = &uploads[tree.src].files;
         let step = format!("bringing back changes to {}", src.root.display());
-        let here = Dir::open(&src.root)
-            .with_context(|| format!("{host}: {step}: opening {}", src.root.display()))?;
+        let here = Dir::open(&src.root).map_err(|e| {
+            Problem::new(
+                host,
+                &step,
+                format!("opening {}: {e:#}", src.root.display()),
+                "check that the directory is still there and readable; the changes stay on the host until the next run",
+            )
+        })?;
         let refuse = |name: &Path, why: String| Change::Refused {
             path: src.root.join(name),
             why,
@@ -828,8 +834,14 @@ pub fn back(
                     &format!("{} (or ~/.cache/edict)", src.root.display()),
                 )
             })?;
-            let staged = Dir::open(staging.path())
-                .with_context(|| format!("{host}: {step}: opening the staging directory"))?;
+            let staged = Dir::open(staging.path()).map_err(|e| {
+                Problem::new(
+                    host,
+                    &step,
+                    format!("opening the staging directory: {e:#}"),
+                    format!("check that you can write to {}", src.root.display()),
+                )
+            })?;
             let names: Vec<PathBuf> = take.iter().chain(&conflicts).cloned().collect();
             let mirror = plan.mirror(tree.src, &env.dirs);
             let mut pulled = pull(conn, env, &mirror, &names, staging.path(), max_size, &step)?;
@@ -912,7 +924,7 @@ pub fn back(
                     .arg(&src.root)
                     .args(["add", "--intent-to-add", "--"])
                     .args(new_locks.iter().cloned());
-                if !add.output().is_ok_and(|o| o.status.success()) {
+                if !add.succeeds() {
                     exec::info(format_args!(
                         "could not mark the new lock file(s) for git here; fix: {}",
                         add.line()
@@ -1194,8 +1206,10 @@ impl Pulled {
             return;
         }
         if let Err(e) = crate::results::add_root(path, dest) {
+            let why = crate::problem::Problem::of(&e)
+                .map_or_else(|| format!("{e:#}"), |p| p.what.clone());
             exec::info(format_args!(
-                "{} leads to {path}, which is now in this store, but it could not be made a GC root: {e:#}",
+                "{} leads to {path}, which is now in this store, but it could not be made a GC root: {why}",
                 exec::printable(&dest.to_string_lossy())
             ));
         }

@@ -1,6 +1,7 @@
 # The holder of a run, whose end releases its locks and cleans up. "$1" is this script's own
-# text, "$2" the run dir, "$3" the findings to print once locked, "$4" the script that stops
-# the command, and "$5" how many of the mirror names after them still need their flock:
+# text, "$2" edict's cache there, "$3" the run dir, "$4" the findings to print once locked,
+# "$5" the script that stops the command, and "$6" how many of the mirror names after them
+# still need their flock:
 # each is taken by running this script again under `flock` (in order), until none is left.
 # Then it prints the findings and EDICT-locked, and runs a shell that reads edict's scripts
 # (with the run dir in $r) until edict closes its end, also when edict was killed or its
@@ -10,21 +11,22 @@
 # unchanged, and HOST would go on seeing it); the lock directories that still name this
 # shell are removed (without flock, see prepare.sh); the run dir goes last.
 h=$1;
-run=$2;
-o=$3;
-stop=$4;
-k=$5;
-shift 5;
+c=$2;
+run=$3;
+o=$4;
+stop=$5;
+k=$6;
+shift 6;
 if [ "$k" -gt 0 ]; then
   n=$1;
   shift;
-  exec flock "$run/../../mirrors/$n.lock" sh -c "$h" sh "$h" "$run" "$o" "$stop" $((k - 1)) "$@" "$n";
+  exec flock "$c/mirrors/$n.lock" sh -c "$h" sh "$h" "$c" "$run" "$o" "$stop" $((k - 1)) "$@" "$n";
 fi;
 printf '%s\nEDICT-locked\n' "$o";
 r=$run sh;
 sh -c "$stop" sh "$run/pid";
 for n; do
-  (cd "$run/../../mirrors/$n" &&
+  (cd "$c/mirrors/$n" &&
     find . -path ./.git -prune -o -type f -cnewer "$run/start" -exec touch -t 197001020000 {} +) 2>/dev/null;
 done;
 if [ -f "$run/locks" ]; then

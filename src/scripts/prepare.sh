@@ -33,7 +33,7 @@ if command -v flock >/dev/null; then
   busy=;
   for n; do flock -n "$c/mirrors/$n.lock" true || busy=1; done;
   [ -z "$busy" ] || echo EDICT-waiting;
-  exec sh -c "$hold" sh "$hold" "$run" "$o" "$stop" "$#" "$@";
+  exec sh -c "$hold" sh "$hold" "$c" "$run" "$o" "$stop" "$#" "$@";
 fi;
 # No flock (macOS, a BSD): a lock is a directory that mkdir makes for one run only, holding
 # the pid of the shell that keeps it (this one, which becomes the holder). One whose holder
@@ -65,4 +65,4 @@ for n; do
   { echo $$ >"$d/pid" && printf '%s\n' "$d" >>"$run/locks"; } ||
     { rm -rf "$d"; printf '%s\nEDICT-error cannot write the lock %s\n' "$o" "$d"; exit 1; };
 done;
-exec sh -c "$hold" sh "$hold" "$run" "$o" "$stop" 0 "$@"
+exec sh -c "$hold" sh "$hold" "$c" "$run" "$o" "$stop" 0 "$@"
