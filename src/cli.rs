@@ -46,6 +46,11 @@ pub struct Cli {
     /// Don't copy results back or create result links.
     #[arg(long)]
     pub no_link: bool,
+    /// Copy every path of the results over the ssh link, even those this machine's binary
+    /// caches have (by default they come from the caches: faster for big closures, with
+    /// this machine's nix-daemon, as every multi-user install has).
+    #[arg(long)]
+    pub no_substitute: bool,
     /// The largest file that sync-back brings back (bytes, or with K, M, G: powers of
     /// 1024); a larger one stays on HOST and is reported.
     #[arg(long, value_name = "SIZE", default_value = "100M")]

@@ -34,6 +34,7 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     exec::set_verbosity(cli.verbose, cli.quiet);
+    results::set_substitutes(!cli.no_substitute);
     match run(&cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => ExitCode::from(ssh::report(&e)),

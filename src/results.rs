@@ -99,7 +99,19 @@ pub fn copy_closures(conn: &Connection, env: &RemoteEnv, paths: &[&str], step: &
         ));
         return Ok(());
     }
-    let copy = copy_command(conn, &env.nix_store(), "--from", &targets);
+    // With substitutes, every path of the closure that is missing here is named: nix asks
+    // the receiving store to substitute only the paths it is given, not their references.
+    let missing = if substitutes() {
+        missing_here(&closure_there(conn, env, &targets))
+    } else {
+        Vec::new()
+    };
+    let wanted: Vec<&str> = if missing.is_empty() {
+        targets.clone()
+    } else {
+        missing.iter().map(String::as_str).collect()
+    };
+    let copy = copy_command(conn, &env.nix_store(), "--from", &wanted);
     // One import at a time into the local store: several hosts of a fan-out often bring
     // the same paths, and Nix 2.8's ssh import breaks its protocol when a path becomes
     // valid while it waits for the lock ("not an absolute path: 'nix-archive-1'").
@@ -181,6 +193,39 @@ fn daemon_group_fix() -> String {
     )
 }
 
+/// The closure of `paths` on HOST (`nix-store --query --requisites`); just `paths` when it
+/// cannot be had (the copy then finds the rest itself).
+fn closure_there(conn: &Connection, env: &RemoteEnv, paths: &[&str]) -> Vec<String> {
+    let mut words = vec![env.nix_store(), "--query".into(), "--requisites".into()];
+    words.extend(paths.iter().map(|p| p.to_string()));
+    let out = conn
+        .ssh(crate::ssh::Tty::No, &exec::quote_words(&words))
+        .output();
+    match out {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with('/'))
+            .map(str::to_string)
+            .collect(),
+        _ => paths.iter().map(|p| p.to_string()).collect(),
+    }
+}
+
+/// Those of `paths` that this machine's store does not have, in their order.
+fn missing_here(paths: &[String]) -> Vec<String> {
+    let out = Cmd::new("nix-store")
+        .args(["--check-validity", "--print-invalid"])
+        .args(paths.iter().map(String::as_str))
+        .output();
+    match out {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect(),
+        _ => paths.to_vec(),
+    }
+}
+
 /// Makes `link` → `target` (a valid store path) here an indirect GC root, as `nix build`
 /// makes its links: the symlink, and nix's record of it.
 pub fn add_root(target: &str, link: &std::path::Path) -> Result<()> {
@@ -217,8 +262,34 @@ pub fn copy_command(conn: &Connection, nix_store: &str, direction: &str, paths: 
             direction,
             &store,
         ])
+        // The store that receives first fetches what its own substituters have, and only
+        // the rest crosses the link: a nix-daemon here does that (a store opened directly,
+        // as root's may be, ignores the flag), and so does `nix-store --serve` there.
+        // CppNix before 2.2x tells its daemon `builders-use-substitutes` instead of the flag.
+        .args(if substitutes() {
+            &[
+                "--substitute-on-destination",
+                "--option",
+                "builders-use-substitutes",
+                "true",
+            ][..]
+        } else {
+            &[][..]
+        })
         .args(paths.iter().copied())
         .env("NIX_SSHOPTS", conn.nix_sshopts())
+}
+
+/// Whether copies let the receiving store use its substituters (`--no-substitute` turns
+/// it off): set once, from the command line.
+static SUBSTITUTES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+pub fn set_substitutes(on: bool) {
+    SUBSTITUTES.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn substitutes() -> bool {
+    SUBSTITUTES.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// How to make this machine's store take paths built on `host`: trust the user, or have

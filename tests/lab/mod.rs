@@ -1593,6 +1593,12 @@ impl LocalUser {
 
     /// The real edict binary, run as this user in `cwd` (files there must be theirs).
     pub fn edict(&self, cwd: &Path) -> Command {
+        self.edict_with(cwd, "")
+    }
+
+    /// [`LocalUser::edict`] with more nix.conf lines for the user's nix (as the user's
+    /// nix reads /etc/nix/nix.conf too: the same substituters as the daemon's).
+    pub fn edict_with(&self, cwd: &Path, extra_conf: &str) -> Command {
         run_ok(
             Command::new("chown")
                 .arg("-R")
@@ -1604,7 +1610,7 @@ impl LocalUser {
             .arg(format!("HOME={}", self.home.display()))
             .arg(format!("USER={}", self.name))
             .arg(format!("NIX_SSHOPTS={}", self.ssh_opts))
-            .arg(format!("NIX_CONFIG={CLIENT_NIX_CONFIG}"))
+            .arg(format!("NIX_CONFIG={CLIENT_NIX_CONFIG}{extra_conf}"))
             .arg(assert_cmd::cargo::cargo_bin("edict"))
             .current_dir(cwd)
             .stdin(Stdio::null());
