@@ -22,10 +22,15 @@ pub fn verbosity() -> u8 {
     VERBOSITY.load(Ordering::Relaxed)
 }
 
+/// Whether `-q` was given.
+pub fn quiet() -> bool {
+    QUIET.load(Ordering::Relaxed) != 0
+}
+
 /// A progress or result line for the user, on stderr (stdout is the nix command's), unless -q.
 pub fn info(msg: impl std::fmt::Display) {
     if QUIET.load(Ordering::Relaxed) == 0 {
-        eprintln!("edict: {msg}");
+        crate::progress::suspend(|| eprintln!("edict: {msg}"));
     }
 }
 
@@ -33,7 +38,7 @@ pub fn info(msg: impl std::fmt::Display) {
 pub fn debug(msg: impl std::fmt::Display) {
     if verbosity() >= 2 {
         let t = START.get().map_or(0.0, |s| s.elapsed().as_secs_f64());
-        eprintln!("edict: [{t:.3}s] {msg}");
+        crate::progress::suspend(|| eprintln!("edict: [{t:.3}s] {msg}"));
     }
 }
 

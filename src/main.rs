@@ -18,6 +18,7 @@ mod nixargs;
 mod pinned;
 mod pool;
 mod problem;
+mod progress;
 mod remote;
 mod results;
 mod rsync;

@@ -40,9 +40,10 @@ pub mod scripts {
     pub const ASK: &str = include_str!("scripts/ask.sh");
     pub const RUN: &str = include_str!("scripts/run.sh");
     pub const DOCTOR: &str = include_str!("scripts/doctor.sh");
+    pub const CLOSURE: &str = include_str!("scripts/closure.sh");
     /// Every one of them, for the tests.
     #[cfg(test)]
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 13] = [
         STOP,
         EXPIRE,
         FIND_RSYNC,
@@ -55,6 +56,7 @@ pub mod scripts {
         ASK,
         RUN,
         DOCTOR,
+        CLOSURE,
     ];
 }
 
@@ -794,14 +796,17 @@ fn copy_output(
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         use std::io::Write;
+        // Above any status line of another host (see `progress`), never through it.
         let write = |bytes: &[u8]| {
-            let mut out: Box<dyn Write> = if to_stderr {
-                Box::new(std::io::stderr().lock())
-            } else {
-                Box::new(std::io::stdout().lock())
-            };
-            let _ = out.write_all(bytes);
-            let _ = out.flush();
+            crate::progress::suspend(|| {
+                let mut out: Box<dyn Write> = if to_stderr {
+                    Box::new(std::io::stderr().lock())
+                } else {
+                    Box::new(std::io::stdout().lock())
+                };
+                let _ = out.write_all(bytes);
+                let _ = out.flush();
+            });
         };
         let mut reader = BufReader::new(from);
         let mut carry = Vec::new();

@@ -2,7 +2,7 @@
 //! into the local store over the same connection, and recreate the links here as real
 //! indirect GC roots (what `nix build` itself makes), at the place the user asked for.
 
-use crate::exec::{self, Cmd};
+use crate::exec::{self, Cmd, quote};
 use crate::mapping::Plan;
 use crate::problem::Problem;
 use crate::remote::RemoteEnv;
@@ -99,17 +99,19 @@ pub fn copy_closures(conn: &Connection, env: &RemoteEnv, paths: &[&str], step: &
         ));
         return Ok(());
     }
-    // With substitutes, every path of the closure that is missing here is named: nix asks
-    // the receiving store to substitute only the paths it is given, not their references.
-    let missing = if substitutes() {
-        missing_here(&closure_there(conn, env, &targets))
+    // The paths of the closure missing here, with their sizes: for the status line, and
+    // with substitutes every one is named, as nix asks the receiving store to substitute
+    // only the paths it is given, not their references.
+    let showing = crate::progress::terminal() && !exec::quiet();
+    let missing = if substitutes() || showing {
+        missing_here(closure_there(conn, env, &targets))
     } else {
         Vec::new()
     };
-    let wanted: Vec<&str> = if missing.is_empty() {
+    let wanted: Vec<&str> = if missing.is_empty() || !substitutes() {
         targets.clone()
     } else {
-        missing.iter().map(String::as_str).collect()
+        missing.iter().map(|(p, _)| p.as_str()).collect()
     };
     let copy = copy_command(conn, &env.nix_store(), "--from", &wanted);
     // One import at a time into the local store: several hosts of a fan-out often bring
@@ -120,11 +122,18 @@ pub fn copy_closures(conn: &Connection, env: &RemoteEnv, paths: &[&str], step: &
         let _one_at_a_time = IMPORT
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let out = copy.output()?;
+        let run = || {
+            if showing && !missing.is_empty() {
+                copy_showing_progress(&copy, &format!("{host}: {step}"), &missing)
+            } else {
+                copy.output()
+            }
+        };
+        let out = run()?;
         // Another process may have imported the same path meanwhile: a second try finds it
         // valid and copies only what is still missing.
         if !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("nix-archive-1") {
-            copy.output()?
+            run()?
         } else {
             out
         }
@@ -193,36 +202,122 @@ fn daemon_group_fix() -> String {
     )
 }
 
-/// The closure of `paths` on HOST (`nix-store --query --requisites`); just `paths` when it
-/// cannot be had (the copy then finds the rest itself).
-fn closure_there(conn: &Connection, env: &RemoteEnv, paths: &[&str]) -> Vec<String> {
-    let mut words = vec![env.nix_store(), "--query".into(), "--requisites".into()];
-    words.extend(paths.iter().map(|p| p.to_string()));
-    let out = conn
-        .ssh(crate::ssh::Tty::No, &exec::quote_words(&words))
-        .output();
-    match out {
-        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.starts_with('/'))
-            .map(str::to_string)
-            .collect(),
-        _ => paths.iter().map(|p| p.to_string()).collect(),
+/// Runs `copy` with a status line (see `progress`) for `missing` (path, size): nix's log
+/// as JSON, read as it comes; the output as if it had run plainly (its messages as text).
+fn copy_showing_progress(
+    copy: &Cmd,
+    what: &str,
+    missing: &[(String, u64)],
+) -> Result<std::process::Output> {
+    use std::io::BufRead as _;
+    use std::sync::{Arc, Mutex};
+    let mut child = copy
+        .clone()
+        .args(["--log-format", "internal-json"])
+        .spawn(|c| {
+            c.stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+        })?;
+    let stdout = child.stdout.take().map(|mut out| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut out, &mut v);
+            v
+        })
+    });
+    let log = Arc::new(Mutex::new(crate::progress::NixLog::default()));
+    let reader = child.stderr.take().map(|err| {
+        let log = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err)
+                .split(b'\n')
+                .map_while(Result::ok)
+            {
+                if let Ok(mut log) = log.lock() {
+                    log.feed(&String::from_utf8_lossy(&line));
+                }
+            }
+        })
+    });
+    let sizes: std::collections::HashMap<&str, u64> =
+        missing.iter().map(|(p, s)| (p.as_str(), *s)).collect();
+    let total: u64 = sizes.values().sum();
+    let status = crate::progress::Status::start(what);
+    let pid = child.id();
+    let start = crate::progress::bytes_read(pid).unwrap_or(0);
+    let exit = loop {
+        if let Some(exit) = child.try_wait()? {
+            break exit;
+        }
+        // What nix says is done, or what it has read from the link, whichever is more.
+        let read = crate::progress::bytes_read(pid).map_or(0, |r| r.saturating_sub(start));
+        if let Ok(log) = log.lock() {
+            let finished: u64 = log
+                .finished
+                .iter()
+                .filter_map(|p| sizes.get(p.as_str()))
+                .sum();
+            let done = (finished + log.running_bytes()).max(read.min(total));
+            status.show(done, total, log.finished.len(), missing.len());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    drop(status);
+    if let Some(r) = reader {
+        let _ = r.join();
     }
+    let text = log.lock().map(|l| l.text.clone()).unwrap_or_default();
+    Ok(std::process::Output {
+        status: exit,
+        stdout: stdout.and_then(|t| t.join().ok()).unwrap_or_default(),
+        stderr: text.into_bytes(),
+    })
+}
+
+/// The closure of `paths` on HOST with the size of each (`scripts/closure.sh`); just
+/// `paths`, of size 0, when it cannot be had (the copy then finds the rest itself).
+fn closure_there(conn: &Connection, env: &RemoteEnv, paths: &[&str]) -> Vec<(String, u64)> {
+    let mut words = vec![quote(&env.nix_store())];
+    words.extend(paths.iter().map(|p| quote(p)));
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let script = crate::remote::call(crate::remote::scripts::CLOSURE, &words);
+    let found: Vec<(String, u64)> = conn
+        .ssh(crate::ssh::Tty::No, &script)
+        .output()
+        .map(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| l.split_once('\t'))
+                .filter(|(p, _)| p.starts_with('/'))
+                .map(|(p, s)| (p.to_string(), s.trim().parse().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default();
+    if found.is_empty() {
+        return paths.iter().map(|p| (p.to_string(), 0)).collect();
+    }
+    found
 }
 
 /// Those of `paths` that this machine's store does not have, in their order.
-fn missing_here(paths: &[String]) -> Vec<String> {
+fn missing_here(paths: Vec<(String, u64)>) -> Vec<(String, u64)> {
     let out = Cmd::new("nix-store")
         .args(["--check-validity", "--print-invalid"])
-        .args(paths.iter().map(String::as_str))
+        .args(paths.iter().map(|(p, _)| p.as_str()))
         .output();
     match out {
-        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect(),
-        _ => paths.to_vec(),
+        Ok(out) if out.status.success() => {
+            let invalid: std::collections::HashSet<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect();
+            paths
+                .into_iter()
+                .filter(|(p, _)| invalid.contains(p))
+                .collect()
+        }
+        _ => paths,
     }
 }
 

@@ -116,3 +116,100 @@ fn results_come_from_this_machine_s_cache_when_it_has_them() {
         forget(&[&top, &dep]);
     }
 }
+
+/// A shell word for `s` (single quotes).
+fn shell_word(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// In a real terminal (tmux), a copy-back that takes seconds shows one status line —
+/// what, paths and bytes of how many — while it runs, and leaves a clean screen.
+#[test]
+fn a_long_copy_back_shows_a_status_line_in_a_terminal() {
+    let mut lab = Lab::new();
+    lab.start(HostSpec::slow("slow", Flavour::Bookworm));
+    let tag = lab::unique_tag();
+    let dir = lab.workdir("status");
+    // 4 MB that do not compress: seconds over the 8 Mbit/s link.
+    std::fs::write(
+        dir.join("flake.nix"),
+        format!(
+            r#"{{ outputs = {{ self }}: {{ packages.x86_64-linux.default = derivation {{ name = "big-{tag}"; system = "x86_64-linux"; builder = "/bin/sh"; args = [ "-c" "/usr/bin/head -c 4000000 /dev/urandom > $out" ]; }}; }}; }}"#
+        ),
+    )
+    .unwrap();
+    // The run as a shell line: the lab's environment, then edict.
+    let cmd = lab.edict(&dir);
+    let mut line = String::from("env");
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            line.push_str(&format!(
+                " {}={}",
+                k.to_string_lossy(),
+                shell_word(&v.to_string_lossy())
+            ));
+        }
+    }
+    line.push_str(&format!(
+        " {} slow nix build .#default; echo EDICT-DONE $?; sleep 60",
+        shell_word(&cmd.get_program().to_string_lossy())
+    ));
+    let socket = format!("edict-{tag}");
+    let tmux = |args: &[&str]| {
+        Command::new("tmux")
+            .args(["-L", &socket])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = tmux(&[
+        "new-session",
+        "-d",
+        "-x",
+        "200",
+        "-y",
+        "30",
+        "-c",
+        &dir.display().to_string(),
+        &line,
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let mut seen = None;
+    let mut lines: Vec<String> = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let screen = loop {
+        let screen = String::from_utf8_lossy(&tmux(&["capture-pane", "-p"]).stdout).into_owned();
+        if let Some(l) = screen
+            .lines()
+            .find(|l| l.contains("slow: copying results") && l.contains("paths"))
+        {
+            seen.get_or_insert_with(|| l.to_string());
+            if lines.last().map(String::as_str) != Some(l.trim_end()) {
+                lines.push(l.trim_end().to_string());
+            }
+        }
+        if screen.contains("EDICT-DONE") || std::time::Instant::now() > deadline {
+            break screen;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    tmux(&["kill-server"]);
+    assert!(screen.contains("EDICT-DONE 0"), "{screen}");
+    let seen = seen.unwrap_or_else(|| panic!("no status line was seen; at the end:\n{screen}"));
+    assert!(
+        seen.contains(" of 3.8") && seen.contains("/1 paths"),
+        "{seen}"
+    );
+    // It moved while the path came: some bytes of it, before all of them.
+    assert!(
+        lines
+            .iter()
+            .any(|l| !l.contains(": 0 B of") && l.contains("0/1 paths")),
+        "{lines:#?}"
+    );
+    assert!(
+        !screen.contains("copying results"),
+        "the status line stayed:\n{screen}"
+    );
+    assert!(dir.join("result").exists());
+}
