@@ -54,10 +54,14 @@ impl Status {
 
     /// Shows `done` of `total` bytes and `paths_done` of `paths` paths.
     pub fn show(&self, done: u64, total: u64, paths_done: usize, paths: usize) {
+        self.show_with(done, total, &format!("{paths_done}/{paths} paths"));
+    }
+
+    /// Shows `done` of `total` bytes, and `detail` after them.
+    pub fn show_with(&self, done: u64, total: u64, detail: &str) {
         self.bar.set_length(total.max(done));
         self.bar.set_position(done);
-        self.bar
-            .set_message(format!("{paths_done}/{paths} paths, "));
+        self.bar.set_message(format!("{detail}, "));
     }
 }
 
@@ -135,6 +139,26 @@ impl NixLog {
     }
 }
 
+/// What one line of `rsync --info=progress2` says: bytes sent so far, the whole it expects
+/// (from its percentage), and files transferred (`xfr#N`):
+/// `      1,238,099  47%  235.20kB/s    0:00:05 (xfr#3, to-chk=12/20)`.
+pub fn rsync_progress(line: &str) -> Option<(u64, u64, u64)> {
+    let mut words = line.split_whitespace();
+    let bytes: u64 = words.next()?.replace(',', "").parse().ok()?;
+    let percent: u64 = words.next()?.strip_suffix('%')?.parse().ok()?;
+    let files = line
+        .split_once("xfr#")
+        .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let total = if percent > 0 {
+        bytes.saturating_mul(100) / percent
+    } else {
+        0
+    };
+    Some((bytes, total.max(bytes), files))
+}
+
 /// How many bytes process `pid` has read so far (Linux's /proc/PID/io `rchar`): `nix copy`
 /// reads each path from ssh's pipe, so this moves with the copy even when nix says nothing.
 pub fn bytes_read(pid: u32) -> Option<u64> {
@@ -205,6 +229,20 @@ mod tests {
         let before = bytes_read(std::process::id()).unwrap();
         let _ = std::fs::read("/proc/self/exe").unwrap();
         assert!(bytes_read(std::process::id()).unwrap() > before);
+    }
+
+    #[test]
+    fn rsync_s_progress_lines() {
+        assert_eq!(
+            rsync_progress("      1,238,099  47%  235.20kB/s    0:00:05 (xfr#3, to-chk=12/20)"),
+            Some((1_238_099, 2_634_253, 3))
+        );
+        assert_eq!(
+            rsync_progress("              0   0%    0.00kB/s    0:00:00"),
+            Some((0, 0, 0))
+        );
+        assert_eq!(rsync_progress("Number of files: 5"), None);
+        assert_eq!(rsync_progress(""), None);
     }
 
     #[test]

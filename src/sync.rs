@@ -72,7 +72,60 @@ fn rsync(conn: &Connection, env: &RemoteEnv) -> Cmd {
 }
 
 fn run_rsync(conn: &Connection, cmd: &Cmd, step: &str) -> Result<std::process::Output> {
-    run_rsync_checked(conn, cmd, step, cmd.output()?)
+    let out = if crate::progress::terminal() && !exec::quiet() {
+        rsync_showing_progress(cmd, &format!("{}: {step}", conn.transport.label))?
+    } else {
+        cmd.output()?
+    };
+    run_rsync_checked(conn, cmd, step, out)
+}
+
+/// Runs `cmd` with a status line (see `progress`) from its `--info=progress2` lines; the
+/// output as if it had run plainly (those lines left out).
+fn rsync_showing_progress(cmd: &Cmd, what: &str) -> Result<std::process::Output> {
+    use std::io::Read as _;
+    let mut child = cmd.clone().arg("--info=progress2").spawn(|c| {
+        c.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+    })?;
+    let stderr = child.stderr.take().map(|mut err| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = err.read_to_end(&mut v);
+            v
+        })
+    });
+    let status = crate::progress::Status::start(what);
+    let mut stdout = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        // Its progress comes as lines ended by \r; everything else (the stats) is kept.
+        let mut line = Vec::new();
+        for byte in std::io::BufReader::new(out).bytes().map_while(Result::ok) {
+            if byte != b'\r' && byte != b'\n' {
+                line.push(byte);
+                continue;
+            }
+            match crate::progress::rsync_progress(&String::from_utf8_lossy(&line)) {
+                Some((done, total, files)) => {
+                    status.show_with(done, total, &format!("{files} files"));
+                }
+                None => {
+                    stdout.extend_from_slice(&line);
+                    stdout.push(b'\n');
+                }
+            }
+            line.clear();
+        }
+        stdout.extend_from_slice(&line);
+    }
+    drop(status);
+    let exit = child.wait()?;
+    Ok(std::process::Output {
+        status: exit,
+        stdout,
+        stderr: stderr.and_then(|t| t.join().ok()).unwrap_or_default(),
+    })
 }
 
 /// rsync's exit as edict's error: host, step, what rsync said and a fix.

@@ -122,10 +122,11 @@ fn shell_word(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-/// In a real terminal (tmux), a copy-back that takes seconds shows one status line —
-/// what, paths and bytes of how many — while it runs, and leaves a clean screen.
+/// In a real terminal (tmux), a sync and a copy-back that take seconds each show one
+/// status line — what, files or paths, bytes of how many — while they run, and leave a
+/// clean screen.
 #[test]
-fn a_long_copy_back_shows_a_status_line_in_a_terminal() {
+fn long_transfers_show_a_status_line_in_a_terminal() {
     let mut lab = Lab::new();
     lab.start(HostSpec::slow("slow", Flavour::Bookworm));
     let tag = lab::unique_tag();
@@ -138,6 +139,16 @@ fn a_long_copy_back_shows_a_status_line_in_a_terminal() {
         ),
     )
     .unwrap();
+    // 3 MB to send first.
+    let mut blob = vec![0u8; 3_000_000];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for b in blob.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    std::fs::write(dir.join("blob"), blob).unwrap();
     // The run as a shell line: the lab's environment, then edict.
     let cmd = lab.edict(&dir);
     let mut line = String::from("env");
@@ -176,9 +187,16 @@ fn a_long_copy_back_shows_a_status_line_in_a_terminal() {
     assert!(out.status.success(), "{}", describe(&out));
     let mut seen = None;
     let mut lines: Vec<String> = Vec::new();
+    let mut synced = None;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     let screen = loop {
         let screen = String::from_utf8_lossy(&tmux(&["capture-pane", "-p"]).stdout).into_owned();
+        if let Some(l) = screen
+            .lines()
+            .find(|l| l.contains("slow: syncing ") && l.contains(" files"))
+        {
+            synced.get_or_insert_with(|| l.to_string());
+        }
         if let Some(l) = screen
             .lines()
             .find(|l| l.contains("slow: copying results") && l.contains("paths"))
@@ -207,9 +225,11 @@ fn a_long_copy_back_shows_a_status_line_in_a_terminal() {
             .any(|l| !l.contains(": 0 B of") && l.contains("0/1 paths")),
         "{lines:#?}"
     );
+    let synced = synced.unwrap_or_else(|| panic!("no sync status line; at the end:\n{screen}"));
+    assert!(synced.contains(" of "), "{synced}");
     assert!(
-        !screen.contains("copying results"),
-        "the status line stayed:\n{screen}"
+        !screen.contains("copying results") && !screen.contains("syncing"),
+        "a status line stayed:\n{screen}"
     );
     assert!(dir.join("result").exists());
 }
