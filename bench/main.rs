@@ -131,6 +131,7 @@ fn write_flake(dir: &Path, scale: f64) {
     let chain = 30;
     let blob = ((10u64 << 20) as f64 * scale) as u64;
     let wide = ((500.0 * scale) as u64).max(10);
+    let big = ((500u64 << 20) as f64 * scale) as u64;
     let flake = format!(
         r#"{{
   outputs = {{ self }}:
@@ -152,7 +153,12 @@ fn write_flake(dir: &Path, scale: f64) {
       w3 = drv "w3" "echo ${{builtins.concatStringsSep " " (builtins.genList leaf {wide})}} > /dev/null; echo done > $out";
       # W4: something small, already built on the host when timed.
       w4 = drv "w4" "echo noop > $out";
-    in {{ packages.${{system}} = {{ inherit w1 w2 w3 w4; }}; }};
+      # W5: a real text source (W5's `text/`), first run to a fresh host; a small output.
+      w5 = drv "w5" "/usr/bin/find ${{self}}/text -type f | /usr/bin/wc -l > $out";
+      # W6: a big final closure of compressible binaries (the host's own programs and
+      # libraries, concatenated), copied back.
+      w6 = drv "w6" "/bin/mkdir $out; /usr/bin/find /usr/lib /usr/bin -type f -print0 | /usr/bin/xargs -0 /bin/cat 2>/dev/null | /usr/bin/head -c {big} > $out/blob";
+    in {{ packages.${{system}} = {{ inherit w1 w2 w3 w4 w5 w6; }}; }};
 }}
 "#
     );
@@ -179,6 +185,53 @@ fn write_big_source(dir: &Path, scale: f64) {
             .collect();
         std::fs::write(sub.join(format!("f{i:05}.bin")), bytes).unwrap();
     }
+    lab::git_init(dir);
+}
+
+/// W5's source: about 150 MB of real text (this machine's docs, headers and Perl and
+/// Python sources: what a source tree is made of), scaled, in a git repo.
+fn write_text_source(dir: &Path, scale: f64) {
+    let want = ((150u64 << 20) as f64 * scale) as u64;
+    let text = dir.join("text");
+    let mut have = 0u64;
+    let mut stack: Vec<PathBuf> = [
+        "/usr/include",
+        "/usr/share/perl",
+        "/usr/lib/python3",
+        "/usr/share/doc",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .collect();
+    while let Some(d) = stack.pop() {
+        if have >= want {
+            break;
+        }
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        let mut entries: Vec<_> = entries.flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let Ok(meta) = std::fs::symlink_metadata(e.path()) else {
+                continue;
+            };
+            if meta.is_dir() {
+                stack.push(e.path());
+            } else if meta.is_file() && have < want {
+                let rel = e.path().strip_prefix("/").unwrap().to_path_buf();
+                let to = text.join(rel);
+                std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+                if std::fs::copy(e.path(), &to).is_ok() {
+                    have += meta.len();
+                }
+            }
+        }
+    }
+    assert!(
+        have > want / 2,
+        "only {have} bytes of text found on this machine"
+    );
     lab::git_init(dir);
 }
 
@@ -246,6 +299,14 @@ fn method(m: &str, attr: &str) -> String {
              rsync -a --delete -e \"ssh -F $CFG -o ControlPath=$S\" ./ bench:/root/bench-src/ && \
              out=$(ssh -F \"$CFG\" -o ControlPath=$S bench 'nix build /root/bench-src#{attr} --no-link && nix path-info /root/bench-src#{attr}') && \
              NIX_SSHOPTS=\"-F $CFG -o ControlPath=$S\" nix copy --no-check-sigs --from ssh://bench \"$out\" && \
+             nix-store --realise \"$out\" --add-root result >/dev/null; rc=$?; ssh -F \"$CFG\" -o ControlPath=$S -O exit bench 2>/dev/null; exit $rc"
+        ),
+        // (e) the floor with the best hand-tuned flags: rsync -z, ssh compression for the copy.
+        "e" => format!(
+            "S=${{TMPDIR:-/tmp}}/edict-bench-floor-$$; ssh -F \"$CFG\" -o ControlMaster=yes -o ControlPath=$S -o ControlPersist=30 -fN bench && \
+             rsync -az --delete -e \"ssh -F $CFG -o ControlPath=$S\" ./ bench:/root/bench-src/ && \
+             out=$(ssh -F \"$CFG\" -o ControlPath=$S bench 'nix build /root/bench-src#{attr} --no-link && nix path-info /root/bench-src#{attr}') && \
+             NIX_SSHOPTS=\"-F $CFG -o ControlPath=$S\" nix copy --no-check-sigs --from 'ssh://bench?compress=true' \"$out\" && \
              nix-store --realise \"$out\" --add-root result >/dev/null; rc=$?; ssh -F \"$CFG\" -o ControlPath=$S -O exit bench 2>/dev/null; exit $rc"
         ),
         _ => panic!("unknown method {m}"),
@@ -342,6 +403,7 @@ fn main() {
         ("b", "(b) nix --builders"),
         ("c", "(c) --store ssh-ng + copy"),
         ("d", "(d) floor: rsync+ssh+copy"),
+        ("e", "(e) floor, compressed"),
     ]);
     let mut results: BTreeMap<String, BTreeMap<String, Result<Vec<Sample>, String>>> =
         BTreeMap::new();
@@ -359,6 +421,9 @@ fn main() {
                 write_flake(&flake, args.scale);
                 if w == "w2" {
                     write_big_source(&flake, args.scale);
+                }
+                if w == "w5" {
+                    write_text_source(&flake, args.scale);
                 }
                 match one_run(&args, w, m, &flake) {
                     Ok(s) => {
@@ -447,6 +512,14 @@ fn write_report(
         ),
         ("w3", "W3 wide: 500 tiny derivations under one attribute"),
         ("w4", "W4 no-op: an attribute already built on the host"),
+        (
+            "w5",
+            "W5 cold source: ~150 MB of real text (docs, headers, scripts), first run to a fresh host",
+        ),
+        (
+            "w6",
+            "W6 big closure: ~500 MB of compressible binaries built there, copied back",
+        ),
     ]);
     let mut md = String::new();
     md.push_str("# Benchmarks\n\nGenerated by `bench/run`");

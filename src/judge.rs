@@ -805,7 +805,7 @@ fn rsync(
     }
     let on_path = (!path.is_empty()).then(|| path.to_string());
     match crate::remote::choose_rsync(host, on_path, version, || others.to_vec()) {
-        Ok(chosen) => {
+        Ok((chosen, _)) => {
             let there = if chosen == path {
                 rsync_version(version)
             } else {

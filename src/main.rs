@@ -26,6 +26,7 @@ mod select;
 mod signals;
 mod ssh;
 mod sync;
+mod transfer;
 
 use crate::problem::Problem;
 use anyhow::Result;
@@ -35,7 +36,10 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     exec::set_verbosity(cli.verbose, cli.quiet);
-    results::set_substitutes(!cli.no_substitute);
+    transfer::set(transfer::Settings {
+        substitute: !cli.no_substitute,
+        compress: cli.compress,
+    });
     match run(&cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => ExitCode::from(ssh::report(&e)),

@@ -151,11 +151,7 @@ pub fn rsync_progress(line: &str) -> Option<(u64, u64, u64)> {
         .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    let total = if percent > 0 {
-        bytes.saturating_mul(100) / percent
-    } else {
-        0
-    };
+    let total = bytes.saturating_mul(100).checked_div(percent).unwrap_or(0);
     Some((bytes, total.max(bytes), files))
 }
 

@@ -92,6 +92,8 @@ pub struct RemoteEnv {
     pub nix: String,
     pub nix_version: String,
     pub rsync: Option<String>,
+    /// Its `--version` line.
+    pub rsync_version: String,
     pub dirs: RemoteDirs,
     /// The login shell there (`$SHELL` of the ssh session).
     pub shell: String,
@@ -202,10 +204,10 @@ pub fn prepare(
     ));
     if !plan.sources.is_empty() {
         let version = fields.get("rsyncv").cloned().unwrap_or_default();
-        env.rsync = Some(
-            choose_rsync(host, env.rsync.take(), &version, || other_rsync(conn))
-                .map_err(|p| anyhow::Error::new(*p))?,
-        );
+        let (path, version) = choose_rsync(host, env.rsync.take(), &version, || other_rsync(conn))
+            .map_err(|p| anyhow::Error::new(*p))?;
+        env.rsync = Some(path);
+        env.rsync_version = version;
     }
     Ok((env, session))
 }
@@ -383,6 +385,7 @@ fn env_from(
     })?;
     Ok(RemoteEnv {
         shell: get("shell").unwrap_or_default(),
+        rsync_version: get("rsyncv").unwrap_or_default(),
         nix_version: get("version").unwrap_or_default(),
         nix,
         rsync: get("rsync"),
@@ -397,25 +400,23 @@ fn env_from(
 /// `version`) when edict can use it; else, as a Mac builder's openrsync or 2.6.9 may sit
 /// before a good one in a Nix profile or Homebrew's directory, the first usable one of
 /// `others` (asked only then: one more round trip); else an error naming the one found.
+/// The chosen one's path and `--version` line.
 pub fn choose_rsync(
     host: &str,
     on_path: Option<String>,
     version: &str,
     others: impl FnOnce() -> Vec<(String, String)>,
-) -> Result<String, Box<Problem>> {
+) -> Result<(String, String), Box<Problem>> {
     if let Some(path) = on_path
         .as_ref()
         .filter(|_| crate::rsync::unfit(version).is_none())
     {
-        return Ok(path.clone());
+        return Ok((path.clone(), version.to_string()));
     }
     let found = others();
-    if let Some(path) = found
-        .iter()
-        .find_map(|(path, v)| crate::rsync::unfit(v).is_none().then(|| path.clone()))
-    {
-        exec::debug(format_args!("{host}: using the rsync at {path}"));
-        return Ok(path);
+    if let Some(chosen) = found.iter().find(|(_, v)| crate::rsync::unfit(v).is_none()) {
+        exec::debug(format_args!("{host}: using the rsync at {}", chosen.0));
+        return Ok(chosen.clone());
     }
     let problem = |what: String| {
         Box::new(Problem {
@@ -1031,7 +1032,7 @@ mod tests {
         };
         // Usable on the PATH: no second look.
         let got = choose_rsync("h", Some("/usr/bin/rsync".into()), good, || others(vec![]));
-        assert_eq!(got.unwrap(), "/usr/bin/rsync");
+        assert_eq!(got.unwrap(), ("/usr/bin/rsync".into(), good.into()));
         assert_eq!(asked.get(), 0);
         // openrsync first, a good one in a Nix profile.
         let got = choose_rsync("h", Some("/usr/bin/rsync".into()), open, || {
@@ -1040,7 +1041,13 @@ mod tests {
                 ("/nix/var/nix/profiles/default/bin/rsync", good),
             ])
         });
-        assert_eq!(got.unwrap(), "/nix/var/nix/profiles/default/bin/rsync");
+        assert_eq!(
+            got.unwrap(),
+            (
+                "/nix/var/nix/profiles/default/bin/rsync".into(),
+                good.into()
+            )
+        );
         // Nothing usable anywhere: the one on the PATH is named.
         let err = choose_rsync("h", Some("/usr/bin/rsync".into()), open, || others(vec![]));
         let err = format!("{:#}", err.unwrap_err());
@@ -1305,6 +1312,7 @@ mod tests {
         let env = |v: &str| RemoteEnv {
             nix: "nix".into(),
             shell: "/bin/sh".into(),
+            rsync_version: String::new(),
             nix_version: v.into(),
             rsync: None,
             dirs: RemoteDirs {

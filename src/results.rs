@@ -344,9 +344,15 @@ pub fn add_root(target: &str, link: &std::path::Path) -> Result<()> {
 /// may be off the PATH there).
 pub fn copy_command(conn: &Connection, nix_store: &str, direction: &str, paths: &[&str]) -> Cmd {
     let store = format!(
-        "ssh://{}?remote-program={}",
+        "ssh://{}?remote-program={}{}",
         conn.transport.dest.target(),
-        crate::flakeref::percent_encode(nix_store)
+        crate::flakeref::percent_encode(nix_store),
+        // ssh's own compression (zlib) for this copy; see `transfer`.
+        if crate::transfer::compress(|| conn.round_trip()) {
+            "&compress=true"
+        } else {
+            ""
+        }
     );
     Cmd::new("nix")
         .args([
@@ -375,16 +381,9 @@ pub fn copy_command(conn: &Connection, nix_store: &str, direction: &str, paths: 
         .env("NIX_SSHOPTS", conn.nix_sshopts())
 }
 
-/// Whether copies let the receiving store use its substituters (`--no-substitute` turns
-/// it off): set once, from the command line.
-static SUBSTITUTES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
-
-pub fn set_substitutes(on: bool) {
-    SUBSTITUTES.store(on, std::sync::atomic::Ordering::Relaxed);
-}
-
+/// Whether copies let the receiving store use its substituters (see `transfer`).
 fn substitutes() -> bool {
-    SUBSTITUTES.load(std::sync::atomic::Ordering::Relaxed)
+    crate::transfer::settings().substitute
 }
 
 /// How to make this machine's store take paths built on `host`: trust the user, or have

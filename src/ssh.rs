@@ -167,6 +167,8 @@ impl Transport {
 pub struct Connection {
     pub transport: Transport,
     socket: PathBuf,
+    /// The link's round trip, once measured (see [`Connection::round_trip`]).
+    round_trip: std::sync::OnceLock<std::time::Duration>,
     // Holds the socket's directory; removed after the master has exited (field order).
     _dir: tempfile::TempDir,
 }
@@ -202,6 +204,7 @@ impl Connection {
         let conn = Connection {
             transport,
             socket,
+            round_trip: std::sync::OnceLock::new(),
             _dir: dir,
         };
         let log = conn.log();
@@ -361,6 +364,25 @@ impl Connection {
     }
 
     /// Whether the master is still up (to tell a remote exit code 255 from a dead link).
+    /// The link's round trip: the quicker of two `true`s run there over the open
+    /// connection (a session opened, run and closed: about one round trip), measured once.
+    pub fn round_trip(&self) -> std::time::Duration {
+        *self.round_trip.get_or_init(|| {
+            let once = || {
+                let start = std::time::Instant::now();
+                let _ = self.ssh(Tty::No, "true").succeeds();
+                start.elapsed()
+            };
+            let took = once().min(once());
+            exec::debug(format_args!(
+                "{}: the link's round trip is about {} ms",
+                self.transport.label,
+                took.as_millis()
+            ));
+            took
+        })
+    }
+
     pub fn alive(&self) -> bool {
         Cmd::new("ssh")
             .args(self.client_opts())

@@ -233,3 +233,41 @@ fn long_transfers_show_a_status_line_in_a_terminal() {
     );
     assert!(dir.join("result").exists());
 }
+
+/// `--compress always` compresses both ways (rsync negotiates zstd, nix copy asks ssh for
+/// compression) and the run works; `auto` leaves a fast link alone (the lab's, under a
+/// millisecond); `never` never compresses.
+#[test]
+fn compression_where_asked_and_not_on_a_fast_link() {
+    for flavour in Flavour::ALL {
+        let mut lab = Lab::new();
+        lab.start(HostSpec::new("h", flavour));
+        for (when, compressed) in [("always", true), ("auto", false), ("never", false)] {
+            let dir = lab.workdir(&format!("compress-{when}"));
+            lab::write_rich_flake(&dir, &lab::unique_tag());
+            let out = lab
+                .edict(&dir)
+                .args(["-v", "--compress", when, "h", "nix", "build", ".#default"])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{flavour:?} {when}: {}",
+                describe(&out)
+            );
+            let err = String::from_utf8_lossy(&out.stderr);
+            let rsync = err.lines().find(|l| l.starts_with("+ rsync -r")).unwrap();
+            let copy = err
+                .lines()
+                .find(|l| l.contains(" copy ") && l.contains("--from"))
+                .unwrap();
+            assert_eq!(
+                rsync.contains(" --compress "),
+                compressed,
+                "{when}: {rsync}"
+            );
+            assert_eq!(copy.contains("compress=true"), compressed, "{when}: {copy}");
+            assert!(dir.join("result").exists());
+        }
+    }
+}

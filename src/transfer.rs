@@ -1,0 +1,105 @@
+//! How bytes cross the link, set once from the command line: whether the receiving store
+//! may take paths from its own binary caches first (`--no-substitute`), and whether rsync
+//! and `nix copy` compress (`--compress`).
+//!
+//! Compression costs CPU and wins only where the link is slower than the compressor: over
+//! a LAN (1 Gbit/s) ssh's zlib is the bottleneck. `auto` therefore compresses only over a
+//! link whose round trip is long (a WAN, a VPN, a laptop's uplink), measured on the open
+//! connection; rsync then negotiates zstd (or lz4) when both sides have rsync 3.2.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// When to compress what crosses the link.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Compress {
+    /// Over a link whose round trip is [`LONG_ROUND_TRIP`] or more.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+/// A round trip from which `auto` compresses: far beyond a LAN's (under 1 ms) or a lab's,
+/// the kind of link whose rate is below what zstd (and ssh's zlib) compress per second.
+pub const LONG_ROUND_TRIP: Duration = Duration::from_millis(20);
+
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    pub substitute: bool,
+    pub compress: Compress,
+}
+
+static SETTINGS: OnceLock<Settings> = OnceLock::new();
+
+/// Sets them, once, from the command line.
+pub fn set(settings: Settings) {
+    let _ = SETTINGS.set(settings);
+}
+
+/// What was set (substitutes on, compression `auto`, when nothing was).
+pub fn settings() -> Settings {
+    SETTINGS.get().copied().unwrap_or(Settings {
+        substitute: true,
+        compress: Compress::Auto,
+    })
+}
+
+/// Whether to compress over a link whose round trip `round_trip` gives (asked only for
+/// `auto`).
+pub fn compress(round_trip: impl FnOnce() -> Duration) -> bool {
+    match settings().compress {
+        Compress::Always => true,
+        Compress::Never => false,
+        Compress::Auto => round_trip() >= LONG_ROUND_TRIP,
+    }
+}
+
+/// The numbers of an rsync version (`3.2.7` → [3, 2, 7]).
+fn numbers(version: &str) -> Vec<u32> {
+    version
+        .trim_start_matches('v')
+        .split('.')
+        .map_while(|p| {
+            let digits: String = p.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .collect()
+}
+
+/// Whether both rsyncs (their `--version` lines) negotiate a compression of their own:
+/// from 3.2.0 they pick the best both have (zstd, lz4); before, only zlib, slow enough to
+/// lose on all but slow links.
+pub fn rsyncs_negotiate(here: &str, there: &str) -> bool {
+    [here, there].iter().all(|line| {
+        numbers(&crate::rsync::version(line)).as_slice() >= [3, 2].as_slice()
+            && !line.contains("openrsync")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rsync_compression_needs_3_2_on_both_sides() {
+        let v = |n: &str| format!("rsync  version {n}  protocol version 31");
+        assert!(rsyncs_negotiate(&v("3.2.7"), &v("3.4.1")));
+        assert!(rsyncs_negotiate(&v("v3.2.3"), &v("3.2.0")));
+        assert!(!rsyncs_negotiate(&v("3.1.3"), &v("3.2.7")));
+        assert!(!rsyncs_negotiate(&v("3.2.7"), &v("3.1.3")));
+        assert!(!rsyncs_negotiate(
+            &v("3.2.7"),
+            "openrsync: protocol version 29"
+        ));
+        assert!(!rsyncs_negotiate(&v("3.2.7"), ""));
+    }
+
+    #[test]
+    fn auto_compresses_over_long_round_trips_only() {
+        // Unset: auto.
+        assert!(!compress(|| Duration::from_millis(1)));
+        assert!(compress(|| Duration::from_millis(40)));
+        assert!(compress(|| LONG_ROUND_TRIP));
+    }
+}
