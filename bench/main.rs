@@ -301,12 +301,13 @@ fn method(m: &str, attr: &str) -> String {
              NIX_SSHOPTS=\"-F $CFG -o ControlPath=$S\" nix copy --no-check-sigs --from ssh://bench \"$out\" && \
              nix-store --realise \"$out\" --add-root result >/dev/null; rc=$?; ssh -F \"$CFG\" -o ControlPath=$S -O exit bench 2>/dev/null; exit $rc"
         ),
-        // (e) the floor with the best hand-tuned flags: rsync -z, ssh compression for the copy.
+        // (e) the floor with the best hand-tuned flags: rsync -z, and ssh's compression on the
+        // shared connection (a `?compress=true` copy through it could not ask for its own).
         "e" => format!(
-            "S=${{TMPDIR:-/tmp}}/edict-bench-floor-$$; ssh -F \"$CFG\" -o ControlMaster=yes -o ControlPath=$S -o ControlPersist=30 -fN bench && \
+            "S=${{TMPDIR:-/tmp}}/edict-bench-floor-$$; ssh -F \"$CFG\" -C -o ControlMaster=yes -o ControlPath=$S -o ControlPersist=30 -fN bench && \
              rsync -az --delete -e \"ssh -F $CFG -o ControlPath=$S\" ./ bench:/root/bench-src/ && \
              out=$(ssh -F \"$CFG\" -o ControlPath=$S bench 'nix build /root/bench-src#{attr} --no-link && nix path-info /root/bench-src#{attr}') && \
-             NIX_SSHOPTS=\"-F $CFG -o ControlPath=$S\" nix copy --no-check-sigs --from 'ssh://bench?compress=true' \"$out\" && \
+             NIX_SSHOPTS=\"-F $CFG -o ControlPath=$S\" nix copy --no-check-sigs --from ssh://bench \"$out\" && \
              nix-store --realise \"$out\" --add-root result >/dev/null; rc=$?; ssh -F \"$CFG\" -o ControlPath=$S -O exit bench 2>/dev/null; exit $rc"
         ),
         _ => panic!("unknown method {m}"),

@@ -206,6 +206,7 @@ pub fn prepare(
         let version = fields.get("rsyncv").cloned().unwrap_or_default();
         let (path, version) = choose_rsync(host, env.rsync.take(), &version, || other_rsync(conn))
             .map_err(|p| anyhow::Error::new(*p))?;
+        exec::debug(format_args!("{host}: {path}: {}", version.trim()));
         env.rsync = Some(path);
         env.rsync_version = version;
     }

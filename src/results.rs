@@ -344,15 +344,9 @@ pub fn add_root(target: &str, link: &std::path::Path) -> Result<()> {
 /// may be off the PATH there).
 pub fn copy_command(conn: &Connection, nix_store: &str, direction: &str, paths: &[&str]) -> Cmd {
     let store = format!(
-        "ssh://{}?remote-program={}{}",
+        "ssh://{}?remote-program={}",
         conn.transport.dest.target(),
-        crate::flakeref::percent_encode(nix_store),
-        // ssh's own compression (zlib) for this copy; see `transfer`.
-        if crate::transfer::compress(|| conn.round_trip()) {
-            "&compress=true"
-        } else {
-            ""
-        }
+        crate::flakeref::percent_encode(nix_store)
     );
     Cmd::new("nix")
         .args([

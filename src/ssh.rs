@@ -167,8 +167,6 @@ impl Transport {
 pub struct Connection {
     pub transport: Transport,
     socket: PathBuf,
-    /// The link's round trip, once measured (see [`Connection::round_trip`]).
-    round_trip: std::sync::OnceLock<std::time::Duration>,
     // Holds the socket's directory; removed after the master has exited (field order).
     _dir: tempfile::TempDir,
 }
@@ -204,7 +202,6 @@ impl Connection {
         let conn = Connection {
             transport,
             socket,
-            round_trip: std::sync::OnceLock::new(),
             _dir: dir,
         };
         let log = conn.log();
@@ -217,6 +214,13 @@ impl Connection {
             .args(conn.keepalive())
             .args(["-o", "ControlMaster=yes", "-o"])
             .arg(format!("ControlPath={}", conn.socket.display()))
+            // Everything crosses this one connection: compressed where that wins.
+            .args(
+                crate::transfer::compress(|| round_trip(&conn.transport))
+                    .then_some(["-o", "Compression=yes"])
+                    .into_iter()
+                    .flatten(),
+            )
             .arg("-E")
             .arg(&log)
             .args([
@@ -364,25 +368,6 @@ impl Connection {
     }
 
     /// Whether the master is still up (to tell a remote exit code 255 from a dead link).
-    /// The link's round trip: the quicker of two `true`s run there over the open
-    /// connection (a session opened, run and closed: about one round trip), measured once.
-    pub fn round_trip(&self) -> std::time::Duration {
-        *self.round_trip.get_or_init(|| {
-            let once = || {
-                let start = std::time::Instant::now();
-                let _ = self.ssh(Tty::No, "true").succeeds();
-                start.elapsed()
-            };
-            let took = once().min(once());
-            exec::debug(format_args!(
-                "{}: the link's round trip is about {} ms",
-                self.transport.label,
-                took.as_millis()
-            ));
-            took
-        })
-    }
-
     pub fn alive(&self) -> bool {
         Cmd::new("ssh")
             .args(self.client_opts())
@@ -642,6 +627,54 @@ pub fn without_csh_refusal(printed: &str) -> String {
         .filter(|l| !l.contains(CSH_SAYS))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// The round trip to the host's ssh port: how long a TCP connection to it takes to open,
+/// at the address `ssh -G` names. Zero when it cannot be known (a proxy reaches the host, or
+/// the name does not resolve), which `transfer` reads as a near host.
+fn round_trip(transport: &Transport) -> std::time::Duration {
+    use std::net::ToSocketAddrs as _;
+    let zero = std::time::Duration::ZERO;
+    let Ok(out) = Cmd::new("ssh")
+        .args(transport.opts().iter().cloned())
+        .args(["-G", "--"])
+        .arg(transport.dest.target())
+        .output()
+    else {
+        return zero;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let setting = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix(' ')))
+            .map(str::trim)
+            .filter(|v| !v.is_empty() && *v != "none")
+    };
+    if setting("proxyjump").is_some() || setting("proxycommand").is_some() {
+        return zero;
+    }
+    let (Some(name), Some(port)) = (setting("hostname"), setting("port")) else {
+        return zero;
+    };
+    let Some(addr) = (name, port.parse::<u16>().unwrap_or(22))
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+    else {
+        return zero;
+    };
+    let start = std::time::Instant::now();
+    let took = match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(3))
+    {
+        Ok(_) => start.elapsed(),
+        Err(_) => zero,
+    };
+    exec::debug(format_args!(
+        "{}: a TCP connection to {addr} took {} ms",
+        transport.label,
+        took.as_millis()
+    ));
+    took
 }
 
 /// Whether a login shell (a path, as `$SHELL`) is csh or tcsh.
