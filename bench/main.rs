@@ -194,15 +194,22 @@ fn write_text_source(dir: &Path, scale: f64) {
     let want = ((150u64 << 20) as f64 * scale) as u64;
     let text = dir.join("text");
     let mut have = 0u64;
+    // Taken from the end: headers first. Compressed files (docs' .gz) are not source.
     let mut stack: Vec<PathBuf> = [
-        "/usr/include",
+        "/usr/share/doc",
         "/usr/share/perl",
         "/usr/lib/python3",
-        "/usr/share/doc",
+        "/usr/include",
     ]
     .iter()
     .map(PathBuf::from)
     .collect();
+    let compressed = |p: &Path| {
+        p.extension().is_some_and(|e| {
+            ["gz", "xz", "bz2", "zst", "zip", "png", "jpg", "pdf", "pyc"]
+                .contains(&e.to_string_lossy().as_ref())
+        })
+    };
     while let Some(d) = stack.pop() {
         if have >= want {
             break;
@@ -218,7 +225,7 @@ fn write_text_source(dir: &Path, scale: f64) {
             };
             if meta.is_dir() {
                 stack.push(e.path());
-            } else if meta.is_file() && have < want {
+            } else if meta.is_file() && have < want && !compressed(&e.path()) {
                 let rel = e.path().strip_prefix("/").unwrap().to_path_buf();
                 let to = text.join(rel);
                 std::fs::create_dir_all(to.parent().unwrap()).unwrap();
