@@ -7,6 +7,7 @@ use crate::mapping::Plan;
 use crate::problem::Problem;
 use crate::remote::RemoteEnv;
 use crate::ssh::{Connection, ssh_failure};
+use crate::transfer::Compress;
 use anyhow::Result;
 use std::path::{Path, PathBuf};
 
@@ -103,7 +104,8 @@ pub fn copy_closures(conn: &Connection, env: &RemoteEnv, paths: &[&str], step: &
     // with substitutes every one is named, as nix asks the receiving store to substitute
     // only the paths it is given, not their references.
     let showing = crate::progress::terminal() && !exec::quiet();
-    let missing = if substitutes() || showing {
+    let settings = crate::transfer::settings();
+    let missing = if settings.substitute || showing || settings.compress != Compress::Never {
         missing_here(closure_there(conn, env, &targets))
     } else {
         Vec::new()
@@ -113,7 +115,23 @@ pub fn copy_closures(conn: &Connection, env: &RemoteEnv, paths: &[&str], step: &
     } else {
         missing.iter().map(|(p, _)| p.as_str()).collect()
     };
-    let copy = copy_command(conn, &env.nix_store(), "--from", &wanted);
+    let plain = copy_command(conn, &env.nix_store(), "--from", &wanted);
+    // A big copy over a long link gets a connection of its own, compressed (see `transfer`).
+    let bytes: u64 = missing.iter().map(|(_, s)| s).sum();
+    let compressed = match settings.compress {
+        Compress::Always => true,
+        Compress::Never => false,
+        Compress::Auto => {
+            bytes >= crate::transfer::BIG_COPY && crate::transfer::compress(|| conn.round_trip())
+        }
+    };
+    let copy = if compressed {
+        plain
+            .clone()
+            .env("NIX_SSHOPTS", conn.compressed_nix_sshopts())
+    } else {
+        plain.clone()
+    };
     // One import at a time into the local store: several hosts of a fan-out often bring
     // the same paths, and Nix 2.8's ssh import breaks its protocol when a path becomes
     // valid while it waits for the lock ("not an absolute path: 'nix-archive-1'").
@@ -122,18 +140,27 @@ pub fn copy_closures(conn: &Connection, env: &RemoteEnv, paths: &[&str], step: &
         let _one_at_a_time = IMPORT
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let run = || {
+        let run = |copy: &Cmd| {
             if showing && !missing.is_empty() {
-                copy_showing_progress(&copy, &format!("{host}: {step}"), &missing)
+                copy_showing_progress(copy, &format!("{host}: {step}"), &missing)
             } else {
                 copy.output()
             }
         };
-        let out = run()?;
+        let mut out = run(&copy)?;
+        // The compressed connection is a login of its own, which may need what only the
+        // shared one had (a password, a prompt): then the copy goes through the shared one.
+        if compressed && !out.status.success() {
+            exec::debug(format_args!(
+                "{host}: the compressed copy failed ({}); copying over the shared connection",
+                exec::stderr_tail(&out).lines().last().unwrap_or("")
+            ));
+            out = run(&plain)?;
+        }
         // Another process may have imported the same path meanwhile: a second try finds it
         // valid and copies only what is still missing.
         if !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("nix-archive-1") {
-            run()?
+            run(&plain)?
         } else {
             out
         }

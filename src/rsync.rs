@@ -54,6 +54,14 @@ pub fn fix(host: Option<&str>) -> String {
     }
 }
 
+/// This machine's rsync's `--version` line, once [`check_here`] found it usable.
+static HERE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// This machine's rsync's `--version` line (empty before [`check_here`]).
+pub fn here() -> &'static str {
+    HERE.get().map_or("", String::as_str)
+}
+
 /// Checks this machine's rsync before anything is sent (the copy a Mac has cannot be used).
 pub fn check_here(host: &str) -> Result<()> {
     let problem = |what: String| Problem {
@@ -77,6 +85,7 @@ pub fn check_here(host: &str) -> Result<()> {
         ))
         .into());
     }
+    let _ = HERE.set(line.to_string());
     Ok(())
 }
 

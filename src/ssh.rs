@@ -167,6 +167,8 @@ impl Transport {
 pub struct Connection {
     pub transport: Transport,
     socket: PathBuf,
+    /// The link's round trip, once measured (see [`Connection::round_trip`]).
+    round_trip: std::sync::OnceLock<std::time::Duration>,
     // Holds the socket's directory; removed after the master has exited (field order).
     _dir: tempfile::TempDir,
 }
@@ -202,6 +204,7 @@ impl Connection {
         let conn = Connection {
             transport,
             socket,
+            round_trip: std::sync::OnceLock::new(),
             _dir: dir,
         };
         let log = conn.log();
@@ -214,13 +217,6 @@ impl Connection {
             .args(conn.keepalive())
             .args(["-o", "ControlMaster=yes", "-o"])
             .arg(format!("ControlPath={}", conn.socket.display()))
-            // Everything crosses this one connection: compressed where that wins.
-            .args(
-                crate::transfer::compress(|| round_trip(&conn.transport))
-                    .then_some(["-o", "Compression=yes"])
-                    .into_iter()
-                    .flatten(),
-            )
             .arg("-E")
             .arg(&log)
             .args([
@@ -365,6 +361,47 @@ impl Connection {
     /// white space, so the socket path must have none (see `socket_dir`).
     pub fn nix_sshopts(&self) -> String {
         self.client_opts().join(" ")
+    }
+
+    /// `NIX_SSHOPTS` for a connection of its own with ssh's compression: a copy through the
+    /// shared one cannot ask for it. Never a prompt (`BatchMode`): where the login needs one,
+    /// this connection fails and the copy goes through the shared one.
+    pub fn compressed_nix_sshopts(&self) -> String {
+        let mut opts = self.transport.user_opts.clone();
+        opts.extend(
+            [
+                "-C",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ControlMaster=no",
+                "-o",
+                "ControlPath=none",
+                "-o",
+                "RemoteCommand=none",
+            ]
+            .map(String::from),
+        );
+        opts.join(" ")
+    }
+
+    /// The link's round trip, about: the quickest of three `true`s run there over the open
+    /// connection (a session opened, run and closed), measured once.
+    pub fn round_trip(&self) -> std::time::Duration {
+        *self.round_trip.get_or_init(|| {
+            let once = || {
+                let start = std::time::Instant::now();
+                let _ = self.ssh(Tty::No, "true").succeeds();
+                start.elapsed()
+            };
+            let took = once().min(once()).min(once());
+            exec::debug(format_args!(
+                "{}: a command there takes {} ms, there and back",
+                self.transport.label,
+                took.as_millis()
+            ));
+            took
+        })
     }
 
     /// Whether the master is still up (to tell a remote exit code 255 from a dead link).
@@ -627,54 +664,6 @@ pub fn without_csh_refusal(printed: &str) -> String {
         .filter(|l| !l.contains(CSH_SAYS))
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-/// The round trip to the host's ssh port: how long a TCP connection to it takes to open,
-/// at the address `ssh -G` names. Zero when it cannot be known (a proxy reaches the host, or
-/// the name does not resolve), which `transfer` reads as a near host.
-fn round_trip(transport: &Transport) -> std::time::Duration {
-    use std::net::ToSocketAddrs as _;
-    let zero = std::time::Duration::ZERO;
-    let Ok(out) = Cmd::new("ssh")
-        .args(transport.opts().iter().cloned())
-        .args(["-G", "--"])
-        .arg(transport.dest.target())
-        .output()
-    else {
-        return zero;
-    };
-    let text = String::from_utf8_lossy(&out.stdout);
-    let setting = |key: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix(' ')))
-            .map(str::trim)
-            .filter(|v| !v.is_empty() && *v != "none")
-    };
-    if setting("proxyjump").is_some() || setting("proxycommand").is_some() {
-        return zero;
-    }
-    let (Some(name), Some(port)) = (setting("hostname"), setting("port")) else {
-        return zero;
-    };
-    let Some(addr) = (name, port.parse::<u16>().unwrap_or(22))
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-    else {
-        return zero;
-    };
-    let start = std::time::Instant::now();
-    let took = match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(3))
-    {
-        Ok(_) => start.elapsed(),
-        Err(_) => zero,
-    };
-    exec::debug(format_args!(
-        "{}: a TCP connection to {addr} took {} ms",
-        transport.label,
-        took.as_millis()
-    ));
-    took
 }
 
 /// Whether a login shell (a path, as `$SHELL`) is csh or tcsh.

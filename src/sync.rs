@@ -61,6 +61,15 @@ pub struct Upload {
 /// trip per batch; one list up front took W2's sync (5000 files in 50 directories, 40 ms
 /// round trips) from 0.93 s to 0.50 s, and a source tree's list is small enough to hold.
 fn rsync(conn: &Connection, env: &RemoteEnv) -> Cmd {
+    // Compressed where it wins (see `transfer`), by the algorithm both rsyncs choose.
+    let compress = match crate::transfer::settings().compress {
+        crate::transfer::Compress::Never => false,
+        crate::transfer::Compress::Always => true,
+        crate::transfer::Compress::Auto => {
+            crate::transfer::rsyncs_negotiate(crate::rsync::here(), &env.rsync_version)
+                && crate::transfer::compress(|| conn.round_trip())
+        }
+    };
     Cmd::new("rsync")
         .die_with_edict()
         .args(["-rlpt", "--modify-window=-1", "--no-inc-recursive", "-e"])
@@ -69,6 +78,7 @@ fn rsync(conn: &Connection, env: &RemoteEnv) -> Cmd {
             "--rsync-path={}",
             env.rsync.as_deref().unwrap_or("rsync")
         ))
+        .args(compress.then_some("--compress"))
 }
 
 fn run_rsync(conn: &Connection, cmd: &Cmd, step: &str) -> Result<std::process::Output> {

@@ -2,13 +2,12 @@
 //! may take paths from its own binary caches first (`--no-substitute`), and whether rsync
 //! and `nix copy` compress (`--compress`).
 //!
-//! Compression is ssh's own, on the one connection edict opens (rsync and `nix copy` both
-//! go through it; a `nix copy` through a shared connection cannot ask for it itself). It
-//! costs CPU and wins only where the link is slower than the compressor: over a LAN
-//! (1 Gbit/s) zlib is the bottleneck. `auto` therefore compresses only over a link whose
-//! round trip is long (a WAN, a VPN, a laptop's uplink), measured with a TCP connection to
-//! the host's ssh port before logging in; a host reached through a proxy is not measured,
-//! and not compressed unless asked.
+//! Compression costs CPU and wins only where the link is slower than the compressor: over
+//! a LAN (1 Gbit/s) ssh's zlib is the bottleneck. `auto` therefore compresses only over a
+//! link whose round trip is long (a WAN, a VPN, a laptop's uplink), measured on the open
+//! connection. rsync compresses itself (zstd or lz4, which both rsyncs negotiate from
+//! 3.2); `nix copy` cannot through the shared connection, so a big copy gets a connection
+//! of its own with ssh's compression (key logins only; else the shared one, uncompressed).
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -23,9 +22,14 @@ pub enum Compress {
     Never,
 }
 
-/// A round trip from which `auto` compresses: far beyond a LAN's (under 1 ms) or a lab's,
-/// the kind of link whose rate is below what zstd (and ssh's zlib) compress per second.
-pub const LONG_ROUND_TRIP: Duration = Duration::from_millis(20);
+/// A round trip (a command run there and its answer) from which `auto` compresses: far
+/// beyond a LAN's or a lab's (a few ms, most of it ssh starting), the kind of link whose
+/// rate is below what zstd and ssh's zlib compress per second.
+pub const LONG_ROUND_TRIP: Duration = Duration::from_millis(30);
+
+/// The least a `nix copy` must bring for a compressed connection of its own to pay for
+/// its login.
+pub const BIG_COPY: u64 = 16 << 20;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Settings {
@@ -58,9 +62,45 @@ pub fn compress(round_trip: impl FnOnce() -> Duration) -> bool {
     }
 }
 
+/// The numbers of an rsync version (`3.2.7` → [3, 2, 7]).
+fn numbers(version: &str) -> Vec<u32> {
+    version
+        .trim_start_matches('v')
+        .split('.')
+        .map_while(|p| {
+            let digits: String = p.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .collect()
+}
+
+/// Whether both rsyncs (their `--version` lines) negotiate a compression of their own:
+/// from 3.2.0 they pick the best both have (zstd, lz4); before, only zlib, slow enough to
+/// lose on all but slow links.
+pub fn rsyncs_negotiate(here: &str, there: &str) -> bool {
+    [here, there].iter().all(|line| {
+        numbers(&crate::rsync::version(line)).as_slice() >= [3, 2].as_slice()
+            && !line.contains("openrsync")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rsync_compression_needs_3_2_on_both_sides() {
+        let v = |n: &str| format!("rsync  version {n}  protocol version 31");
+        assert!(rsyncs_negotiate(&v("3.2.7"), &v("3.4.1")));
+        assert!(rsyncs_negotiate(&v("v3.2.3"), &v("3.2.0")));
+        assert!(!rsyncs_negotiate(&v("3.1.3"), &v("3.2.7")));
+        assert!(!rsyncs_negotiate(&v("3.2.7"), &v("3.1.3")));
+        assert!(!rsyncs_negotiate(
+            &v("3.2.7"),
+            "openrsync: protocol version 29"
+        ));
+        assert!(!rsyncs_negotiate(&v("3.2.7"), ""));
+    }
 
     #[test]
     fn auto_compresses_over_long_round_trips_only() {

@@ -234,9 +234,9 @@ fn long_transfers_show_a_status_line_in_a_terminal() {
     assert!(dir.join("result").exists());
 }
 
-/// `--compress always` compresses the one connection everything crosses (ssh's own
-/// compression) and the run works; `auto` leaves a fast link alone (the lab's, under a
-/// millisecond); `never` never compresses.
+/// `--compress always` compresses both ways (rsync negotiates zstd; the copy back gets a
+/// connection of its own with ssh's compression) and the run works; `auto` leaves a fast
+/// link alone (the lab's: a few ms); `never` never compresses.
 #[test]
 fn compression_where_asked_and_not_on_a_fast_link() {
     for flavour in Flavour::ALL {
@@ -256,15 +256,19 @@ fn compression_where_asked_and_not_on_a_fast_link() {
                 describe(&out)
             );
             let err = String::from_utf8_lossy(&out.stderr);
-            let master = err
+            let rsync = err.lines().find(|l| l.starts_with("+ rsync -r")).unwrap();
+            let copy = err
                 .lines()
-                .find(|l| l.starts_with("+ ssh ") && l.contains("ControlMaster=yes"))
+                .find(|l| l.contains(" copy ") && l.contains("--from"))
                 .unwrap();
-            assert_eq!(
-                master.contains("Compression=yes"),
-                compressed,
-                "{when}: {master}"
-            );
+            assert_eq!(rsync.contains(" --compress"), compressed, "{when}: {rsync}");
+            assert_eq!(copy.contains(" -C "), compressed, "{when}: {copy}");
+            // Only one copy: the compressed one worked (a key login, as the lab's).
+            let copies = err
+                .lines()
+                .filter(|l| l.contains(" copy ") && l.contains("--from"))
+                .count();
+            assert_eq!(copies, 1, "{when}: {err}");
             assert!(dir.join("result").exists());
         }
     }
