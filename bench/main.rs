@@ -132,6 +132,7 @@ fn write_flake(dir: &Path, scale: f64) {
     let blob = ((10u64 << 20) as f64 * scale) as u64;
     let wide = ((500.0 * scale) as u64).max(10);
     let big = ((500u64 << 20) as f64 * scale) as u64;
+    let (cached, fresh) = (big / 10 * 9, big / 10);
     let flake = format!(
         r#"{{
   outputs = {{ self }}:
@@ -158,7 +159,11 @@ fn write_flake(dir: &Path, scale: f64) {
       # W6: a big final closure of compressible binaries (the host's own programs and
       # libraries, concatenated), copied back.
       w6 = drv "w6" "/bin/mkdir $out; /usr/bin/find /usr/lib /usr/bin -type f -print0 | /usr/bin/xargs -0 /bin/cat 2>/dev/null | /usr/bin/head -c {big} > $out/blob";
-    in {{ packages.${{system}} = {{ inherit w1 w2 w3 w4 w5 w6; }}; }};
+      # W7: as W6, but 90 % of the closure (w7-cached) is on a binary cache this machine
+      # reaches faster than the host (see `one_run`); 10 % is new, built there.
+      w7-cached = drv "w7-cached" "/usr/bin/find /usr/lib /usr/bin -type f -print0 | /usr/bin/xargs -0 /bin/cat 2>/dev/null | /usr/bin/head -c {cached} > $out";
+      w7 = drv "w7" "/bin/mkdir $out; /bin/ln -s ${{w7-cached}} $out/cached; /usr/bin/find /usr/lib /usr/bin -type f -print0 | /usr/bin/xargs -0 /bin/cat 2>/dev/null | /usr/bin/tail -c {fresh} > $out/new";
+    in {{ packages.${{system}} = {{ inherit w1 w2 w3 w4 w5 w6 w7 w7-cached; }}; }};
 }}
 "#
     );
@@ -247,6 +252,8 @@ struct Ctx<'a> {
     local_nix: PathBuf,
     flake: PathBuf,
     edict: PathBuf,
+    /// W7's binary cache (a `file://` one), which the local store substitutes from.
+    cache: PathBuf,
 }
 
 impl Ctx<'_> {
@@ -266,7 +273,17 @@ impl Ctx<'_> {
             .arg(&self.flake)
             .arg(script)
             .env("NIX_SSHOPTS", self.lab.ssh_opts())
-            .env("NIX_CONFIG", lab::CLIENT_NIX_CONFIG)
+            // W7's cache: every store here may substitute from it (unsigned, as a local
+            // cache often is), and the local nix-daemon of `with_daemon` reads the same.
+            .env(
+                "NIX_CONFIG",
+                format!(
+                    "{}substituters = file://{}\nrequire-sigs = false\ntrusted-users = root\n",
+                    lab::CLIENT_NIX_CONFIG,
+                    self.cache.display()
+                ),
+            )
+            .env("CACHE", &self.cache)
             .env("EDICT", &self.edict)
             .env("CFG", self.lab.ssh_config())
             .stdin(Stdio::null())
@@ -281,6 +298,14 @@ impl Ctx<'_> {
             ),
         )
     }
+}
+
+/// `script` with the local store behind a nix-daemon (in the same private /nix), as on a
+/// multi-user install: what substitutes on the way back need.
+fn with_daemon(script: &str) -> String {
+    format!(
+        "nix-daemon >/dev/null 2>&1 & d=$!; i=0; while [ ! -S /nix/var/nix/daemon-socket/socket ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done; export NIX_REMOTE=daemon; ( {script} ); rc=$?; kill $d; wait $d 2>/dev/null; exit $rc"
+    )
 }
 
 /// The command line of method `m` for attribute `attr`.
@@ -308,13 +333,14 @@ fn method(m: &str, attr: &str) -> String {
              NIX_SSHOPTS=\"-F $CFG -o ControlPath=$S\" nix copy --no-check-sigs --from ssh://bench \"$out\" && \
              nix-store --realise \"$out\" --add-root result >/dev/null; rc=$?; ssh -F \"$CFG\" -o ControlPath=$S -O exit bench 2>/dev/null; exit $rc"
         ),
-        // (e) the floor with the best hand-tuned flags: rsync -z, and ssh's compression on the
-        // shared connection (a `?compress=true` copy through it could not ask for its own).
+        // (e) the floor with the best hand-tuned flags: rsync -z, ssh's compression on the
+        // shared connection (a `?compress=true` copy through it could not ask for its own),
+        // and `--substitute-on-destination`.
         "e" => format!(
             "S=${{TMPDIR:-/tmp}}/edict-bench-floor-$$; ssh -F \"$CFG\" -C -o ControlMaster=yes -o ControlPath=$S -o ControlPersist=30 -fN bench && \
              rsync -az --delete -e \"ssh -F $CFG -o ControlPath=$S\" ./ bench:/root/bench-src/ && \
              out=$(ssh -F \"$CFG\" -o ControlPath=$S bench 'nix build /root/bench-src#{attr} --no-link && nix path-info /root/bench-src#{attr}') && \
-             NIX_SSHOPTS=\"-F $CFG -o ControlPath=$S\" nix copy --no-check-sigs --from ssh://bench \"$out\" && \
+             NIX_SSHOPTS=\"-F $CFG -o ControlPath=$S\" nix copy --no-check-sigs --substitute-on-destination --from ssh://bench \"$out\" && \
              nix-store --realise \"$out\" --add-root result >/dev/null; rc=$?; ssh -F \"$CFG\" -o ControlPath=$S -O exit bench 2>/dev/null; exit $rc"
         ),
         _ => panic!("unknown method {m}"),
@@ -341,11 +367,16 @@ fn one_run(args: &Args, workload: &str, m: &str, flake: &Path) -> Result<Sample,
         .prefix("edict-bench-local-")
         .tempdir_in(lab::scratch())
         .unwrap();
+    let cache = tempfile::Builder::new()
+        .prefix("edict-bench-cache-")
+        .tempdir_in(lab::scratch())
+        .unwrap();
     let ctx = Ctx {
         lab: &lab,
         local_nix: local.path().to_path_buf(),
         flake: flake.to_path_buf(),
         edict: args.edict.clone(),
+        cache: cache.path().to_path_buf(),
     };
     let attr = workload;
     // Untimed first step: W2 builds once (then one file changes), W4 builds once.
@@ -367,13 +398,26 @@ fn one_run(args: &Args, workload: &str, m: &str, flake: &Path) -> Result<Sample,
                 return Err(format!("warm-up: {log}"));
             }
         }
+        // W7: w7-cached is built here, put on the cache, and forgotten by this store.
+        "w7" => {
+            let (ok, log) = ctx.sh(
+                "nix build --no-link .#w7-cached && p=$(nix eval --raw .#w7-cached.outPath) && nix copy --to \"file://$CACHE\" \"$p\" && nix-store --delete \"$p\" >/dev/null",
+            );
+            if !ok {
+                return Err(format!("filling the cache: {log}"));
+            }
+        }
         _ => {}
     }
     // Written-back data of the set-up (W2's 200 MB source) must not land in a timed run.
     Command::new("sync").status().unwrap();
     let (bytes0, logins0) = (lab.host("bench").link_bytes(), lab.logins("bench"));
     let start = Instant::now();
-    let (ok, log) = ctx.sh(&method(m, attr));
+    let (ok, log) = if workload == "w7" {
+        ctx.sh(&with_daemon(&method(m, attr)))
+    } else {
+        ctx.sh(&method(m, attr))
+    };
     let secs = start.elapsed().as_secs_f64();
     if m == "a" && std::env::var_os("EDICT_BENCH_TIMELINE").is_some() {
         for l in log.lines().filter(|l| l.starts_with("edict: [")) {
@@ -527,6 +571,10 @@ fn write_report(
         (
             "w6",
             "W6 big closure: ~500 MB of compressible binaries built there, copied back",
+        ),
+        (
+            "w7",
+            "W7 cached closure: as W6, with 90 % of it on a binary cache this machine reaches faster (local store behind a nix-daemon)",
         ),
     ]);
     let mut md = String::new();
