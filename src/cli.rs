@@ -51,9 +51,9 @@ pub struct Cli {
     /// this machine's nix-daemon, as every multi-user install has).
     #[arg(long)]
     pub no_substitute: bool,
-    /// When rsync and `nix copy` compress what they send: `auto` over a link whose round
-    /// trip is 20 ms or more (rsync with zstd or lz4 when both sides have rsync 3.2),
-    /// `always`, or `never`.
+    /// When what crosses the link is compressed: `auto` when a command there and back takes
+    /// 30 ms or more (rsync with zstd or lz4 when both sides have rsync 3.2; a copy back of
+    /// 16 MiB or more over a compressed ssh connection of its own), `always`, or `never`.
     #[arg(long, value_name = "WHEN", value_enum, default_value_t = crate::transfer::Compress::Auto)]
     pub compress: crate::transfer::Compress,
     /// The largest file that sync-back brings back (bytes, or with K, M, G: powers of

@@ -175,7 +175,7 @@ impl Cmd {
 
     fn log(&self) {
         if verbosity() >= 1 {
-            eprintln!("+ {}", self.line());
+            crate::progress::suspend(|| eprintln!("+ {}", self.line()));
         }
     }
 
@@ -254,7 +254,7 @@ impl Cmd {
     pub fn succeeds(&self) -> bool {
         // A check, not a step: shown from -vv on.
         if verbosity() >= 2 {
-            eprintln!("+ {}", self.line());
+            crate::progress::suspend(|| eprintln!("+ {}", self.line()));
         }
         self.command()
             .stdin(Stdio::null())

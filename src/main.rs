@@ -140,6 +140,14 @@ fn pipeline(
         remote::prepare(&conn, plan, &run_id(), signals),
     )?;
 
+    // How long the link is, for `--compress auto` (see `transfer`): asked in the session
+    // edict already holds, when something may cross.
+    if transfer::settings().compress == transfer::Compress::Auto
+        && (!plan.sources.is_empty() || !plan.links.is_empty())
+    {
+        conn.know_round_trip(signals.step(&host, "preparing", session.round_trip(&conn))?);
+    }
+
     // 3. Sync up.
     // Warnings about local paths HOST cannot see, unless it can.
     if !plan.unseen.is_empty() {

@@ -10,9 +10,10 @@
 use std::collections::HashMap;
 use std::io::IsTerminal as _;
 
-/// Whether status lines can be shown: stderr is a terminal.
+/// Whether status lines can be shown: stderr is a terminal that can redraw a line (not
+/// `TERM=dumb`, as an editor's shell buffer is).
 pub fn terminal() -> bool {
-    std::io::stderr().is_terminal()
+    std::io::stderr().is_terminal() && std::env::var("TERM").map_or(true, |t| t != "dumb")
 }
 
 /// The status lines of every host, drawn together.

@@ -141,6 +141,14 @@ fn ask_line(script: &str, words: &[&str]) -> String {
 }
 
 impl Session {
+    /// The link's round trip: a script asked of the session's shell and its answer (no new
+    /// session, no login shell reading its rc files: one round trip and a `sh` there).
+    pub fn round_trip(&mut self, conn: &Connection) -> Result<Duration> {
+        let start = Instant::now();
+        self.ask(conn, "measuring the link", "true", &[])?;
+        Ok(start.elapsed())
+    }
+
     /// Runs `script` with `words` (shell words, as for [`call`]; `"$r"` is the run dir) in
     /// the session's shell on HOST, stdin closed (see `scripts/ask.sh`), and returns its
     /// stdout.

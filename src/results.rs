@@ -110,21 +110,42 @@ pub fn copy_closures(conn: &Connection, env: &RemoteEnv, paths: &[&str], step: &
     } else {
         Vec::new()
     };
-    let wanted: Vec<&str> = if missing.is_empty() || !substitutes() {
+    // Every missing path named, the targets always (a listing cut short must not leave
+    // them behind); past MAX_NAMED paths the command line would be too long for the OS:
+    // then the targets only, and nix finds the rest (without substitutes for it).
+    let wanted: Vec<&str> = if missing.is_empty() || !substitutes() || missing.len() > MAX_NAMED {
+        if missing.len() > MAX_NAMED {
+            exec::debug(format_args!(
+                "{host}: {} paths to copy: naming only the results, so references come from {host}",
+                missing.len()
+            ));
+        }
         targets.clone()
     } else {
-        missing.iter().map(|(p, _)| p.as_str()).collect()
+        let mut w: Vec<&str> = missing.iter().map(|(p, _)| p.as_str()).collect();
+        for t in &targets {
+            if !w.contains(t) {
+                w.push(t);
+            }
+        }
+        w
     };
     let plain = copy_command(conn, &env.nix_store(), "--from", &wanted);
     // A big copy over a long link gets a connection of its own, compressed (see `transfer`).
-    let bytes: u64 = missing.iter().map(|(_, s)| s).sum();
-    let compressed = match settings.compress {
-        Compress::Always => true,
-        Compress::Never => false,
-        Compress::Auto => {
-            bytes >= crate::transfer::BIG_COPY && crate::transfer::compress(|| conn.round_trip())
-        }
-    };
+    let bytes: u64 = missing.iter().fold(0u64, |a, (_, s)| a.saturating_add(*s));
+    let compressed = conn.compressed_allowed()
+        && match settings.compress {
+            Compress::Always => true,
+            Compress::Never => false,
+            Compress::Auto => {
+                bytes >= crate::transfer::BIG_COPY
+                    && crate::transfer::compress(|| conn.round_trip())
+            }
+        };
+    // A Ctrl-C during the questions above ended them quietly: the copy must not start.
+    if crate::signals::any() {
+        anyhow::bail!("{host}: {step}: interrupted");
+    }
     let copy = if compressed {
         plain
             .clone()
@@ -149,12 +170,18 @@ pub fn copy_closures(conn: &Connection, env: &RemoteEnv, paths: &[&str], step: &
         };
         let mut out = run(&copy)?;
         // The compressed connection is a login of its own, which may need what only the
-        // shared one had (a password, a prompt): then the copy goes through the shared one.
-        if compressed && !out.status.success() {
+        // shared one had (a password, a prompt): when that login fails, and only then (not
+        // after a Ctrl-C, not when nix itself failed), the copy goes through the shared one.
+        if compressed
+            && !out.status.success()
+            && !crate::signals::any()
+            && crate::ssh::said_by_ssh(&String::from_utf8_lossy(&out.stderr))
+        {
             exec::debug(format_args!(
-                "{host}: the compressed copy failed ({}); copying over the shared connection",
+                "{host}: the compressed connection failed ({}); copying over the shared one",
                 exec::stderr_tail(&out).lines().last().unwrap_or("")
             ));
+            conn.compressed_login_failed();
             out = run(&plain)?;
         }
         // Another process may have imported the same path meanwhile: a second try finds it
@@ -201,7 +228,7 @@ pub fn copy_closures(conn: &Connection, env: &RemoteEnv, paths: &[&str], step: &
     Err(Problem::new(
         host,
         step,
-        format!("`{}` failed", copy.line()),
+        format!("`{}` failed", shortened(&plain.line())),
         "run it by hand with -v to see more",
     )
     .said("nix", said)
@@ -269,7 +296,7 @@ fn copy_showing_progress(
     });
     let sizes: std::collections::HashMap<&str, u64> =
         missing.iter().map(|(p, s)| (p.as_str(), *s)).collect();
-    let total: u64 = sizes.values().sum();
+    let total: u64 = sizes.values().fold(0u64, |a, s| a.saturating_add(*s));
     let status = crate::progress::Status::start(what);
     let pid = child.id();
     let start = crate::progress::bytes_read(pid).unwrap_or(0);
@@ -284,8 +311,10 @@ fn copy_showing_progress(
                 .finished
                 .iter()
                 .filter_map(|p| sizes.get(p.as_str()))
-                .sum();
-            let done = (finished + log.running_bytes()).max(read.min(total));
+                .fold(0u64, |a, s| a.saturating_add(*s));
+            let done = finished
+                .saturating_add(log.running_bytes())
+                .max(read.min(total));
             status.show(done, total, log.finished.len(), missing.len());
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
@@ -302,9 +331,23 @@ fn copy_showing_progress(
     })
 }
 
+/// The most paths a `nix copy` is given by name: each is about 90 bytes of its command
+/// line, which the OS bounds (2 MB on Linux, 1 MB on macOS, with the environment).
+const MAX_NAMED: usize = 8000;
+
+/// A command line for a message: at most 400 characters, the rest said in a count.
+fn shortened(line: &str) -> String {
+    match line.char_indices().nth(400) {
+        Some((cut, _)) => format!("{} … ({} more characters)", &line[..cut], line.len() - cut),
+        None => line.to_string(),
+    }
+}
+
 /// The closure of `paths` on HOST with the size of each (`scripts/closure.sh`); just
-/// `paths`, of size 0, when it cannot be had (the copy then finds the rest itself).
+/// `paths`, of size 0, when it cannot be had (the copy then finds the rest itself). Only
+/// lines that are store paths, and nothing inside one, are taken: HOST says what they are.
 fn closure_there(conn: &Connection, env: &RemoteEnv, paths: &[&str]) -> Vec<(String, u64)> {
+    let store_dir = crate::mapping::local_store_dir();
     let mut words = vec![quote(&env.nix_store())];
     words.extend(paths.iter().map(|p| quote(p)));
     let words: Vec<&str> = words.iter().map(String::as_str).collect();
@@ -312,11 +355,15 @@ fn closure_there(conn: &Connection, env: &RemoteEnv, paths: &[&str]) -> Vec<(Str
     let found: Vec<(String, u64)> = conn
         .ssh(crate::ssh::Tty::No, &script)
         .output()
+        .ok()
+        .filter(|out| out.status.success())
         .map(|out| {
             String::from_utf8_lossy(&out.stdout)
                 .lines()
                 .filter_map(|l| l.split_once('\t'))
-                .filter(|(p, _)| p.starts_with('/'))
+                .filter(|(p, _)| {
+                    crate::mapping::store_path_of(Path::new(p), &store_dir).as_deref() == Some(*p)
+                })
                 .map(|(p, s)| (p.to_string(), s.trim().parse().unwrap_or(0)))
                 .collect()
         })

@@ -9,15 +9,26 @@ pub struct Signals {
     caught: Arc<AtomicBool>,
 }
 
+/// Set by the same signals, for steps that are not handed the [`Signals`] (a copy that
+/// must not start again after a Ctrl-C).
+static ANY: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+
+/// Whether a signal came, process-wide (false before [`Signals::install`]).
+pub fn any() -> bool {
+    ANY.get().is_some_and(|f| f.load(Ordering::Relaxed))
+}
+
 impl Signals {
     pub fn install() -> Result<Self> {
         let caught = Arc::new(AtomicBool::new(false));
+        let any = ANY.get_or_init(|| Arc::new(AtomicBool::new(false)));
         for sig in [
             signal_hook::consts::SIGINT,
             signal_hook::consts::SIGTERM,
             signal_hook::consts::SIGHUP,
         ] {
             signal_hook::flag::register(sig, Arc::clone(&caught))?;
+            signal_hook::flag::register(sig, Arc::clone(any))?;
         }
         Ok(Signals { caught })
     }

@@ -169,6 +169,9 @@ pub struct Connection {
     socket: PathBuf,
     /// The link's round trip, once measured (see [`Connection::round_trip`]).
     round_trip: std::sync::OnceLock<std::time::Duration>,
+    /// A compressed connection of its own could not log in (see
+    /// [`Connection::compressed_nix_sshopts`]): not tried again.
+    compressed_failed: std::sync::atomic::AtomicBool,
     // Holds the socket's directory; removed after the master has exited (field order).
     _dir: tempfile::TempDir,
 }
@@ -205,6 +208,7 @@ impl Connection {
             transport,
             socket,
             round_trip: std::sync::OnceLock::new(),
+            compressed_failed: std::sync::atomic::AtomicBool::new(false),
             _dir: dir,
         };
         let log = conn.log();
@@ -368,9 +372,13 @@ impl Connection {
     /// this connection fails and the copy goes through the shared one.
     pub fn compressed_nix_sshopts(&self) -> String {
         let mut opts = self.transport.user_opts.clone();
+        // As the shared one: a link that drops is noticed, not waited on for ever.
+        opts.extend(self.keepalive());
         opts.extend(
             [
                 "-C",
+                "-o",
+                "ConnectTimeout=15",
                 "-o",
                 "BatchMode=yes",
                 "-o",
@@ -383,6 +391,31 @@ impl Connection {
             .map(String::from),
         );
         opts.join(" ")
+    }
+
+    /// The round trip measured elsewhere (in the run's own session), for
+    /// [`Connection::round_trip`] to answer with.
+    pub fn know_round_trip(&self, took: std::time::Duration) {
+        if self.round_trip.set(took).is_ok() {
+            exec::debug(format_args!(
+                "{}: the link's round trip is {} ms",
+                self.transport.label,
+                took.as_millis()
+            ));
+        }
+    }
+
+    /// Whether a compressed connection of its own may be tried (none failed to log in).
+    pub fn compressed_allowed(&self) -> bool {
+        !self
+            .compressed_failed
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A compressed connection of its own failed to log in: copies use the shared one.
+    pub fn compressed_login_failed(&self) {
+        self.compressed_failed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The link's round trip, about: a `true` run there over the open connection (a

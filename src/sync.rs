@@ -82,6 +82,10 @@ fn rsync(conn: &Connection, env: &RemoteEnv) -> Cmd {
 }
 
 fn run_rsync(conn: &Connection, cmd: &Cmd, step: &str) -> Result<std::process::Output> {
+    // A Ctrl-C during a question before it (the link's round trip) must stop it here.
+    if crate::signals::any() {
+        anyhow::bail!("{}: {step}: interrupted", conn.transport.label);
+    }
     let out = if crate::progress::terminal() && !exec::quiet() {
         rsync_showing_progress(cmd, &format!("{}: {step}", conn.transport.label))?
     } else {
