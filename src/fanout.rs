@@ -27,14 +27,9 @@ struct Outcome {
 pub type Pipeline =
     dyn Fn(crate::ssh::Connection, &mapping::Plan, &Cli, &Signals, &Io) -> Result<u8> + Sync;
 
-pub fn run(
-    transports: Vec<Transport>,
-    args: &NixArgs,
-    local: &Local,
-    cli: &Cli,
-    signals: &Signals,
-    pipeline: &Pipeline,
-) -> Result<u8> {
+/// The one host of the run whose changes come back (`--sync=HOST`), checked: with several
+/// hosts, a bare `--sync` is ambiguous and a HOST must be one of them.
+pub fn sync_host(cli: &Cli, transports: &[Transport]) -> Result<Option<String>> {
     let sync_host = match &cli.sync {
         Some(Some(h)) => Some(h.clone()),
         Some(None) => {
@@ -70,6 +65,18 @@ pub fn run(
             .into());
         }
     }
+    Ok(sync_host)
+}
+
+pub fn run(
+    transports: Vec<Transport>,
+    args: &NixArgs,
+    local: &Local,
+    cli: &Cli,
+    signals: &Signals,
+    pipeline: &Pipeline,
+) -> Result<u8> {
+    let sync_host = sync_host(cli, &transports)?;
     let color = std::io::stdout().is_terminal();
     let width = transports
         .iter()

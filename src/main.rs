@@ -84,6 +84,8 @@ fn run(cli: &cli::Cli) -> Result<u8> {
     };
     let plan = mapping::plan(&args, &local, cli.sync_mode())
         .map_err(|e| problem::place(e, &cli.host, "mapping local sources"))?;
+    // Where it runs, as far as that is known without connecting: what --dry-run checks.
+    let target = resolve(cli, hosts, &args)?;
     if cli.dry_run {
         print!("{}", dryrun::describe(&plan, &cli.host, cli.no_link));
         return Ok(0);
@@ -100,29 +102,56 @@ fn run(cli: &cli::Cli) -> Result<u8> {
     pinned::make_valid_here(&cli.host, &plan)?;
 
     // Which host(s): as written, or chosen from the builder pool.
+    match target {
+        Target::One(transport) => {
+            let conn = ssh::Connection::open(transport)?;
+            pipeline(conn, &plan, cli, &signals, &remote::Io::Through)
+        }
+        Target::Auto(pool, needs) => {
+            let conn = select::choose(&pool, &needs, &ssh::Transport::ssh_opts_from_env())?;
+            pipeline(conn, &plan, cli, &signals, &remote::Io::Through)
+        }
+        Target::Many(transports) => {
+            fanout::run(transports, &args, &local, cli, &signals, &pipeline)
+        }
+    }
+}
+
+/// Where a run goes, resolved without connecting anywhere.
+enum Target {
+    One(ssh::Transport),
+    /// The best machine of the pool that can take the job, once probed.
+    Auto(Vec<pool::Machine>, select::Needs),
+    Many(Vec<ssh::Transport>),
+}
+
+/// HOST as a destination (its syntax, a pool machine's key and host key), the pool
+/// `auto` chooses from and that some machine of it can take the job, the hosts of a
+/// fan-out and the one `--sync=HOST` names: everything that can fail before connecting.
+fn resolve(cli: &cli::Cli, hosts: cli::Hosts, args: &nixargs::NixArgs) -> Result<Target> {
     let ssh_opts = ssh::Transport::ssh_opts_from_env();
-    match hosts {
+    Ok(match hosts {
         cli::Hosts::One(host) => {
             let pool = match &cli.builders {
                 Some(_) => pool::load_or_explain(cli.builders.as_deref())?.0,
                 None => Vec::new(),
             };
-            let conn = ssh::Connection::open(select::transport(&host, &pool, &ssh_opts)?)?;
-            pipeline(conn, &plan, cli, &signals, &remote::Io::Through)
+            Target::One(select::transport(&host, &pool, &ssh_opts)?)
         }
         cli::Hosts::Auto => {
             let (pool, local_nix) = pool::load_or_explain(cli.builders.as_deref())?;
-            let needs = select::needs(&args, cli.required_features.as_deref(), &local_nix.system);
-            let conn = select::choose(&pool, &needs, &ssh_opts)?;
-            pipeline(conn, &plan, cli, &signals, &remote::Io::Through)
+            let needs = select::needs(args, cli.required_features.as_deref(), &local_nix.system);
+            select::can_choose(&pool, &needs, &ssh_opts)?;
+            Target::Auto(pool, needs)
         }
         cli::Hosts::Many(spec) => {
             let (pool, local_nix) = pool::load_or_explain(cli.builders.as_deref())?;
-            let needs = select::needs(&args, cli.required_features.as_deref(), &local_nix.system);
+            let needs = select::needs(args, cli.required_features.as_deref(), &local_nix.system);
             let transports = select::many(&spec, &pool, &needs, &ssh_opts)?;
-            fanout::run(transports, &args, &local, cli, &signals, &pipeline)
+            fanout::sync_host(cli, &transports)?;
+            Target::Many(transports)
         }
-    }
+    })
 }
 
 /// Steps 3–7 on one open connection.

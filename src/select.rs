@@ -224,8 +224,9 @@ pub fn explain(probed: &[Probed]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// `auto`: the best reachable eligible machine, with its open connection.
-pub fn choose(machines: &[Machine], needs: &Needs, ssh_opts: &str) -> Result<Connection> {
+/// What `auto` can know without connecting: the pool is not empty, and some machine of it
+/// can take the job (system, features, enabled).
+pub fn can_choose(machines: &[Machine], needs: &Needs, ssh_opts: &str) -> Result<()> {
     if machines.is_empty() {
         return Err(Problem::new(
             crate::cli::AUTO,
@@ -235,6 +236,12 @@ pub fn choose(machines: &[Machine], needs: &Needs, ssh_opts: &str) -> Result<Con
         )
         .into());
     }
+    many("all", machines, needs, ssh_opts).map(drop)
+}
+
+/// `auto`: the best reachable eligible machine, with its open connection.
+pub fn choose(machines: &[Machine], needs: &Needs, ssh_opts: &str) -> Result<Connection> {
+    can_choose(machines, needs, ssh_opts)?;
     let mut probed = probe(machines, needs, ssh_opts);
     let reasons = explain(&probed);
     let Some(best) = probed.iter_mut().find(|p| p.verdict.score().is_some()) else {

@@ -66,6 +66,34 @@ fn mistakes_are_explained_without_connecting() {
             &["--sync", "--no-sync", "h", "nix", "build"],
             "cannot be used with",
         ),
+        // --dry-run checks what it can without connecting, and fails as the run would.
+        (
+            &["--dry-run", "bad host", "nix", "build"],
+            "is not an ssh destination",
+        ),
+        (
+            &[
+                "--dry-run",
+                "--builders",
+                "ssh://a x86_64-linux - 1 1",
+                "--sync=c",
+                "a,b",
+                "nix",
+                "build",
+            ],
+            "--sync=c names no host of this run (a, b)",
+        ),
+        (
+            &[
+                "--dry-run",
+                "--builders",
+                "ssh://a sparc-linux - 1 1",
+                "auto",
+                "nix",
+                "build",
+            ],
+            "no machine in the pool can take a job for",
+        ),
     ];
     // Inside a flake, so that what is checked is the mistake, not a missing flake.nix.
     let flake = tempfile::tempdir().unwrap();
