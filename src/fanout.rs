@@ -13,7 +13,6 @@ use crate::remote::Io;
 use crate::signals::Signals;
 use crate::ssh::{Connection, Transport};
 use anyhow::Result;
-use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 struct Outcome {
@@ -68,6 +67,24 @@ pub fn sync_host(cli: &Cli, transports: &[Transport]) -> Result<Option<String>> 
     Ok(sync_host)
 }
 
+/// Whether to colour what goes to `stream`: a terminal, unless NO_COLOR says no; anything
+/// when CLICOLOR_FORCE says yes (anstream's reading of both conventions).
+fn wants_colour<S: anstream::stream::RawStream>(stream: &S) -> bool {
+    anstream::AutoStream::choice(stream) != anstream::ColorChoice::Never
+}
+
+/// The prefix of host `i`'s lines, its label padded to `width`, in one of six colours.
+fn prefix(host: &str, i: usize, width: usize, colour: bool) -> String {
+    if colour {
+        use anstyle::AnsiColor::{Blue, Cyan, Green, Magenta, Red, Yellow};
+        let colour = [Red, Green, Yellow, Blue, Magenta, Cyan][i % 6];
+        let style = anstyle::Style::new().fg_color(Some(anstyle::Color::Ansi(colour)));
+        format!("{style}{host:<width$}{style:#} | ")
+    } else {
+        format!("{host:<width$} | ")
+    }
+}
+
 pub fn run(
     transports: Vec<Transport>,
     args: &NixArgs,
@@ -77,7 +94,10 @@ pub fn run(
     pipeline: &Pipeline,
 ) -> Result<u8> {
     let sync_host = sync_host(cli, &transports)?;
-    let color = std::io::stdout().is_terminal();
+    // Colours per stream: stdout may be a pipe while stderr is a terminal; NO_COLOR and
+    // CLICOLOR_FORCE say otherwise.
+    let colour_out = wants_colour(&std::io::stdout());
+    let colour_err = wants_colour(&std::io::stderr());
     let width = transports
         .iter()
         .map(|t| t.label.chars().count())
@@ -94,10 +114,9 @@ pub fn run(
                 let started = Instant::now();
                 let handle = scope.spawn(move || {
                     let host = transport.label.clone();
-                    let prefix = if color {
-                        format!("\x1b[{}m{host:<width$}\x1b[0m | ", 31 + i % 6)
-                    } else {
-                        format!("{host:<width$} | ")
+                    let io = Io::Prefixed {
+                        out: prefix(&host, i, width, colour_out),
+                        err: prefix(&host, i, width, colour_err),
                     };
                     let start = Instant::now();
                     let result = (|| {
@@ -122,7 +141,7 @@ pub fn run(
                             link.local_base = base.into();
                         }
                         let conn = Connection::open(transport)?;
-                        pipeline(conn, &plan, cli, signals, &Io::Prefixed(prefix))
+                        pipeline(conn, &plan, cli, signals, &io)
                     })();
                     Outcome {
                         host,
@@ -179,4 +198,23 @@ pub fn run(
         }
     }
     Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_line_up_and_colour_only_when_asked() {
+        assert_eq!(prefix("a", 0, 3, false), "a   | ");
+        assert_eq!(prefix("abc", 1, 3, false), "abc | ");
+        let coloured = prefix("a", 1, 3, true);
+        assert_eq!(coloured, "\x1b[32ma  \x1b[0m | ");
+        assert_ne!(prefix("a", 0, 3, true), coloured, "one colour per host");
+        assert_eq!(
+            prefix("a", 6, 3, true),
+            prefix("a", 0, 3, true),
+            "six colours, then again"
+        );
+    }
 }

@@ -141,7 +141,7 @@ fn resolve(cli: &cli::Cli, hosts: cli::Hosts, args: &nixargs::NixArgs) -> Result
         cli::Hosts::Auto => {
             let (pool, local_nix) = pool::load_or_explain(cli.builders.as_deref())?;
             let needs = select::needs(args, cli.required_features.as_deref(), &local_nix.system);
-            select::can_choose(&pool, &needs, &ssh_opts)?;
+            select::can_choose(&pool, &needs)?;
             Target::Auto(pool, needs)
         }
         cli::Hosts::Many(spec) => {

@@ -720,8 +720,9 @@ fn parse_after(out: &[u8]) -> After {
 pub enum Io {
     /// Straight through, with a terminal when ours is one (one host).
     Through,
-    /// Each line prefixed with the host's label (several hosts at once; no stdin, no tty).
-    Prefixed(String),
+    /// Each line prefixed with the host's label (several hosts at once; no stdin, no tty):
+    /// one prefix for stdout, one for stderr (coloured or not, as each stream is).
+    Prefixed { out: String, err: String },
 }
 
 /// HOST's mirror paths → the local paths they stand for, in what nix prints: its
@@ -911,11 +912,11 @@ pub fn run(
     let flake_output = plan.stdout_is_nix;
     let tty = match io {
         Io::Through => Tty::detect(),
-        Io::Prefixed(_) => Tty::No,
+        Io::Prefixed { .. } => Tty::No,
     };
-    let prefix = match io {
-        Io::Through => None,
-        Io::Prefixed(prefix) => Some(prefix.clone()),
+    let (prefix, prefix_err) = match io {
+        Io::Through => (None, None),
+        Io::Prefixed { out, err } => (Some(out.clone()), Some(err.clone())),
     };
     // The user's words may hold what csh reads even inside quotes (see `ssh_as`).
     let mut child = conn
@@ -941,7 +942,7 @@ pub fn run(
         copiers.push(copy_output(out, prefix.clone(), false, stdout_map));
     }
     if let Some(err) = child.stderr.take() {
-        copiers.push(copy_output(err, prefix.clone(), true, map));
+        copiers.push(copy_output(err, prefix_err, true, map));
     }
     let mut interrupted = false;
     let status = loop {

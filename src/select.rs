@@ -226,7 +226,7 @@ pub fn explain(probed: &[Probed]) -> Vec<(String, String)> {
 
 /// What `auto` can know without connecting: the pool is not empty, and some machine of it
 /// can take the job (system, features, enabled).
-pub fn can_choose(machines: &[Machine], needs: &Needs, ssh_opts: &str) -> Result<()> {
+pub fn can_choose(machines: &[Machine], needs: &Needs) -> Result<()> {
     if machines.is_empty() {
         return Err(Problem::new(
             crate::cli::AUTO,
@@ -236,12 +236,36 @@ pub fn can_choose(machines: &[Machine], needs: &Needs, ssh_opts: &str) -> Result
         )
         .into());
     }
-    many("all", machines, needs, ssh_opts).map(drop)
+    let rejected: Vec<String> = machines
+        .iter()
+        .filter_map(|m| {
+            m.rejection(&needs.system, &needs.features)
+                .map(|r| format!("\n  {}: not eligible: {r}", m.name))
+        })
+        .collect();
+    if rejected.len() == machines.len() {
+        return Err(no_machine(needs, &rejected.concat()));
+    }
+    Ok(())
+}
+
+/// No machine of the pool can take the job: each one's reason in `list`.
+fn no_machine(needs: &Needs, list: &str) -> anyhow::Error {
+    Problem::new(
+        crate::cli::AUTO,
+        "choosing a host",
+        format!("no machine can take a job for {needs}:{list}"),
+        format!(
+            "add a machine for {} to the pool, or change --system/--required-features",
+            needs.system
+        ),
+    )
+    .into()
 }
 
 /// `auto`: the best reachable eligible machine, with its open connection.
 pub fn choose(machines: &[Machine], needs: &Needs, ssh_opts: &str) -> Result<Connection> {
-    can_choose(machines, needs, ssh_opts)?;
+    can_choose(machines, needs)?;
     let mut probed = probe(machines, needs, ssh_opts);
     let reasons = explain(&probed);
     let Some(best) = probed.iter_mut().find(|p| p.verdict.score().is_some()) else {
@@ -255,16 +279,7 @@ pub fn choose(machines: &[Machine], needs: &Needs, ssh_opts: &str) -> Result<Con
                 _ => format!("\n  {n}: {why}"),
             })
             .collect();
-        return Err(Problem::new(
-            crate::cli::AUTO,
-            "choosing a host",
-            format!("no machine can take a job for {needs}:{list}"),
-            format!(
-                "add a machine for {} to the pool, or change --system/--required-features",
-                needs.system
-            ),
-        )
-        .into());
+        return Err(no_machine(needs, &list));
     };
     let why = reasons
         .iter()

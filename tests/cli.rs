@@ -92,7 +92,7 @@ fn mistakes_are_explained_without_connecting() {
                 "nix",
                 "build",
             ],
-            "no machine in the pool can take a job for",
+            "auto: choosing a host: no machine can take a job for",
         ),
     ];
     // Inside a flake, so that what is checked is the mistake, not a missing flake.nix.

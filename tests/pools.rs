@@ -337,6 +337,37 @@ fn fan_out_over_three_hosts_with_one_failing() {
             && text.contains("nix234 | <x y>"),
         "{text}"
     );
+    // Colours only when asked on a pipe (CLICOLOR_FORCE), one per host; in a terminal by
+    // default, unless NO_COLOR.
+    let out = lab
+        .edict(&dir)
+        .env("CLICOLOR_FORCE", "1")
+        .args(["nix28,nix226", "nix", "run", ".#args", "--", "x"])
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(
+        text.contains("\x1b[31mnix28 \x1b[0m | <x>")
+            && text.contains("\x1b[32mnix226\x1b[0m | <x>"),
+        "{text:?}"
+    );
+    let edict = assert_cmd::cargo::cargo_bin("edict");
+    let line = format!("{} nix28,nix226 nix run .#args -- x", edict.display());
+    for (no_color, coloured) in [(false, true), (true, false)] {
+        let mut cmd = lab.command("script");
+        cmd.args(["-qec", &line, "/dev/null"]).current_dir(&dir);
+        if no_color {
+            cmd.env("NO_COLOR", "1");
+        }
+        let out = cmd.stdin(std::process::Stdio::piped()).output().unwrap();
+        let text = stdout(&out);
+        assert!(text.contains("<x>"), "{}", describe(&out));
+        assert_eq!(
+            text.contains("\x1b[31mnix28"),
+            coloured,
+            "NO_COLOR={no_color}: {text:?}"
+        );
+    }
 }
 
 #[test]
