@@ -15,7 +15,7 @@
           version = cargoToml.package.version;
           src = pkgs.lib.cleanSource ./.;
           cargoLock.lockFile = ./Cargo.lock;
-          nativeBuildInputs = [ pkgs.makeWrapper ];
+          nativeBuildInputs = [ pkgs.makeWrapper pkgs.installShellFiles ];
           # The integration tests start real sshd hosts in mount namespaces, which the build
           # sandbox cannot do; they run in CI (.ci/run). The unit tests run here.
           cargoTestFlags = [ "--bins" ];
@@ -23,7 +23,11 @@
           # (/usr/bin/rsync: openrsync, or rsync 2.6.9) cannot do what edict asks of it.
           # ssh and nix go last: the user's own ssh (with its config and agent) and the nix
           # that matches their daemon come first.
-          postInstall = ''
+          # The manual page comes from the binary itself (`edict man`), when it can run here.
+          postInstall = pkgs.lib.optionalString (pkgs.stdenv.buildPlatform.canExecute pkgs.stdenv.hostPlatform) ''
+            $out/bin/edict man > edict.1
+            installManPage edict.1
+          '' + ''
             wrapProgram $out/bin/edict \
               --prefix PATH : ${pkgs.lib.makeBinPath [ pkgs.rsync ]} \
               --suffix PATH : ${pkgs.lib.makeBinPath [ pkgs.openssh pkgs.nix ]}

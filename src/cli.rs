@@ -23,6 +23,7 @@ Examples:
   edict machines                             the pool, and which machine auto would choose
   edict doctor builder                       why builder won't work, and how to fix it
   edict gc builder                           remove edict's mirrors on builder
+  edict man > edict.1                        the manual page
 
 Environment:
   NIX_SSHOPTS     extra ssh options for every step (split on spaces, as nix does)

@@ -13,6 +13,7 @@ mod fanout;
 mod flakeref;
 mod identity;
 mod judge;
+mod manpage;
 mod mapping;
 mod nixargs;
 mod pinned;
@@ -56,6 +57,11 @@ fn run(cli: &cli::Cli) -> Result<u8> {
     }
     if cli.host == "gc" {
         return gc(cli);
+    }
+    if cli.host == "man" {
+        use std::io::Write as _;
+        std::io::stdout().write_all(&manpage::page())?;
+        return Ok(0);
     }
     let (hosts, program, words) = cli.hosts_and_words()?;
 

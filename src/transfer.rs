@@ -15,10 +15,12 @@ use std::time::Duration;
 /// When to compress what crosses the link.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Compress {
-    /// Over a link whose round trip is [`LONG_ROUND_TRIP`] or more.
+    /// When a command there and back takes 30 ms or more (`LONG_ROUND_TRIP`).
     #[default]
     Auto,
+    /// Every run.
     Always,
+    /// No run.
     Never,
 }
 

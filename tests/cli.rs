@@ -110,3 +110,47 @@ fn mistakes_are_explained_without_connecting() {
         assert!(err.contains(needle), "edict {args:?}: {err}");
     }
 }
+
+/// `edict man` prints a page that man renders: the options and the sections a reader
+/// looks for.
+#[test]
+fn the_manual_page_renders() {
+    let page = edict()
+        .arg("man")
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("edict.1");
+    std::fs::write(&file, page).unwrap();
+    let out = std::process::Command::new("man")
+        .arg("-l")
+        .arg(&file)
+        .env("MANPAGER", "cat")
+        .env("MANWIDTH", "100")
+        .output()
+        .expect("man (Debian: man-db, in tests/lab/packages)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "edict - Run any nix command on a remote host",
+        "--dry-run",
+        "--no-substitute",
+        "EXIT STATUS",
+        "WHAT IS SENT",
+        "WHAT COMES BACK",
+        "NIX_SSHOPTS",
+        "edict doctor",
+    ] {
+        assert!(
+            text.contains(needle),
+            "the rendered page lacks {needle}:\n{text}"
+        );
+    }
+}

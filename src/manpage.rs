@@ -1,0 +1,85 @@
+//! `edict man`: the manual page, from the same clap definition as `--help` (clap_mangen),
+//! with the sections a man page reader looks for that `--help` has no room for: what is
+//! sent, what comes back, the exit status, the environment.
+
+use clap::CommandFactory as _;
+
+/// The sections after the options, in roff: each a title and paragraphs.
+const SECTIONS: &[(&str, &[&str])] = &[
+    (
+        "COMMANDS",
+        &[
+            "In place of HOST: \\fBedict machines\\fR shows the builder pool and the machine \\fBauto\\fR would choose; \\fBedict doctor\\fR [HOST...] says why a host will not work for edict (or for Nix's own remote builds) and how to fix it; \\fBedict gc\\fR [HOST...] removes edict's mirrors on hosts; \\fBedict man\\fR prints this page. A host with one of these names is reached as \\fBssh://doctor\\fR or \\fBuser@doctor\\fR.",
+        ],
+    ),
+    (
+        "WHAT IS SENT",
+        &[
+            "Every local flake the command names (\\fB.#pkg\\fR, \\fB./sub#x\\fR, \\fB/abs/path\\fR, \\fBpath:\\fR, \\fBgit+file:\\fR) goes to a mirror on HOST (\\fI~/.cache/edict/mirrors\\fR), by rsync, only what changed. For a git flake that is what nix reads here: the tracked files with their uncommitted changes, never untracked or ignored ones. Remote flake references (\\fBnixpkgs#hello\\fR, \\fBgithub:o/r\\fR) are fetched by HOST.",
+            "Inputs a flake.lock pins go as the store paths it locks, so HOST evaluates what this machine would. edict refuses to send a home, a temporary directory or /.",
+        ],
+    ),
+    (
+        "WHAT COMES BACK",
+        &[
+            "The links \\fBnix build\\fR makes (\\fBresult\\fR, \\fB-o NAME\\fR), as indirect GC roots here, after \\fBnix copy\\fR brought their closures; paths your binary caches have come from them (\\fB--no-substitute\\fR turns that off). When the current directory is inside one of the flakes (or with \\fB--sync\\fR), what the command changed there (\\fBflake.lock\\fR after \\fBnix flake update\\fR, files a \\fBnix run\\fR wrote); a file you changed meanwhile stays, and HOST's version is written beside it as \\fIFILE.edict-HOST\\fR. Nothing is written outside the working tree.",
+        ],
+    ),
+    (
+        "EXIT STATUS",
+        &[
+            "The remote command's exit code; 255 when ssh itself fails; 1 for edict's own errors and for sync-back conflicts; 130 when interrupted at a step other than the command itself. Every error names the host, the step and a fix.",
+        ],
+    ),
+    (
+        "ENVIRONMENT",
+        &[
+            "\\fBNIX_SSHOPTS\\fR: extra ssh options for every step (split on spaces, as nix does). \\fBEDICT_SSH_OPTS\\fR: used instead when set. \\fBNIXPKGS_ALLOW_*\\fR: passed to the remote command. \\fBNO_COLOR\\fR, \\fBCLICOLOR_FORCE\\fR: colours of a fan-out's host names.",
+        ],
+    ),
+    (
+        "SEE ALSO",
+        &[
+            "\\fBnix\\fR(1), \\fBnix-build\\fR(1), \\fBssh\\fR(1), \\fBrsync\\fR(1), \\fBnix.conf\\fR(5)",
+        ],
+    ),
+];
+
+/// The page, in roff.
+pub fn page() -> Vec<u8> {
+    let mut out = Vec::new();
+    let cmd = crate::cli::Cli::command().name("edict");
+    // Writing to a Vec cannot fail.
+    let _ = clap_mangen::Man::new(cmd).render(&mut out);
+    for (title, paragraphs) in SECTIONS {
+        out.extend_from_slice(format!(".SH \"{title}\"\n").as_bytes());
+        for p in *paragraphs {
+            out.extend_from_slice(format!("{p}\n.PP\n").as_bytes());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_has_the_options_and_the_sections() {
+        let page = String::from_utf8(page()).unwrap();
+        for needle in [
+            ".TH edict 1",
+            "\\-\\-dry\\-run",
+            "\\-\\-no\\-substitute",
+            ".SH \"EXIT STATUS\"",
+            ".SH \"WHAT COMES BACK\"",
+            "NIX_SSHOPTS",
+        ] {
+            assert!(page.contains(needle), "the page lacks {needle}");
+        }
+        // No line starts with a character roff would read as a request by mistake.
+        for line in page.lines() {
+            assert!(!line.starts_with('\''), "{line}");
+        }
+    }
+}
