@@ -175,7 +175,7 @@ pub fn copy_closures(conn: &Connection, env: &RemoteEnv, paths: &[&str], step: &
         if compressed
             && !out.status.success()
             && !crate::signals::any()
-            && crate::ssh::said_by_ssh(&String::from_utf8_lossy(&out.stderr))
+            && connection_failed(&String::from_utf8_lossy(&out.stderr))
         {
             exec::debug(format_args!(
                 "{host}: the compressed connection failed ({}); copying over the shared one",
@@ -329,6 +329,15 @@ fn copy_showing_progress(
         stdout: stdout.and_then(|t| t.join().ok()).unwrap_or_default(),
         stderr: text.into_bytes(),
     })
+}
+
+/// Whether a `nix copy` failed because its ssh connection did (its login, its link), not
+/// because of the store: ssh's own words, or nix's for a connection that never came up.
+fn connection_failed(stderr: &str) -> bool {
+    crate::ssh::said_by_ssh(stderr)
+        || stderr.contains("failed to start SSH connection")
+        || stderr.contains("kex_exchange_identification")
+        || stderr.contains("Connection closed by")
 }
 
 /// The most paths a `nix copy` is given by name: each is about 90 bytes of its command

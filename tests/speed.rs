@@ -273,3 +273,57 @@ fn compression_where_asked_and_not_on_a_fast_link() {
         }
     }
 }
+
+/// The compressed copy is a login of its own. Where that login fails but the shared
+/// connection is up (here: a ProxyCommand that lets only the first connection through,
+/// as a one-time password or a hardware key's single touch would), the copy goes through
+/// the shared connection, once, and the run succeeds.
+#[test]
+fn a_compressed_copy_whose_login_fails_goes_through_the_shared_connection() {
+    let mut lab = Lab::new();
+    lab.start(HostSpec::new("once", Flavour::Bookworm));
+    let port = lab.host("once").port;
+    let proxy = lab.dir().join("first-only.sh");
+    std::fs::write(
+        &proxy,
+        format!(
+            "#!/bin/sh\n\
+             # Lets the first connection through to the host, refuses every later one.\n\
+             mkdir \"$0.used\" 2>/dev/null || exit 1\n\
+             exec bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}; cat <&3 & exec cat >&3'\n"
+        ),
+    )
+    .unwrap();
+    let mut perms = std::fs::metadata(&proxy).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&proxy, perms).unwrap();
+    let dir = lab.workdir("once");
+    lab::write_rich_flake(&dir, &lab::unique_tag());
+    let out = lab
+        .edict(&dir)
+        .env(
+            "EDICT_SSH_OPTS",
+            format!("{} -o ProxyCommand={}", lab.ssh_opts(), proxy.display()),
+        )
+        .args([
+            "-vv",
+            "--compress",
+            "always",
+            "once",
+            "nix",
+            "build",
+            ".#default",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the compressed connection failed"), "{err}");
+    let copies: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("+ ") && l.contains(" copy ") && l.contains("--from"))
+        .collect();
+    assert_eq!(copies.len(), 2, "{copies:#?}");
+    assert!(copies[0].contains(" -C ") && !copies[1].contains(" -C "));
+    assert!(dir.join("result").exists());
+}
