@@ -27,6 +27,16 @@ pub fn quiet() -> bool {
     QUIET.load(Ordering::Relaxed) != 0
 }
 
+/// Reads `pipe` to its end on a thread of its own (so that a child filling another pipe
+/// never waits on this one): join it for the bytes.
+pub fn drain(mut pipe: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        bytes
+    })
+}
+
 /// A progress or result line for the user, on stderr (stdout is the nix command's), unless -q.
 pub fn info(msg: impl std::fmt::Display) {
     if QUIET.load(Ordering::Relaxed) == 0 {

@@ -273,13 +273,7 @@ fn copy_showing_progress(
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped());
         })?;
-    let stdout = child.stdout.take().map(|mut out| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = std::io::Read::read_to_end(&mut out, &mut v);
-            v
-        })
-    });
+    let stdout = child.stdout.take().map(exec::drain);
     let log = Arc::new(Mutex::new(crate::progress::NixLog::default()));
     let reader = child.stderr.take().map(|err| {
         let log = Arc::clone(&log);

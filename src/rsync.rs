@@ -18,14 +18,7 @@ pub fn unfit(line: &str) -> Option<String> {
     }
     // `3.2.7`, `v3.2.3` (Arch's), `3.4.1dev`: the leading digits of each part.
     let said = version(line);
-    let v: Vec<u32> = said
-        .trim_start_matches('v')
-        .split('.')
-        .map_while(|p| {
-            let digits: String = p.chars().take_while(char::is_ascii_digit).collect();
-            digits.parse().ok()
-        })
-        .collect();
+    let v = numbers(&said);
     let old = matches!(v.as_slice(), [a, b, c, ..] if (*a, *b, *c) < (3, 1, 3))
         || matches!(v.as_slice(), [a, b] if (*a, *b) < (3, 2));
     old.then(|| {
@@ -33,6 +26,19 @@ pub fn unfit(line: &str) -> Option<String> {
             "rsync {said} is older than 3.1.3, which edict needs (--modify-window=-1 compares times to the nanosecond)"
         )
     })
+}
+
+/// The numbers of a version, the leading digits of each part (`3.2.7` → [3, 2, 7],
+/// `v3.2.3` → [3, 2, 3], `3.4.1dev` → [3, 4, 1]).
+pub fn numbers(version: &str) -> Vec<u32> {
+    version
+        .trim_start_matches('v')
+        .split('.')
+        .map_while(|p| {
+            let digits: String = p.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .collect()
 }
 
 /// The version in `rsync --version`'s first line (`rsync  version 3.2.7  protocol …`).

@@ -418,29 +418,11 @@ impl Connection {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// The link's round trip, about: a `true` run there over the open connection (a
-    /// session opened, run and closed), measured once; when that is long, the quickest of
-    /// three (a first session may be slow for other reasons), so that a near host costs one.
+    /// The link's round trip, as the run measured it in its own session
+    /// ([`Connection::know_round_trip`], before anything crosses); zero, a near host, when
+    /// it was not measured.
     pub fn round_trip(&self) -> std::time::Duration {
-        *self.round_trip.get_or_init(|| {
-            let once = || {
-                let start = std::time::Instant::now();
-                let _ = self.ssh(Tty::No, "true").succeeds();
-                start.elapsed()
-            };
-            let first = once();
-            let took = if first < crate::transfer::LONG_ROUND_TRIP {
-                first
-            } else {
-                first.min(once()).min(once())
-            };
-            exec::debug(format_args!(
-                "{}: a command there takes {} ms, there and back",
-                self.transport.label,
-                took.as_millis()
-            ));
-            took
-        })
+        self.round_trip.get().copied().unwrap_or_default()
     }
 
     /// Whether the master is still up (to tell a remote exit code 255 from a dead link).

@@ -103,13 +103,7 @@ fn rsync_showing_progress(cmd: &Cmd, what: &str) -> Result<std::process::Output>
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
     })?;
-    let stderr = child.stderr.take().map(|mut err| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = err.read_to_end(&mut v);
-            v
-        })
-    });
+    let stderr = child.stderr.take().map(exec::drain);
     let status = crate::progress::Status::start(what);
     let mut stdout = Vec::new();
     if let Some(out) = child.stdout.take() {

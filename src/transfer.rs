@@ -64,24 +64,12 @@ pub fn compress(round_trip: impl FnOnce() -> Duration) -> bool {
     }
 }
 
-/// The numbers of an rsync version (`3.2.7` → [3, 2, 7]).
-fn numbers(version: &str) -> Vec<u32> {
-    version
-        .trim_start_matches('v')
-        .split('.')
-        .map_while(|p| {
-            let digits: String = p.chars().take_while(char::is_ascii_digit).collect();
-            digits.parse().ok()
-        })
-        .collect()
-}
-
 /// Whether both rsyncs (their `--version` lines) negotiate a compression of their own:
 /// from 3.2.0 they pick the best both have (zstd, lz4); before, only zlib, slow enough to
 /// lose on all but slow links.
 pub fn rsyncs_negotiate(here: &str, there: &str) -> bool {
     [here, there].iter().all(|line| {
-        numbers(&crate::rsync::version(line)).as_slice() >= [3, 2].as_slice()
+        crate::rsync::numbers(&crate::rsync::version(line)).as_slice() >= [3, 2].as_slice()
             && !line.contains("openrsync")
     })
 }
