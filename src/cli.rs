@@ -57,6 +57,11 @@ pub struct Cli {
     /// 16 MiB or more over a compressed ssh connection of its own), `always`, or `never`.
     #[arg(long, value_name = "WHEN", value_enum, default_value_t = crate::transfer::Compress::Auto)]
     pub compress: crate::transfer::Compress,
+    /// How long the ssh connection stays open after the run, for the next run to the same
+    /// host to skip the login (`30s`, `10m`, `1h`; `0` or `off`: closed with the run);
+    /// `edict forget` closes kept connections.
+    #[arg(long, value_name = "DURATION", env = "EDICT_KEEP_CONNECTION", default_value_t = crate::keep::For(crate::keep::DEFAULT))]
+    pub keep_connection: crate::keep::For,
     /// The largest file that sync-back brings back (bytes, or with K, M, G: powers of
     /// 1024); a larger one stays on HOST and is reported.
     #[arg(long, value_name = "SIZE", default_value = "100M")]
@@ -164,6 +169,16 @@ pub struct GcArgs {
     /// Only mirrors unused for more than this many days (default: every mirror not in use).
     #[arg(long, value_name = "DAYS")]
     pub older_than: Option<u32>,
+}
+
+/// `edict forget [HOST…]`: close kept connections.
+#[derive(Parser, Debug)]
+#[command(
+    about = "Close the ssh connections that runs kept open (see --keep-connection) to these hosts, or all of them"
+)]
+pub struct ForgetArgs {
+    /// The hosts (ssh destinations or pool machine names); none: every kept connection.
+    pub hosts: Vec<String>,
 }
 
 /// nix subcommands, to catch `edict HOST build …` (a forgotten `nix`).

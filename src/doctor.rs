@@ -78,7 +78,7 @@ fn probe(f: &mut Facts, transport: &Transport) {
         return;
     }
 
-    let conn = match Connection::open(transport.clone()) {
+    let conn = match Connection::open_for_run(transport.clone(), transport.config()) {
         Ok(c) => c,
         Err(e) => {
             f.connection = Some(Err(format!("{e:#}")));

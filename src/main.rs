@@ -13,6 +13,7 @@ mod fanout;
 mod flakeref;
 mod identity;
 mod judge;
+mod keep;
 mod manpage;
 mod mapping;
 mod nixargs;
@@ -40,6 +41,7 @@ fn main() -> ExitCode {
     transfer::set(transfer::Settings {
         substitute: !cli.no_substitute,
         compress: cli.compress,
+        keep: cli.keep_connection.0,
     });
     match run(&cli) {
         Ok(code) => ExitCode::from(code),
@@ -57,6 +59,9 @@ fn run(cli: &cli::Cli) -> Result<u8> {
     }
     if cli.host == "gc" {
         return gc(cli);
+    }
+    if cli.host == "forget" {
+        return forget(cli);
     }
     if cli.host == "man" {
         use std::io::Write as _;
@@ -176,9 +181,11 @@ fn pipeline(
     )?;
 
     // How long the link is, for `--compress auto` (see `transfer`): asked in the session
-    // edict already holds, when something may cross.
+    // edict already holds, when something may cross, unless an earlier run through the
+    // same kept connection measured it.
     if transfer::settings().compress == transfer::Compress::Auto
         && (!plan.sources.is_empty() || !plan.links.is_empty())
+        && !conn.round_trip_known()
     {
         conn.know_round_trip(signals.step(&host, "preparing", session.round_trip(&conn))?);
     }
@@ -405,6 +412,49 @@ fn gc(cli: &cli::Cli) -> Result<u8> {
             if gone.len() == 1 { "" } else { "s" },
             total as f64 / 1024.0
         );
+    }
+    Ok(0)
+}
+
+/// `edict forget [HOST…]`: closes the connections runs kept (see `keep`) to these hosts, or
+/// all of them; the next run to each logs in anew.
+fn forget(cli: &cli::Cli) -> Result<u8> {
+    let args = cli::ForgetArgs::parse_from(
+        std::iter::once("edict forget".to_string()).chain(cli.command.iter().cloned()),
+    );
+    let places = if args.hosts.is_empty() {
+        keep::all()
+    } else {
+        let (pool, _) = pool::load_or_explain(cli.builders.as_deref())?;
+        let ssh_opts = ssh::Transport::ssh_opts_from_env();
+        args.hosts
+            .iter()
+            .map(|h| {
+                let t = select::any_transport(h, &pool, &ssh_opts)?;
+                Ok(keep::place(&t.config(), &t.identity()).map(|p| (p, h.clone())))
+            })
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .collect()
+    };
+    let places = places.map_err(|why| {
+        Problem::new(
+            "",
+            "forgetting kept connections",
+            why,
+            "remove that path if it is not yours to keep, or run with --keep-connection=0",
+        )
+    })?;
+    let mut closed = 0;
+    for (place, label) in &places {
+        if ssh::close_kept(&place.socket()) {
+            println!("{label}: closed the kept connection");
+            closed += 1;
+        }
+        place.clear();
+    }
+    if closed == 0 {
+        println!("no kept connection to close");
     }
     Ok(0)
 }

@@ -201,7 +201,13 @@ pub fn prepare(
     signals: &Signals,
 ) -> Result<(RemoteEnv, Session)> {
     let host = &conn.transport.label;
-    let (fields, session) = lock(conn, plan, run_id, signals)?;
+    let (fields, session) = match lock(conn, plan, run_id, signals) {
+        Err(e) if e.is::<Stale>() => {
+            conn.renew()?;
+            lock(conn, plan, run_id, signals)?
+        }
+        other => other?,
+    };
     let mut env = env_from(host, &fields, run_id)?;
     exec::debug(format_args!(
         "{host}: {} at {}, rsync at {}, cache {}",
@@ -220,6 +226,18 @@ pub fn prepare(
     }
     Ok((env, session))
 }
+
+/// A kept connection that did not carry the first word of the probe in time (see `keep`).
+#[derive(Debug)]
+struct Stale;
+
+impl std::fmt::Display for Stale {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the kept connection did not answer")
+    }
+}
+
+impl std::error::Error for Stale {}
 
 /// Runs the probe-and-lock script (see [`prepare_script`]) and reads its findings until
 /// the mirrors are locked: the `EDICT-key value` fields, and the session that holds the
@@ -270,12 +288,26 @@ fn lock(
     let mut fields = std::collections::HashMap::new();
     let mut locked = false;
     let mut waited = false;
+    // A kept master must show it still reaches HOST: any line from there will do.
+    let started = Instant::now();
+    let mut heard = !conn.reused();
     loop {
         let line = match rx.recv_timeout(Duration::from_millis(50)) {
-            Ok(line) => line,
+            Ok(line) => {
+                heard = true;
+                line
+            }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) if signals.caught() => {
                 let _ = child.kill();
                 bail!("{host}: preparing the run: interrupted");
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                if !heard && started.elapsed() > crate::keep::ANSWER_WITHIN =>
+            {
+                // The reader stays blocked until the master goes (`Connection::renew`).
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(Stale.into());
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,

@@ -97,8 +97,9 @@ pub struct Transport {
     /// From `EDICT_SSH_OPTS` if set, else `NIX_SSHOPTS`, split on white space as nix does,
     /// plus what a pool machine adds (its key, its pinned host key).
     user_opts: Vec<String>,
-    /// Files the options point at (a pinned known_hosts), kept for the transport's life.
-    _files: Option<std::sync::Arc<tempfile::TempDir>>,
+    /// Files the options point at (a pinned known_hosts), kept for the transport's life,
+    /// and the key pinned there.
+    _files: Option<(std::sync::Arc<tempfile::TempDir>, String)>,
 }
 
 impl Transport {
@@ -112,6 +113,34 @@ impl Transport {
             label: label.to_string(),
             user_opts,
             _files: None,
+        }
+    }
+
+    /// The options as they decide the connection, the same from run to run: a pinned
+    /// known_hosts is in a new temporary file each time, so the key it holds stands for it.
+    pub fn identity(&self) -> String {
+        self.stable(self.user_opts.join("\n"))
+    }
+
+    /// `ssh -G`'s answer for this destination with these options: the configuration ssh
+    /// will use (empty when ssh cannot say), as [`Transport::identity`] gives the options.
+    pub fn config(&self) -> String {
+        let said = Cmd::new("ssh")
+            .args(self.user_opts.clone())
+            .args(["-G", "--"])
+            .arg(self.dest.target())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        self.stable(said)
+    }
+
+    fn stable(&self, text: String) -> String {
+        match &self._files {
+            Some((dir, key)) => {
+                text.replace(&dir.path().display().to_string(), &format!("pinned:{key}"))
+            }
+            None => text,
         }
     }
 
@@ -138,7 +167,7 @@ impl Transport {
                 "-o".to_string(),
                 "StrictHostKeyChecking=yes".to_string(),
             ]);
-            self._files = Some(std::sync::Arc::new(dir));
+            self._files = Some((std::sync::Arc::new(dir), host_key.to_string()));
         }
         Ok(self)
     }
@@ -167,13 +196,21 @@ impl Transport {
 pub struct Connection {
     pub transport: Transport,
     socket: PathBuf,
+    log: PathBuf,
+    /// `ssh -G`'s answer (see [`Transport::config`]).
+    config: String,
+    /// Where the master is kept after the run (see `keep`); `None`: it ends with the run.
+    kept: Option<crate::keep::Place>,
+    /// The master was there before this run: whether it still reaches HOST is not known.
+    reused: std::sync::atomic::AtomicBool,
     /// The link's round trip, once measured (see [`Connection::round_trip`]).
     round_trip: std::sync::OnceLock<std::time::Duration>,
     /// A compressed connection of its own could not log in (see
     /// [`Connection::compressed_nix_sshopts`]): not tried again.
     compressed_failed: std::sync::atomic::AtomicBool,
-    // Holds the socket's directory; removed after the master has exited (field order).
-    _dir: tempfile::TempDir,
+    // Holds the socket's directory of a master that ends with the run; removed after the
+    // master has exited (field order).
+    _dir: Option<tempfile::TempDir>,
 }
 
 /// Whether to give the remote command a terminal.
@@ -200,43 +237,101 @@ impl Tty {
 }
 
 impl Connection {
-    /// Opens the master connection (this is where a password or host-key prompt appears).
+    /// Opens the master connection (this is where a password or host-key prompt appears),
+    /// or reuses the one a run kept (see `keep`) when `--keep-connection` allows.
     pub fn open(transport: Transport) -> Result<Self> {
+        let keep = crate::transfer::settings().keep;
+        let config = transport.config();
+        if !keep.is_zero() {
+            match crate::keep::place(&config, &transport.identity()) {
+                Ok(place) => return Self::open_kept(transport, config, place, keep),
+                Err(why) => exec::info(format_args!(
+                    "{}: the connection is not kept after this run: {why}",
+                    transport.label
+                )),
+            }
+        }
+        Self::open_for_run(transport, config)
+    }
+
+    /// A master of this run only (the doctor's: it checks the login itself).
+    pub fn open_for_run(transport: Transport, config: String) -> Result<Self> {
         let dir = socket_dir()?;
         let socket = dir.path().join("ssh");
         let conn = Connection {
             transport,
+            log: socket.with_file_name("master.log"),
             socket,
+            config,
+            kept: None,
+            reused: std::sync::atomic::AtomicBool::new(false),
             round_trip: std::sync::OnceLock::new(),
             compressed_failed: std::sync::atomic::AtomicBool::new(false),
-            _dir: dir,
+            _dir: Some(dir),
         };
-        let log = conn.log();
-        // -f: return once authenticated (prompts happen first, on the terminal);
-        // ControlPersist: if edict dies without closing it, it exits when idle. -E: once
-        // in the background the master's stderr is /dev/null, and its last words (why the
+        // If edict dies without closing it, the master exits when idle.
+        conn.start_master(std::time::Duration::from_secs(15))?;
+        Ok(conn)
+    }
+
+    fn open_kept(
+        transport: Transport,
+        config: String,
+        place: crate::keep::Place,
+        keep: std::time::Duration,
+    ) -> Result<Self> {
+        let conn = Connection {
+            transport,
+            socket: place.socket(),
+            log: place.log(),
+            config,
+            kept: Some(place.clone()),
+            reused: std::sync::atomic::AtomicBool::new(false),
+            round_trip: std::sync::OnceLock::new(),
+            compressed_failed: std::sync::atomic::AtomicBool::new(false),
+            _dir: None,
+        };
+        let label = &conn.transport.label;
+        let _lock = place.lock(label)?;
+        if conn.socket.exists() && conn.control("check") {
+            exec::debug(format_args!(
+                "{label}: reusing the connection kept by an earlier run ({})",
+                conn.socket.display()
+            ));
+            place.reusing();
+            conn.reused
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            if let Some(took) = place.round_trip() {
+                let _ = conn.round_trip.set(took);
+            }
+            return Ok(conn);
+        }
+        place.starting(label);
+        conn.start_master(keep)?;
+        Ok(conn)
+    }
+
+    /// Starts the master on `self.socket`, staying `persist` after its last session.
+    fn start_master(&self, persist: std::time::Duration) -> Result<()> {
+        // -f: return once authenticated (prompts happen first, on the terminal), then run
+        // in a session of its own, out of reach of a Ctrl-C meant for edict. -E: once in
+        // the background the master's stderr is /dev/null, and its last words (why the
         // connection died) belong in edict's error.
         let cmd = Cmd::new("ssh")
-            .args(conn.transport.user_opts.clone())
-            .args(conn.keepalive())
+            .args(self.transport.user_opts.clone())
+            .args(self.keepalive())
             .args(["-o", "ControlMaster=yes", "-o"])
-            .arg(format!("ControlPath={}", conn.socket.display()))
+            .arg(format!("ControlPath={}", self.socket.display()))
             .arg("-E")
-            .arg(&log)
-            .args([
-                "-o",
-                "ControlPersist=15",
-                "-o",
-                "RemoteCommand=none",
-                "-f",
-                "-N",
-                "--",
-            ])
-            .arg(conn.transport.dest.target());
+            .arg(&self.log)
+            .arg("-o")
+            .arg(format!("ControlPersist={}", persist.as_secs().max(1)))
+            .args(["-o", "RemoteCommand=none", "-f", "-N", "--"])
+            .arg(self.transport.dest.target());
         let log_file = std::fs::File::options()
             .create(true)
             .append(true)
-            .open(&log)?;
+            .open(&self.log)?;
         let status = cmd
             .spawn(|c| {
                 c.stdin(std::process::Stdio::null())
@@ -245,10 +340,67 @@ impl Connection {
             })?
             .wait()?;
         if !status.success() {
-            let stderr = std::fs::read_to_string(&log).unwrap_or_default();
-            return Err(ssh_failure(&conn.transport.label, "connecting", &stderr));
+            let stderr = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if let Some(place) = &self.kept {
+                place.clear();
+            }
+            return Err(ssh_failure(&self.transport.label, "connecting", &stderr));
         }
-        Ok(conn)
+        Ok(())
+    }
+
+    /// Whether this run reuses a master that an earlier run kept, not yet shown to reach
+    /// HOST (see [`Connection::renew`]).
+    pub fn reused(&self) -> bool {
+        self.reused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A kept master did not answer in time: it goes, and a new one logs in on its socket.
+    pub fn renew(&self) -> Result<()> {
+        let label = &self.transport.label;
+        exec::info(format_args!(
+            "{label}: the kept connection did not answer within {} s; connecting again",
+            crate::keep::ANSWER_WITHIN.as_secs()
+        ));
+        let Some(place) = &self.kept else {
+            return Ok(());
+        };
+        let _lock = place.lock(label)?;
+        self.control("exit");
+        place.starting(label);
+        self.reused
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.start_master(crate::transfer::settings().keep)
+    }
+
+    /// `ssh -O OP` to the master (`check`, `exit`), given a few seconds: a master that
+    /// cannot answer its own socket counts as gone.
+    fn control(&self, op: &str) -> bool {
+        let cmd = Cmd::new("ssh")
+            .args(self.client_opts())
+            .args(["-O", op, "--"])
+            .arg(self.transport.dest.target());
+        let Ok(mut child) = cmd.spawn(|c| {
+            c.stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+        }) else {
+            return false;
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return status.success(),
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return false;
+                }
+            }
+        }
     }
 
     /// Keepalives for the master unless the user's ssh config sets them: without, a link
@@ -256,15 +408,7 @@ impl Connection {
     /// hours; with them, the master gives up after about a minute and edict says so. A
     /// command-line `-o` would override the user's own setting, hence `ssh -G` first.
     fn keepalive(&self) -> Vec<String> {
-        let config = Cmd::new("ssh")
-            .args(self.transport.user_opts.clone())
-            .args(["-G", "--"])
-            .arg(self.transport.dest.target())
-            .output();
-        let config = config
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        if sets_keepalive(&config) {
+        if sets_keepalive(&self.config) {
             return Vec::new();
         }
         [
@@ -281,7 +425,7 @@ impl Connection {
     /// with what the master said (its stderr goes to a log, not the terminal).
     pub fn lost(&self, step: &str, what: &str) -> Problem {
         let host = &self.transport.label;
-        let log = std::fs::read_to_string(self.log()).unwrap_or_default();
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         // The last words: earlier lines are from connecting (e.g. "Permanently added").
         let lines: Vec<&str> = log
             .lines()
@@ -297,11 +441,6 @@ impl Connection {
             fix: format!("check the network to {host}; run `ssh -v {host} true` to see why"),
             kind: Kind::Connection,
         }
-    }
-
-    /// The master's log: its stderr while connecting, then (`-E`) everything it says.
-    fn log(&self) -> PathBuf {
-        self.socket.with_file_name("master.log")
     }
 
     /// ssh options for every client of the master.
@@ -397,6 +536,9 @@ impl Connection {
     /// [`Connection::round_trip`] to answer with.
     pub fn know_round_trip(&self, took: std::time::Duration) {
         if self.round_trip.set(took).is_ok() {
+            if let Some(place) = &self.kept {
+                place.remember_round_trip(took);
+            }
             exec::debug(format_args!(
                 "{}: the link's round trip is {} ms",
                 self.transport.label,
@@ -419,10 +561,15 @@ impl Connection {
     }
 
     /// The link's round trip, as the run measured it in its own session
-    /// ([`Connection::know_round_trip`], before anything crosses); zero, a near host, when
-    /// it was not measured.
+    /// ([`Connection::know_round_trip`], before anything crosses) or an earlier run through
+    /// the same kept master did; zero, a near host, when it was not measured.
     pub fn round_trip(&self) -> std::time::Duration {
         self.round_trip.get().copied().unwrap_or_default()
+    }
+
+    /// Whether [`Connection::round_trip`] has a measurement to answer with.
+    pub fn round_trip_known(&self) -> bool {
+        self.round_trip.get().is_some()
     }
 
     /// Whether the master is still up (to tell a remote exit code 255 from a dead link).
@@ -437,6 +584,10 @@ impl Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
+        // A kept master stays for the next run (its ControlPersist ends it when idle).
+        if self.kept.is_some() {
+            return;
+        }
         // Closing is best effort: a master already gone is closed.
         let _ = Cmd::new("ssh")
             .args(self.client_opts())
@@ -446,26 +597,44 @@ impl Drop for Connection {
     }
 }
 
+/// Asks the kept master on `socket` to exit (see `keep`); whether one was there. No ssh
+/// config is read: the socket alone names the master.
+pub fn close_kept(socket: &Path) -> bool {
+    socket.exists()
+        && Cmd::new("ssh")
+            .args(["-F", "/dev/null", "-o"])
+            .arg(format!("ControlPath={}", socket.display()))
+            .args(["-O", "exit", "--", "edict-kept"])
+            .succeeds()
+}
+
 /// A private directory for the control socket: short (sun_path holds 108 bytes) and made of
 /// plain characters (NIX_SSHOPTS is split on white space, and ssh's `-o ControlPath=` reads
 /// quotes and backslashes), so $TMPDIR only when it qualifies.
 fn socket_dir() -> Result<tempfile::TempDir> {
-    let tmp = std::env::var_os("TMPDIR").map(PathBuf::from);
-    let base = match tmp {
-        Some(t)
-            if t.is_absolute()
-                && t.as_os_str().len() <= 60
-                && t.to_str().is_some_and(|s| {
-                    s.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "/._-+@%,:=".contains(c))
-                }) =>
-        {
-            t
-        }
+    Ok(crate::contain::private_tempdir(
+        "edict-",
+        Some(&short_tmp()),
+    )?)
+}
+
+/// `$TMPDIR` when a control socket may live below it (see [`plain_path`]), else `/tmp`.
+pub fn short_tmp() -> PathBuf {
+    match std::env::var_os("TMPDIR").map(PathBuf::from) {
+        Some(t) if plain_path(&t) => t,
         _ => PathBuf::from("/tmp"),
-    };
-    let base: &Path = &base;
-    Ok(crate::contain::private_tempdir("edict-", Some(base))?)
+    }
+}
+
+/// Whether a directory can hold control sockets: absolute, short enough for sun_path with
+/// a name below it, and of characters that survive NIX_SSHOPTS and `-o ControlPath=`.
+pub fn plain_path(p: &Path) -> bool {
+    p.is_absolute()
+        && p.as_os_str().len() <= 60
+        && p.to_str().is_some_and(|s| {
+            s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "/._-+@%,:=".contains(c))
+        })
 }
 
 /// Whether `ssh -G` output has keepalives on (`serveraliveinterval` above 0).

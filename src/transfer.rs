@@ -37,6 +37,8 @@ pub const BIG_COPY: u64 = 16 << 20;
 pub struct Settings {
     pub substitute: bool,
     pub compress: Compress,
+    /// How long the ssh master stays after the run (`--keep-connection`; see `keep`).
+    pub keep: Duration,
 }
 
 static SETTINGS: OnceLock<Settings> = OnceLock::new();
@@ -51,6 +53,7 @@ pub fn settings() -> Settings {
     SETTINGS.get().copied().unwrap_or(Settings {
         substitute: true,
         compress: Compress::Auto,
+        keep: crate::keep::DEFAULT,
     })
 }
 

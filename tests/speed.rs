@@ -327,3 +327,190 @@ fn a_compressed_copy_whose_login_fails_goes_through_the_shared_connection() {
     assert!(copies[0].contains(" -C ") && !copies[1].contains(" -C "));
     assert!(dir.join("result").exists());
 }
+
+/// `edict ARGS` in `dir`, which must succeed; its stderr.
+fn edict_ok(lab: &Lab, dir: &std::path::Path, args: &[&str]) -> String {
+    let out = lab.edict(dir).args(args).output().unwrap();
+    assert!(out.status.success(), "edict {args:?}: {}", describe(&out));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The connection a run keeps serves the next run to the same host (no second login), in
+/// a directory only this user can enter; `edict forget` closes it, `--keep-connection 0`
+/// and `EDICT_KEEP_CONNECTION=0` keep none.
+#[test]
+fn the_next_run_reuses_the_kept_connection_until_it_is_forgotten() {
+    let mut lab = Lab::new();
+    lab.start(HostSpec::new("warm", Flavour::Trixie));
+    let dir = lab.workdir("warm");
+    lab::write_rich_flake(&dir, &lab::unique_tag());
+    let build = ["warm", "nix", "build", ".#default"];
+    let logins = |lab: &Lab| lab.logins("warm");
+
+    let before = logins(&lab);
+    edict_ok(&lab, &dir, &build);
+    assert_eq!(logins(&lab) - before, 1);
+    let kept = lab.runtime_dir().join("edict");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&kept).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o700, "{}", kept.display());
+    let sockets = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&kept)
+            .unwrap()
+            .flatten()
+            .filter(|e| std::os::unix::fs::FileTypeExt::is_socket(&e.file_type().unwrap()))
+            .map(|e| e.path())
+            .collect()
+    };
+    assert_eq!(sockets().len(), 1);
+
+    let before = logins(&lab);
+    let said = edict_ok(&lab, &dir, &["-vv", "warm", "nix", "build", ".#default"]);
+    assert_eq!(
+        logins(&lab) - before,
+        0,
+        "the second run logged in again:\n{said}"
+    );
+    assert!(said.contains("reusing the connection kept"), "{said}");
+    assert!(
+        !said.contains("measuring the link") && !said.contains("round trip is"),
+        "the round trip measured through this connection is known:\n{said}"
+    );
+    assert!(dir.join("result").exists());
+
+    let out = lab.edict(&dir).args(["forget", "warm"]).output().unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "warm: closed the kept connection\n"
+    );
+    assert!(sockets().is_empty());
+    let out = lab.edict(&dir).arg("forget").output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "no kept connection to close\n"
+    );
+
+    // Not kept: every run logs in, and leaves no master behind.
+    let before = logins(&lab);
+    edict_ok(
+        &lab,
+        &dir,
+        &[
+            "--keep-connection",
+            "0",
+            "warm",
+            "nix",
+            "build",
+            ".#default",
+        ],
+    );
+    let out = lab
+        .edict(&dir)
+        .env("EDICT_KEEP_CONNECTION", "off")
+        .args(build)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(logins(&lab) - before, 2);
+    assert!(sockets().is_empty());
+
+    // Kept again, then forgotten with every other one.
+    edict_ok(&lab, &dir, &build);
+    let out = lab.edict(&dir).arg("forget").output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "warm: closed the kept connection\n"
+    );
+}
+
+/// A kept connection whose other end stopped answering (here: HOST's session processes
+/// frozen, as a link that died while a laptop slept) is given a few seconds, then replaced
+/// by a new login, and the run goes on.
+#[test]
+fn a_kept_connection_that_stopped_answering_is_replaced() {
+    let mut lab = Lab::new();
+    lab.start(HostSpec::new("frozen", Flavour::Bookworm));
+    let dir = lab.workdir("frozen");
+    lab::write_rich_flake(&dir, &lab::unique_tag());
+    let build = ["frozen", "nix", "build", ".#default"];
+    edict_ok(&lab, &dir, &build);
+    let sessions = lab::descendants(lab.host("frozen").sshd_pid());
+    assert!(
+        !sessions.is_empty(),
+        "the kept connection's processes on the host"
+    );
+    let signal = |sig: &str| {
+        for pid in &sessions {
+            let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
+        }
+    };
+    signal("-STOP");
+    let before = lab.logins("frozen");
+    let out = lab.edict(&dir).args(build).output().unwrap();
+    signal("-CONT");
+    assert!(out.status.success(), "{}", describe(&out));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("frozen: the kept connection did not answer within 5 s; connecting again"),
+        "{said}"
+    );
+    assert_eq!(lab.logins("frozen") - before, 1);
+    assert!(dir.join("result").exists());
+}
+
+/// Without a usable XDG_RUNTIME_DIR the connections are kept in `$TMPDIR/edict-UID`, made
+/// private; one that others can enter is not used (a socket there could be anyone's), and
+/// the run says so and goes on with a connection of its own.
+#[test]
+fn connections_are_kept_only_in_a_private_directory() {
+    let mut lab = Lab::new();
+    lab.start(HostSpec::new("tmpdir", Flavour::Bookworm));
+    let dir = lab.workdir("tmpdir");
+    lab::write_rich_flake(&dir, &lab::unique_tag());
+    let tmp = lab.workdir("tmp");
+    let run = || {
+        lab.edict(&dir)
+            .env_remove("XDG_RUNTIME_DIR")
+            .env("TMPDIR", &tmp)
+            .args(["tmpdir", "nix", "build", ".#default"])
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    assert!(out.status.success(), "{}", describe(&out));
+    let kept = tmp.join(format!("edict-{}", unsafe { libc::geteuid() }));
+    let meta = std::fs::metadata(&kept).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o700
+    );
+    let before = lab.logins("tmpdir");
+    assert!(run().status.success());
+    assert_eq!(lab.logins("tmpdir") - before, 0);
+
+    let out = lab
+        .edict(&dir)
+        .env_remove("XDG_RUNTIME_DIR")
+        .env("TMPDIR", &tmp)
+        .arg("forget")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    std::fs::set_permissions(
+        &kept,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
+    )
+    .unwrap();
+    let before = lab.logins("tmpdir");
+    let out = run();
+    assert!(out.status.success(), "{}", describe(&out));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("the connection is not kept after this run")
+            && said.contains("is open to other users (mode 755)"),
+        "{said}"
+    );
+    assert!(run().status.success());
+    assert_eq!(lab.logins("tmpdir") - before, 2);
+}

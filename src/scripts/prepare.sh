@@ -5,6 +5,8 @@
 # else lock directories) and become the holder, the script "$6" (which stops a command
 # with the script "$7"). Prints `EDICT-key value` lines; `EDICT-waiting` while another run holds a
 # lock. The names come sorted, so two runs that share two mirrors never hold one each.
+# The first word out: that the link works (a kept connection may be one that died).
+echo EDICT-alive;
 places=$1;
 PATH="$PATH:$places";
 c=$2;

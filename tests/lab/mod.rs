@@ -254,6 +254,11 @@ impl Host {
         &self.spec.name
     }
 
+    /// The pid of its sshd (the listener; each login is a process below it).
+    pub fn sshd_pid(&self) -> u32 {
+        self.sshd.id()
+    }
+
     /// Where a path as the host sees it lives on this machine, for tests that look at the
     /// remote's files directly: `/nix/...`, `/root/...` and `/etc/nix/...` are the host's
     /// private dirs; anything else on a trixie host is in its overlay's upper dir (files it
@@ -294,7 +299,14 @@ impl Host {
 
     fn stop(&mut self) {
         // The sshd is our direct child (exec'd through unshare, sh and chroot), so its pid is
-        // the child's pid: kill exactly it, never by name.
+        // the child's pid: kill exactly it, never by name. Its sessions first: a connection
+        // a run kept open (edict's --keep-connection) ends with them, as when a real host
+        // goes down, rather than outliving the lab.
+        for pid in descendants(self.sshd.id()) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
         let _ = self.sshd.kill();
         let _ = self.sshd.wait();
         if let Some((ns, _)) = self.netns.take() {
@@ -390,6 +402,33 @@ pub fn require() {
     });
 }
 
+/// Every process below `pid` (children, theirs, …), from /proc: sshd's sessions.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter_map(|p| {
+                    let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+                    // `pid (comm) state ppid …`: comm may hold spaces and parentheses.
+                    let after = &stat[stat.rfind(')')? + 1..];
+                    let ppid = after.split_whitespace().nth(1)?.parse().ok()?;
+                    Some((p, ppid))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        for (child, _) in parents.iter().filter(|(_, pp)| *pp == p) {
+            out.push(*child);
+            todo.push(*child);
+        }
+    }
+    out
+}
+
 /// Where labs and their files go: `$TMPDIR` (the bench points it at a tmpfs of its own), or
 /// /tmp when it is unset or too long: ssh control sockets under it must fit in sun_path
 /// (108 bytes).
@@ -427,6 +466,9 @@ impl Lab {
         );
         std::fs::write(lab.ssh_config(), "").expect("writing ssh_config");
         std::fs::write(lab.known_hosts(), "").expect("writing known_hosts");
+        std::fs::create_dir(lab.runtime_dir()).expect("creating the runtime dir");
+        std::fs::set_permissions(lab.runtime_dir(), std::fs::Permissions::from_mode(0o700))
+            .expect("chmod the runtime dir");
         lab
     }
 
@@ -441,6 +483,12 @@ impl Lab {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// `XDG_RUNTIME_DIR` of the lab's edict runs as root: where the connections they keep
+    /// open live (edict's `keep`), one lab's apart from another's.
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.dir().join("run")
     }
 
     pub fn ssh_config(&self) -> PathBuf {
@@ -593,6 +641,7 @@ impl Lab {
         let mut cmd = Command::new(program);
         cmd.env("NIX_SSHOPTS", self.ssh_opts());
         cmd.env("NIX_CONFIG", CLIENT_NIX_CONFIG);
+        cmd.env("XDG_RUNTIME_DIR", self.runtime_dir());
         cmd
     }
 
