@@ -174,10 +174,21 @@ fn pipeline(
     io: &remote::Io,
 ) -> Result<u8> {
     let host = conn.transport.label.clone();
+    // What each source is now: HOST sends back which mirrors already hold exactly that.
+    let surveys = sync::survey(plan);
+    let fingerprints: Vec<(usize, String)> = surveys
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| Some((i, s.as_ref()?.fingerprint.clone())))
+        .collect();
+    let checks: Vec<(String, String)> = fingerprints
+        .iter()
+        .map(|(i, f)| (plan.sources[*i].name.clone(), f.clone()))
+        .collect();
     let (env, mut session) = signals.step(
         &host,
         "preparing",
-        remote::prepare(&conn, plan, &run_id(), signals),
+        remote::prepare(&conn, plan, &run_id(), &checks, signals),
     )?;
 
     // How long the link is, for `--compress auto` (see `transfer`): asked in the session
@@ -202,7 +213,7 @@ fn pipeline(
     }
     exec::debug(format_args!("{host}: prepared; syncing"));
     signals.step(&host, "syncing", pinned::send(&conn, &env, plan))?;
-    let uploads = signals.step(&host, "syncing", sync::upload(&conn, &env, plan))?;
+    let uploads = signals.step(&host, "syncing", sync::upload(&conn, &env, plan, &surveys))?;
     if signals.caught() {
         return Err(signals::Interrupted {
             host,
@@ -213,7 +224,7 @@ fn pipeline(
 
     // 4. Run, with our streams and exit code.
     exec::debug(format_args!("{host}: synced; running"));
-    let code = match remote::run(&conn, &env, plan, io, signals)? {
+    let code = match remote::run(&conn, &env, plan, &fingerprints, io, signals)? {
         remote::Outcome::Exited(code) => code,
         remote::Outcome::Interrupted => return Ok(130),
     };

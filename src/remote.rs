@@ -41,9 +41,12 @@ pub mod scripts {
     pub const RUN: &str = include_str!("scripts/run.sh");
     pub const DOCTOR: &str = include_str!("scripts/doctor.sh");
     pub const CLOSURE: &str = include_str!("scripts/closure.sh");
+    pub const FINGERPRINT: &str = include_str!("scripts/fingerprint.sh");
+    pub const UNCHANGED: &str = include_str!("scripts/unchanged.sh");
+    pub const STAMP: &str = include_str!("scripts/stamp.sh");
     /// Every one of them, for the tests.
     #[cfg(test)]
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 16] = [
         STOP,
         EXPIRE,
         FIND_RSYNC,
@@ -57,6 +60,9 @@ pub mod scripts {
         RUN,
         DOCTOR,
         CLOSURE,
+        FINGERPRINT,
+        UNCHANGED,
+        STAMP,
     ];
 }
 
@@ -97,6 +103,8 @@ pub struct RemoteEnv {
     pub dirs: RemoteDirs,
     /// The login shell there (`$SHELL` of the ssh session).
     pub shell: String,
+    /// The mirrors (by name) that hold exactly what their source is now: nothing is sent.
+    pub unchanged: std::collections::BTreeSet<String>,
 }
 
 impl RemoteEnv {
@@ -194,17 +202,22 @@ impl Drop for Session {
 
 /// Probes HOST, prepares its directories and takes the locks of every mirror the plan uses.
 /// One round trip; waits (with a message) while another edict run holds a lock.
+///
+/// `checks` are (mirror name, fingerprint of its source now): the mirrors still as sent from
+/// a source with that fingerprint come back in [`RemoteEnv::unchanged`].
 pub fn prepare(
     conn: &Connection,
     plan: &Plan,
     run_id: &str,
+    checks: &[(String, String)],
     signals: &Signals,
 ) -> Result<(RemoteEnv, Session)> {
     let host = &conn.transport.label;
-    let (fields, session) = match lock(conn, plan, run_id, signals) {
+    let script = prepare_script(plan, run_id, checks);
+    let (fields, session) = match lock(conn, &script, signals) {
         Err(e) if e.is::<Stale>() => {
             conn.renew()?;
-            lock(conn, plan, run_id, signals)?
+            lock(conn, &script, signals)?
         }
         other => other?,
     };
@@ -244,17 +257,14 @@ impl std::error::Error for Stale {}
 /// locks. A failure before that is explained (ssh's, a full disk, a csh login shell).
 fn lock(
     conn: &Connection,
-    plan: &Plan,
-    run_id: &str,
+    script: &str,
     signals: &Signals,
 ) -> Result<(std::collections::HashMap<String, String>, Session)> {
     let host = &conn.transport.label;
-    let names: Vec<String> = plan.sources.iter().map(|s| s.name.clone()).collect();
-    let script = prepare_script(&names, run_id);
     // Its own process group: Ctrl-C at a terminal must not end this session, whose end
     // makes HOST remove the run dir (and the pid that `interrupt` needs) while the command
     // may still run there. edict ends the session itself.
-    let mut child = conn.ssh(Tty::No, &script).spawn(|c| {
+    let mut child = conn.ssh(Tty::No, script).spawn(|c| {
         c.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -425,6 +435,11 @@ fn env_from(
         )
     })?;
     Ok(RemoteEnv {
+        unchanged: get("same")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect(),
         shell: get("shell").unwrap_or_default(),
         rsync_version: get("rsyncv").unwrap_or_default(),
         nix_version: get("version").unwrap_or_default(),
@@ -542,7 +557,12 @@ pub fn expire_script(days: Option<u32>) -> String {
 
 /// The probe-and-lock line (see `scripts/prepare.sh`): prints `EDICT-key value` lines,
 /// then holds the locks while it reads edict's scripts (see `scripts/hold.sh`).
-fn prepare_script(mirror_names: &[String], run_id: &str) -> String {
+fn prepare_script(plan: &Plan, run_id: &str, checks: &[(String, String)]) -> String {
+    let mirror_names: Vec<&str> = plan.sources.iter().map(|s| s.name.as_str()).collect();
+    prepare_line(&mirror_names, run_id, checks)
+}
+
+fn prepare_line(mirror_names: &[&str], run_id: &str, checks: &[(String, String)]) -> String {
     let [places, cache, minutes] = expire_words(Some(MIRROR_DAYS));
     // Always in the same order, so two runs that share two mirrors never hold one each.
     let mut names: Vec<String> = mirror_names.iter().map(|n| quote(n)).collect();
@@ -556,10 +576,28 @@ fn prepare_script(mirror_names: &[String], run_id: &str) -> String {
         quote(&one_line(scripts::EXPIRE)),
         quote(&one_line(scripts::HOLD)),
         quote(&one_line(scripts::STOP)),
+        quote(&unchanged_line(checks)),
     ];
     words.extend(names);
     call(
         scripts::PREPARE,
+        &words.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+}
+
+/// The line the holder evaluates once locked (`$c` is the cache there; see
+/// `scripts/unchanged.sh`); empty when there is nothing to check.
+fn unchanged_line(checks: &[(String, String)]) -> String {
+    if checks.is_empty() {
+        return String::new();
+    }
+    let mut words = vec![quote(&one_line(scripts::FINGERPRINT)), "\"$c\"".to_string()];
+    for (name, fingerprint) in checks {
+        words.push(quote(name));
+        words.push(quote(fingerprint));
+    }
+    call(
+        scripts::UNCHANGED,
         &words.iter().map(String::as_str).collect::<Vec<_>>(),
     )
 }
@@ -588,23 +626,42 @@ pub fn program_words(plan: &Plan, nix: &str) -> Vec<String> {
 }
 
 /// The line that runs the command (see `scripts/run.sh`), after adopting the sent git
-/// indexes and taking the snapshot; `exec`, so that the pid it records is the session's
-/// own shell, as a Ctrl-C at a terminal there would see it.
-fn run_script(env: &RemoteEnv, plan: &Plan) -> String {
+/// indexes, stamping the mirrors as sent (`stamps`: source index, fingerprint of what was
+/// sent; see `scripts/stamp.sh`) and taking the snapshot; `exec`, so that the pid it
+/// records is the session's own shell, as a Ctrl-C at a terminal there would see it.
+fn run_script(env: &RemoteEnv, plan: &Plan, stamps: &[(usize, String)]) -> String {
     let index: String = (0..plan.sources.len())
         .filter(|&i| plan.sources[i].kind == crate::mapping::SourceKind::Git)
         .map(|i| adopt_index_script(&plan.mirror(i, &env.dirs)))
         .collect();
+    let stamps = stamp_script(env, plan, stamps);
     let mut words = vec![quote(&env.dirs.run), quote(&plan.render_cwd(&env.dirs))];
     words.extend(command_words(env, plan).iter().map(|w| quote(w)));
     format!(
-        "{index}{snapshot}exec {}",
+        "{index}{stamps}{snapshot}exec {}",
         call(
             scripts::RUN,
             &words.iter().map(String::as_str).collect::<Vec<_>>()
         ),
         snapshot = snapshot_script(&env.dirs.run, &sync_back_mirrors(env, plan)),
     )
+}
+
+/// A shell line (with its `; `) that records what each mirror was made from (see
+/// `scripts/stamp.sh`), for the next run to send nothing to a mirror still as sent.
+fn stamp_script(env: &RemoteEnv, plan: &Plan, stamps: &[(usize, String)]) -> String {
+    if stamps.is_empty() {
+        return String::new();
+    }
+    let mut words = vec![quote(&one_line(scripts::FINGERPRINT))];
+    for (i, fingerprint) in stamps {
+        let mirror = plan.mirror(*i, &env.dirs);
+        words.push(quote(&mirror));
+        words.push(quote(fingerprint));
+        words.push(quote(&format!("{mirror}.stamp")));
+    }
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    format!("{}; ", call(scripts::STAMP, &words))
 }
 
 /// The mirrors whose changes come back: (source index, mirror path).
@@ -932,6 +989,7 @@ pub fn run(
     conn: &Connection,
     env: &RemoteEnv,
     plan: &Plan,
+    stamps: &[(usize, String)],
     io: &Io,
     signals: &Signals,
 ) -> Result<Outcome> {
@@ -952,7 +1010,7 @@ pub fn run(
     };
     // The user's words may hold what csh reads even inside quotes (see `ssh_as`).
     let mut child = conn
-        .ssh_as(tty, &run_script(env, plan), &env.shell)
+        .ssh_as(tty, &run_script(env, plan, stamps), &env.shell)
         .spawn(|c| {
             if prefix.is_some() {
                 c.stdin(Stdio::null()).stdout(Stdio::piped());
@@ -1175,6 +1233,96 @@ mod tests {
         )
     }
 
+    /// The mirror's fingerprint moves with every write, chmod, rename, new or removed entry
+    /// (an empty directory too), and not with HOST's own git index or a directory's times.
+    #[test]
+    fn a_mirror_s_fingerprint_moves_with_what_nix_could_see() {
+        let t = tempfile::tempdir().unwrap();
+        let m = t.path().join("m");
+        std::fs::create_dir_all(m.join(".git/refs")).unwrap();
+        std::fs::write(m.join("a"), "1").unwrap();
+        std::fs::write(m.join(".git/index"), "i").unwrap();
+        let m_str = m.to_str().unwrap();
+        let fp = || run_script_file(scripts::FINGERPRINT, &[m_str]);
+        let first = fp();
+        assert_eq!(first.trim().len(), 64, "{first:?}");
+        assert_eq!(fp(), first, "the same tree, the same fingerprint");
+        let moved = |what: &str, before: &str| {
+            let now = fp();
+            assert_ne!(now, before, "{what} did not move it");
+            now
+        };
+        std::fs::write(m.join(".git/index"), "HOST's own").unwrap();
+        std::fs::write(m.join(".git/index.lock"), "").unwrap();
+        std::fs::remove_file(m.join(".git/index.lock")).unwrap();
+        assert_eq!(fp(), first, "HOST's git index is its own");
+        let now = moved("a same-size rewrite", &{
+            std::fs::write(m.join("a"), "2").unwrap();
+            first.clone()
+        });
+        std::fs::create_dir(m.join("empty")).unwrap();
+        let now = moved("an empty directory", &now);
+        std::process::Command::new("chmod")
+            .args(["+x", m.join("a").to_str().unwrap()])
+            .status()
+            .unwrap();
+        let now = moved("a chmod", &now);
+        std::fs::rename(m.join("a"), m.join("b")).unwrap();
+        let now = moved("a rename", &now);
+        std::os::unix::fs::symlink("b", m.join("l")).unwrap();
+        let now = moved("a symlink", &now);
+        std::fs::write(m.join(".git/refs/x"), "r").unwrap();
+        moved("a ref in .git", &now);
+        assert_eq!(run_script_file(scripts::FINGERPRINT, &["/nonexistent"]), "");
+    }
+
+    /// stamp.sh records what a mirror was made from; unchanged.sh names it while the source
+    /// and the mirror are both as they were, and not after either moved.
+    #[test]
+    fn a_mirror_is_unchanged_while_it_and_its_source_are_as_stamped() {
+        let t = tempfile::tempdir().unwrap();
+        let c = t.path();
+        let m = c.join("mirrors/src-1");
+        std::fs::create_dir_all(&m).unwrap();
+        std::fs::write(m.join("f"), "x").unwrap();
+        let c_str = c.to_str().unwrap();
+        let fp = one_line(scripts::FINGERPRINT);
+        let stamp = |local: &str| {
+            run_script_file(
+                scripts::STAMP,
+                &[
+                    &fp,
+                    m.to_str().unwrap(),
+                    local,
+                    &format!("{}.stamp", m.display()),
+                ],
+            )
+        };
+        let same = |local: &str| {
+            run_script_file(
+                scripts::UNCHANGED,
+                &[&fp, c_str, "src-1", local, "other-2", "L"],
+            )
+        };
+        assert_eq!(same("L1"), "", "never stamped");
+        stamp("L1");
+        assert_eq!(same("L1"), "EDICT-same src-1\n");
+        assert_eq!(same("L2"), "", "the source changed here");
+        std::fs::write(m.join("f"), "y").unwrap();
+        assert_eq!(same("L1"), "", "the mirror changed there");
+        stamp("L1");
+        assert_eq!(same("L1"), "EDICT-same src-1\n");
+        // The line the holder evaluates, with `$c` set as it is there.
+        let line = unchanged_line(&[("src-1".into(), "L1".into())]);
+        let out = stdout_of(
+            std::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(format!("c={}; {line}", quote(c_str))),
+        );
+        assert_eq!(out, "EDICT-same src-1\n");
+        assert_eq!(unchanged_line(&[]), "");
+    }
+
     #[test]
     fn stop_interrupts_the_command_s_group_and_ignores_a_gone_one() {
         use std::os::unix::process::CommandExt as _;
@@ -1361,6 +1509,7 @@ mod tests {
                 mirrors: String::new(),
                 run: String::new(),
             },
+            unchanged: Default::default(),
         };
         for (v, reads) in [
             ("nix (Nix) 2.8.0", false),
@@ -1523,7 +1672,7 @@ mod tests {
     #[test]
     fn prepare_script_runs_in_sh() {
         let home = tempfile::tempdir().unwrap();
-        let script = prepare_script(&["a-1".into(), "b c".into()], "r1");
+        let script = prepare_line(&["a-1", "b c"], "r1", &[]);
         let out = std::process::Command::new("/bin/sh")
             .arg("-c")
             .arg(&script)
@@ -1571,7 +1720,7 @@ mod tests {
                 std::process::Command::new(shell[0])
                     .args(&shell[1..])
                     .arg("-c")
-                    .arg(prepare_script(&["m-1".into(), "a-0".into()], run))
+                    .arg(prepare_line(&["m-1", "a-0"], run, &[]))
                     .env("HOME", home.path())
                     .env("PATH", bin.path())
                     .env_remove("XDG_CACHE_HOME")
@@ -1640,7 +1789,7 @@ mod tests {
         let home = tempfile::tempdir().unwrap();
         let mut child = std::process::Command::new("/bin/sh")
             .arg("-c")
-            .arg(prepare_script(&["b c".into(), "a-1".into()], "r1"))
+            .arg(prepare_line(&["b c", "a-1"], "r1", &[]))
             .env("HOME", home.path())
             .env_remove("XDG_CACHE_HOME")
             .stdin(Stdio::piped())

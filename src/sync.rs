@@ -181,10 +181,152 @@ fn run_rsync_checked(
     )
 }
 
-/// Step 3: sends every source to its mirror; returns what was sent, for step 7.
-pub fn upload(conn: &Connection, env: &RemoteEnv, plan: &Plan) -> Result<Vec<Upload>> {
+/// A source as it is before the run: what would go (the stamps step 7 compares with), and a
+/// fingerprint of it, for HOST to tell whether its mirror already holds exactly that.
+#[derive(Clone, Debug)]
+pub struct Survey {
+    pub fingerprint: String,
+    upload: Upload,
+}
+
+/// [`Survey`]s of the plan's sources, by index; `None` where a source must go through
+/// rsync anyway: one whose sending has something to say (a file git does not track that
+/// the command needs), or whose lock is rewritten for an older nix there.
+pub fn survey(plan: &Plan) -> Vec<Option<Survey>> {
+    (0..plan.sources.len())
+        .map(|i| survey_one(plan, i))
+        .collect()
+}
+
+fn survey_one(plan: &Plan, i: usize) -> Option<Survey> {
+    use sha2::Digest as _;
+    let src = &plan.sources[i];
+    if plan.relative_locks.iter().any(|(s, _)| *s == i) {
+        return None;
+    }
+    let mut h = sha2::Sha256::new();
+    h.update(b"edict-source-1\0");
+    let mut upload = Upload::default();
+    match src.kind {
+        SourceKind::Git => {
+            let tracked = sent_files(plan, i).ok()?;
+            if untracked_flake_nix(plan, i, &tracked).is_some()
+                || untracked_named_file(plan, i, &tracked).is_some()
+            {
+                return None;
+            }
+            // The mirror is the tracked files and `.git`, whatever the rules that make it
+            // (untracked entries are left out either way): a new `result` link, build
+            // output or an empty directory here changes nothing there.
+            let with_git_dir = src.root.join(".git").is_dir();
+            h.update(b"git\0");
+            h.update([u8::from(with_git_dir), u8::from(tracked.nested)]);
+            for f in &tracked.files {
+                let s = stamp(&src.root.join(f));
+                fingerprint_entry(&mut h, &src.root.join(f), f, s.as_ref());
+                if let Some(s) = s {
+                    upload.files.insert(f.clone(), s);
+                }
+            }
+            if with_git_dir {
+                fingerprint_tree(&mut h, &src.root.join(".git"), Path::new(".git"));
+            }
+        }
+        SourceKind::Dir => {
+            h.update(b"dir\0");
+            walk(&src.root, Path::new(""), &mut upload.files);
+            fingerprint_tree(&mut h, &src.root, Path::new(""));
+        }
+        SourceKind::File => {
+            h.update(b"file\0");
+            let s = stamp(&src.root)?;
+            fingerprint_entry(&mut h, &src.root, Path::new(""), Some(&s));
+        }
+    }
+    Some(Survey {
+        fingerprint: h.finalize().iter().map(|b| format!("{b:02x}")).collect(),
+        upload,
+    })
+}
+
+/// One entry into a source's fingerprint: its path and every stamp field (absent: `-`); a
+/// symlink by its target alone, which is all that rsync and nix read of it (a `result`
+/// link made again to the same path changes nothing).
+fn fingerprint_entry(h: &mut sha2::Sha256, path: &Path, rel: &Path, s: Option<&Stamp>) {
+    use sha2::Digest as _;
+    h.update(rel.as_os_str().as_bytes());
+    h.update(b"\0");
+    match s {
+        Some(s) if s.mode & 0o170000 == 0o120000 => {
+            h.update(b"l ");
+            h.update(
+                std::fs::read_link(path)
+                    .unwrap_or_default()
+                    .as_os_str()
+                    .as_bytes(),
+            );
+            h.update(b"\n");
+        }
+        Some(s) => h.update(
+            format!(
+                "{} {} {}.{} {}.{} {}\n",
+                s.mode, s.size, s.mtime, s.mtime_nsec, s.ctime, s.ctime_nsec, s.ino
+            )
+            .as_bytes(),
+        ),
+        None => h.update(b"-\n"),
+    }
+}
+
+/// Every entry under `dir` (not following links), in name order: a directory by its path
+/// and mode (its times move with what is in it, which is in the fingerprint anyway), the
+/// rest by their stamps. Leaves out edict's own staging, as the upload does.
+fn fingerprint_tree(h: &mut sha2::Sha256, dir: &Path, prefix: &Path) {
+    use sha2::Digest as _;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        h.update(b"unreadable\0");
+        return;
+    };
+    let mut names: Vec<std::ffi::OsString> = entries.flatten().map(|e| e.file_name()).collect();
+    names.sort();
+    for name in names {
+        if prefix.as_os_str().is_empty() && name.as_bytes().starts_with(b".edict-sync-") {
+            continue;
+        }
+        let path = dir.join(&name);
+        let rel = prefix.join(&name);
+        let s = stamp(&path);
+        match &s {
+            Some(s) if s.mode & 0o170000 == 0o040000 => {
+                h.update(rel.as_os_str().as_bytes());
+                h.update(format!("\0d {}\n", s.mode).as_bytes());
+                fingerprint_tree(h, &path, &rel);
+            }
+            _ => fingerprint_entry(h, &path, &rel, s.as_ref()),
+        }
+    }
+}
+
+/// Step 3: sends every source to its mirror; returns what was sent, for step 7. A mirror
+/// that HOST found still as sent from a source that has not changed since (see `survey`)
+/// is sent nothing.
+pub fn upload(
+    conn: &Connection,
+    env: &RemoteEnv,
+    plan: &Plan,
+    surveys: &[Option<Survey>],
+) -> Result<Vec<Upload>> {
     let mut uploads = Vec::new();
     for (i, src) in plan.sources.iter().enumerate() {
+        if let Some(Some(survey)) = surveys.get(i).filter(|_| env.unchanged.contains(&src.name)) {
+            exec::debug(format_args!(
+                "{}: unchanged since it was sent to {}; nothing to send",
+                src.root.display(),
+                conn.transport.label
+            ));
+            uploads.push(survey.upload.clone());
+            continue;
+        }
         let dest = format!(
             "{}:{}/",
             conn.transport.dest.target(),

@@ -514,3 +514,110 @@ fn connections_are_kept_only_in_a_private_directory() {
     assert!(run().status.success());
     assert_eq!(lab.logins("tmpdir") - before, 2);
 }
+
+/// A flake whose package is the first line of `value.txt`, in `dir` (not a git repository).
+fn write_value_flake(dir: &std::path::Path, tag: &str, value: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("flake.nix"),
+        format!(
+            r#"{{
+  outputs = {{ self }}: {{
+    packages.x86_64-linux.default = derivation {{
+      name = "warm-{tag}";
+      system = "x86_64-linux";
+      builder = "/bin/sh";
+      args = [ "-c" "read v < ${{./value.txt}}; echo \"$v\" > $out" ];
+    }};
+  }};
+}}
+"#
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("value.txt"), format!("{value}\n")).unwrap();
+}
+
+/// Whether a `-vv` run sent its source with rsync, or found HOST's mirror unchanged.
+fn sent(said: &str) -> bool {
+    let rsync = said.lines().any(|l| l.starts_with("+ rsync -rlpt"));
+    let skipped = said.contains("nothing to send");
+    assert_ne!(rsync, skipped, "either sent or not:\n{said}");
+    rsync
+}
+
+/// A run sends nothing for a source that has not changed here since it was sent, while
+/// HOST's mirror of it is still as sent; any change on either side (a same-size edit in the
+/// same second, a new empty directory, a file touched in the mirror there) sends it again,
+/// and the result is always built from what is here.
+#[test]
+fn an_unchanged_source_is_not_sent_again() {
+    let mut lab = Lab::new();
+    lab.start(HostSpec::new("same", Flavour::Trixie));
+    let tag = lab::unique_tag();
+    for kind in ["git", "dir"] {
+        let dir = lab.workdir(&format!("same-{kind}"));
+        write_value_flake(&dir, &format!("{kind}-{tag}"), "one");
+        if kind == "git" {
+            lab::git(&dir, &["init", "-q"]);
+            lab::git(&dir, &["add", "."]);
+            lab::git(&dir, &["commit", "-qm", "first"]);
+        }
+        let build = |dir: &std::path::Path| {
+            let said = edict_ok(&lab, dir, &["-vv", "same", "nix", "build", ".#default"]);
+            let value = std::fs::read_to_string(dir.join("result")).unwrap();
+            (sent(&said), value.trim().to_string())
+        };
+        // nix reads a plain directory whole: the `result` link a run makes or moves in it
+        // is part of the source the next run sends (git leaves it untracked).
+        let new_result = kind == "dir";
+        assert_eq!(build(&dir), (true, "one".into()), "{kind}: first run");
+        if new_result {
+            assert_eq!(build(&dir), (true, "one".into()), "{kind}: the result link");
+        }
+        assert_eq!(
+            build(&dir),
+            (false, "one".into()),
+            "{kind}: nothing changed"
+        );
+
+        // Same size, most likely the same second as the last send.
+        std::fs::write(dir.join("value.txt"), "two\n").unwrap();
+        assert_eq!(build(&dir), (true, "two".into()), "{kind}: edited here");
+        if new_result {
+            assert_eq!(build(&dir), (true, "two".into()), "{kind}: the moved link");
+        }
+        assert_eq!(build(&dir), (false, "two".into()), "{kind}: edited once");
+
+        // nix sees a new empty directory in a plain directory, not in a git work tree.
+        std::fs::create_dir(dir.join("empty")).unwrap();
+        assert_eq!(
+            build(&dir).0,
+            kind == "dir",
+            "{kind}: a new empty directory"
+        );
+        std::fs::remove_dir(dir.join("empty")).unwrap();
+        assert_eq!(build(&dir).0, kind == "dir", "{kind}: the directory gone");
+        if kind == "git" {
+            std::fs::write(dir.join("new.txt"), "untracked\n").unwrap();
+            assert!(!build(&dir).0, "an untracked file is never sent");
+            lab::git(&dir, &["add", "new.txt"]);
+            assert!(build(&dir).0, "a newly tracked file");
+        }
+
+        // Someone changes the mirror there: it is made as here again.
+        let mirror = lab
+            .mirrors("same")
+            .into_iter()
+            .find(|m| {
+                m.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .contains(&format!("same-{kind}"))
+            })
+            .unwrap();
+        std::fs::write(mirror.join("value.txt"), "bad\n").unwrap();
+        assert_eq!(build(&dir), (true, "two".into()), "{kind}: changed there");
+        assert_eq!(build(&dir), (false, "two".into()), "{kind}: as sent again");
+    }
+}

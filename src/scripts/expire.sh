@@ -12,10 +12,10 @@ for m in "$2"/mirrors/*/; do
   if [ -n "$3" ] && [ -z "$(find "$m" -prune -mmin "+$3" 2>/dev/null)" ]; then continue; fi;
   k=$(du -sk "$m" 2>/dev/null | cut -f1);
   if command -v flock >/dev/null; then
-    flock -n "$m.lock" rm -rf "$m" 2>/dev/null;
+    flock -n "$m.lock" rm -rf "$m" "$m.stamp" 2>/dev/null;
   elif mkdir "$m.lockd" 2>/dev/null; then
     echo $$ >"$m.lockd/pid";
-    rm -rf "$m";
+    rm -rf "$m" "$m.stamp";
     rm -rf "$m.lockd";
   fi;
   [ ! -e "$m" ] && echo "EDICT-gone ${m##*/} ${k:-0}";

@@ -1,7 +1,8 @@
 # The holder of a run, whose end releases its locks and cleans up. "$1" is this script's own
 # text, "$2" edict's cache there, "$3" the run dir, "$4" the findings to print once locked,
-# "$5" the script that stops the command, and "$6" how many of the mirror names after them
-# still need their flock:
+# "$5" the script that stops the command, "$6" a line that says which mirrors are as sent
+# (see unchanged.sh; evaluated once locked), and "$7" how many of the mirror names after
+# them still need their flock:
 # each is taken by running this script again under `flock` (in order), until none is left.
 # Then it prints the findings and EDICT-locked, and runs a shell that reads edict's scripts
 # (with the run dir in $r) until edict closes its end, also when edict was killed or its
@@ -15,13 +16,15 @@ c=$2;
 run=$3;
 o=$4;
 stop=$5;
-k=$6;
-shift 6;
+check=$6;
+k=$7;
+shift 7;
 if [ "$k" -gt 0 ]; then
   n=$1;
   shift;
-  exec flock "$c/mirrors/$n.lock" sh -c "$h" sh "$h" "$c" "$run" "$o" "$stop" $((k - 1)) "$@" "$n";
+  exec flock "$c/mirrors/$n.lock" sh -c "$h" sh "$h" "$c" "$run" "$o" "$stop" "$check" $((k - 1)) "$@" "$n";
 fi;
+[ -z "$check" ] || o=$(printf '%s\n' "$o"; eval "$check");
 printf '%s\nEDICT-locked\n' "$o";
 r=$run sh;
 sh -c "$stop" sh "$run/pid";

@@ -1,10 +1,11 @@
 # Before a run, in one round trip: find nix and rsync (on the PATH, then in the places "$1"
 # a non-interactive login may not search), make the run dir "$3" in edict's cache "$2" and
-# the mirrors named after the seventh parameter, clean up after dead runs, remove the
+# the mirrors named after the eighth parameter, clean up after dead runs, remove the
 # mirrors unused for "$4" minutes (with the script "$5"), lock this run's mirrors (flock,
 # else lock directories) and become the holder, the script "$6" (which stops a command
-# with the script "$7"). Prints `EDICT-key value` lines; `EDICT-waiting` while another run holds a
-# lock. The names come sorted, so two runs that share two mirrors never hold one each.
+# with the script "$7", and tells which mirrors are as sent with the line "$8"). Prints
+# `EDICT-key value` lines; `EDICT-waiting` while another run holds a lock. The names come
+# sorted, so two runs that share two mirrors never hold one each.
 # The first word out: that the link works (a kept connection may be one that died).
 echo EDICT-alive;
 places=$1;
@@ -15,7 +16,8 @@ minutes=$4;
 expire=$5;
 hold=$6;
 stop=$7;
-shift 7;
+check=$8;
+shift 8;
 nix=$(command -v nix);
 # The findings go out in one write with EDICT-locked: one packet on the wire, not five.
 v=$([ -n "$nix" ] && "$nix" --version 2>&1 | head -n 1);
@@ -35,7 +37,7 @@ if command -v flock >/dev/null; then
   busy=;
   for n; do flock -n "$c/mirrors/$n.lock" true || busy=1; done;
   [ -z "$busy" ] || echo EDICT-waiting;
-  exec sh -c "$hold" sh "$hold" "$c" "$run" "$o" "$stop" "$#" "$@";
+  exec sh -c "$hold" sh "$hold" "$c" "$run" "$o" "$stop" "$check" "$#" "$@";
 fi;
 # No flock (macOS, a BSD): a lock is a directory that mkdir makes for one run only, holding
 # the pid of the shell that keeps it (this one, which becomes the holder). One whose holder
@@ -67,4 +69,4 @@ for n; do
   { echo $$ >"$d/pid" && printf '%s\n' "$d" >>"$run/locks"; } ||
     { rm -rf "$d"; printf '%s\nEDICT-error cannot write the lock %s\n' "$o" "$d"; exit 1; };
 done;
-exec sh -c "$hold" sh "$hold" "$c" "$run" "$o" "$stop" 0 "$@"
+exec sh -c "$hold" sh "$hold" "$c" "$run" "$o" "$stop" "$check" 0 "$@"
