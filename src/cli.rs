@@ -23,11 +23,13 @@ Examples:
   edict machines                             the pool, and which machine auto would choose
   edict doctor builder                       why builder won't work, and how to fix it
   edict gc builder                           remove edict's mirrors on builder
+  edict forget builder                       close the connection runs keep open to builder
   edict man > edict.1                        the manual page
 
 Environment:
-  NIX_SSHOPTS     extra ssh options for every step (split on spaces, as nix does)
-  EDICT_SSH_OPTS  used instead of NIX_SSHOPTS when set";
+  NIX_SSHOPTS            extra ssh options for every step (split on spaces, as nix does)
+  EDICT_SSH_OPTS         used instead of NIX_SSHOPTS when set
+  EDICT_KEEP_CONNECTION  the default of --keep-connection (off: never kept)";
 
 /// Run any nix command on a remote host as if it ran here.
 ///

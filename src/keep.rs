@@ -217,7 +217,7 @@ fn key(config: &str, identity: &str) -> String {
 fn private_dir() -> Result<PathBuf, String> {
     let dir = candidate(
         std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from),
-        &crate::ssh::short_tmp(),
+        &short_tmp(),
         rustix::process::geteuid().as_raw(),
     );
     match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
@@ -234,9 +234,28 @@ fn private_dir() -> Result<PathBuf, String> {
 /// path is one ssh and nix can take; else `edict-UID` in the short temp.
 fn candidate(runtime: Option<PathBuf>, tmp: &Path, uid: u32) -> PathBuf {
     match runtime {
-        Some(r) if crate::ssh::plain_path(&r) && check_private(&r, uid).is_ok() => r.join("edict"),
+        Some(r) if plain_path(&r) && check_private(&r, uid).is_ok() => r.join("edict"),
         _ => tmp.join(format!("edict-{uid}")),
     }
+}
+
+/// `$TMPDIR` when a control socket may live below it (see [`plain_path`]), else `/tmp`.
+pub fn short_tmp() -> PathBuf {
+    match std::env::var_os("TMPDIR").map(PathBuf::from) {
+        Some(t) if plain_path(&t) => t,
+        _ => PathBuf::from("/tmp"),
+    }
+}
+
+/// Whether a directory can hold control sockets: absolute, short enough for sun_path with
+/// a name below it, and of characters that survive NIX_SSHOPTS and `-o ControlPath=`.
+pub fn plain_path(p: &Path) -> bool {
+    p.is_absolute()
+        && p.as_os_str().len() <= 60
+        && p.to_str().is_some_and(|s| {
+            s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "/._-+@%,:=".contains(c))
+        })
 }
 
 /// Refuses a directory that is a symlink, someone else's, or open to others.

@@ -9,7 +9,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
     (
         "COMMANDS",
         &[
-            "In place of HOST: \\fBedict machines\\fR shows the builder pool and the machine \\fBauto\\fR would choose; \\fBedict doctor\\fR [HOST...] says why a host will not work for edict (or for Nix's own remote builds) and how to fix it; \\fBedict gc\\fR [HOST...] removes edict's mirrors on hosts; \\fBedict man\\fR prints this page. A host with one of these names is reached as \\fBssh://doctor\\fR or \\fBuser@doctor\\fR.",
+            "In place of HOST: \\fBedict machines\\fR shows the builder pool and the machine \\fBauto\\fR would choose; \\fBedict doctor\\fR [HOST...] says why a host will not work for edict (or for Nix's own remote builds) and how to fix it; \\fBedict gc\\fR [HOST...] removes edict's mirrors on hosts; \\fBedict forget\\fR [HOST...] closes the connections runs kept open (\\fB--keep-connection\\fR); \\fBedict man\\fR prints this page. A host with one of these names is reached as \\fBssh://doctor\\fR or \\fBuser@doctor\\fR.",
         ],
     ),
     (
@@ -34,7 +34,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
     (
         "ENVIRONMENT",
         &[
-            "\\fBNIX_SSHOPTS\\fR: extra ssh options for every step (split on spaces, as nix does). \\fBEDICT_SSH_OPTS\\fR: used instead when set. \\fBNIXPKGS_ALLOW_*\\fR: passed to the remote command. \\fBNO_COLOR\\fR, \\fBCLICOLOR_FORCE\\fR: colours of a fan-out's host names.",
+            "\\fBNIX_SSHOPTS\\fR: extra ssh options for every step (split on spaces, as nix does). \\fBEDICT_SSH_OPTS\\fR: used instead when set. \\fBEDICT_KEEP_CONNECTION\\fR: the default of \\fB--keep-connection\\fR (\\fBoff\\fR: never kept). \\fBXDG_RUNTIME_DIR\\fR, \\fBTMPDIR\\fR: where kept connections live. \\fBNIXPKGS_ALLOW_*\\fR: passed to the remote command. \\fBNO_COLOR\\fR, \\fBCLICOLOR_FORCE\\fR: colours of a fan-out's host names.",
         ],
     ),
     (

@@ -1,6 +1,7 @@
 //! The connection to HOST: the user's own ssh (config, agent, known_hosts all apply), with one
 //! ControlMaster connection opened first and reused by every step — the remote commands,
-//! rsync (`-e`), and `nix copy` (through `NIX_SSHOPTS`) — and closed when edict exits.
+//! rsync (`-e`), and `nix copy` (through `NIX_SSHOPTS`) — and kept for the next run (see `keep`)
+//! or closed when edict exits.
 
 use crate::exec::{self, Cmd};
 use crate::problem::{Kind, Problem};
@@ -614,27 +615,8 @@ pub fn close_kept(socket: &Path) -> bool {
 fn socket_dir() -> Result<tempfile::TempDir> {
     Ok(crate::contain::private_tempdir(
         "edict-",
-        Some(&short_tmp()),
+        Some(&crate::keep::short_tmp()),
     )?)
-}
-
-/// `$TMPDIR` when a control socket may live below it (see [`plain_path`]), else `/tmp`.
-pub fn short_tmp() -> PathBuf {
-    match std::env::var_os("TMPDIR").map(PathBuf::from) {
-        Some(t) if plain_path(&t) => t,
-        _ => PathBuf::from("/tmp"),
-    }
-}
-
-/// Whether a directory can hold control sockets: absolute, short enough for sun_path with
-/// a name below it, and of characters that survive NIX_SSHOPTS and `-o ControlPath=`.
-pub fn plain_path(p: &Path) -> bool {
-    p.is_absolute()
-        && p.as_os_str().len() <= 60
-        && p.to_str().is_some_and(|s| {
-            s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "/._-+@%,:=".contains(c))
-        })
 }
 
 /// Whether `ssh -G` output has keepalives on (`serveraliveinterval` above 0).
