@@ -281,6 +281,18 @@ impl Connection {
         place: crate::keep::Place,
         keep: std::time::Duration,
     ) -> Result<Self> {
+        // A directory where flock does not work (some network file systems): no keeping.
+        let _lock = match place.lock(&transport.label) {
+            Ok(lock) => lock,
+            Err(e) => {
+                exec::info(format_args!(
+                    "{}: the connection is not kept after this run: locking {}: {e}",
+                    transport.label,
+                    place.socket().display()
+                ));
+                return Self::open_for_run(transport, config);
+            }
+        };
         let conn = Connection {
             transport,
             socket: place.socket(),
@@ -293,7 +305,6 @@ impl Connection {
             _dir: None,
         };
         let label = &conn.transport.label;
-        let _lock = place.lock(label)?;
         if conn.socket.exists() && conn.control("check") {
             exec::debug(format_args!(
                 "{label}: reusing the connection kept by an earlier run ({})",

@@ -256,6 +256,9 @@ fn git_flake_sends_exactly_what_nix_sees() {
                 for i in 0..40 {
                     std::fs::write(dir.join(format!("junk-{i}.tmp")), "junk\n").unwrap();
                 }
+                // Untracked files alone change nothing HOST has: a tracked edit makes
+                // this run send (with the other list).
+                std::fs::write(dir.join("staged.txt"), "staged, edited\n").unwrap();
             }
             let out = ok(lab
                 .edict(&dir)
@@ -1356,14 +1359,21 @@ fn a_connection_lost_mid_run_is_reported_and_the_next_run_works() {
         let before = listing();
         let (child, remote_pid) =
             start_sleeper(lab, host, &mut lab.edict(&dir), &format!("lost-{host}"));
-        // This lab's master: the one ssh with ControlMaster=yes and this lab's ssh config.
+        // This run's master: the one ssh with ControlMaster=yes, this lab's ssh config and
+        // this host (those of earlier hosts' runs are kept too).
         let config = lab.ssh_config().display().to_string();
         let masters: Vec<i32> = pids()
             .into_iter()
             .filter(|pid| {
                 let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                let cmd = String::from_utf8_lossy(&cmd);
-                cmd.contains("ControlMaster=yes") && cmd.contains(&config)
+                let words: Vec<String> = cmd
+                    .split(|b| *b == 0)
+                    .filter(|w| !w.is_empty())
+                    .map(|w| String::from_utf8_lossy(w).into_owned())
+                    .collect();
+                words.iter().any(|w| w == "ControlMaster=yes")
+                    && words.iter().any(|w| w.contains(&config))
+                    && words.last().map(String::as_str) == Some(host)
             })
             .collect();
         assert_eq!(masters.len(), 1, "one master for this run: {masters:?}");

@@ -5,7 +5,7 @@ fp=$1;
 shift;
 while [ "$#" -ge 3 ]; do
   m=$(sh -c "$fp" sh "$1");
-  if [ -n "$m" ] && printf '%s %s\n' "$2" "$m" >"$3.new" && mv -f "$3.new" "$3"; then
+  if [ -n "$m" ] && printf "%s %s\n" "$2" "$m" >"$3.new" && mv -f "$3.new" "$3"; then
     :;
   else
     rm -f "$3" "$3.new";
