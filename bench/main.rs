@@ -378,7 +378,8 @@ fn one_run(args: &Args, workload: &str, m: &str, flake: &Path) -> Result<Sample,
         edict: args.edict.clone(),
         cache: cache.path().to_path_buf(),
     };
-    let attr = workload;
+    // W4g is W4 from a git work tree.
+    let attr = if workload == "w4g" { "w4" } else { workload };
     // Untimed first step: W2 builds once (then one file changes), W4 builds once.
     match workload {
         "w2" => {
@@ -392,7 +393,7 @@ fn one_run(args: &Args, workload: &str, m: &str, flake: &Path) -> Result<Sample,
             std::fs::write(&f, bytes).unwrap();
             lab::git(flake, &["commit", "-qam", "one change"]);
         }
-        "w4" => {
+        "w4" | "w4g" => {
             let (ok, log) = ctx.sh(&method(m, attr));
             if !ok {
                 return Err(format!("warm-up: {log}"));
@@ -476,6 +477,11 @@ fn main() {
                 }
                 if w == "w5" {
                     write_text_source(&flake, args.scale);
+                }
+                if w == "w4g" {
+                    lab::git(&flake, &["init", "-q"]);
+                    lab::git(&flake, &["add", "."]);
+                    lab::git(&flake, &["commit", "-qm", "w4"]);
                 }
                 match one_run(&args, w, m, &flake) {
                     Ok(s) => {
@@ -564,6 +570,10 @@ fn write_report(
         ),
         ("w3", "W3 wide: 500 tiny derivations under one attribute"),
         ("w4", "W4 no-op: an attribute already built on the host"),
+        (
+            "w4g",
+            "W4g no-op from a git work tree: W4, the flake committed in git",
+        ),
         (
             "w5",
             "W5 cold source: ~150 MB of real text (docs, headers, scripts), first run to a fresh host",
