@@ -172,10 +172,18 @@ pub struct Lock {
 /// `identity` (the options edict passes, with what varies per run left out); `Err` says why
 /// no master can be kept.
 pub fn place(config: &str, identity: &str) -> Result<Place, String> {
-    Ok(Place {
+    let place = Place {
         dir: private_dir()?,
         key: key(config, identity),
-    })
+    };
+    // ssh binds the socket under a name 17 characters longer first; macOS holds 104.
+    if place.socket().as_os_str().len() + 17 > 103 {
+        return Err(format!(
+            "{} is too long a path for ssh's control socket",
+            place.socket().display()
+        ));
+    }
+    Ok(place)
 }
 
 /// The kept masters there are, as (place, the host their run named).

@@ -181,9 +181,12 @@ fn pipeline(
         .enumerate()
         .filter_map(|(i, s)| Some((i, s.as_ref()?.fingerprint.clone())))
         .collect();
-    let checks: Vec<(String, String)> = fingerprints
+    let checks: Vec<(String, String, String)> = fingerprints
         .iter()
-        .map(|(i, f)| (plan.sources[*i].name.clone(), f.clone()))
+        .map(|(i, f)| {
+            let kind = remote::mirror_kind(plan, *i).to_string();
+            (plan.sources[*i].name.clone(), kind, f.clone())
+        })
         .collect();
     let (env, mut session) = signals.step(
         &host,

@@ -209,7 +209,7 @@ pub fn prepare(
     conn: &Connection,
     plan: &Plan,
     run_id: &str,
-    checks: &[(String, String)],
+    checks: &[(String, String, String)],
     signals: &Signals,
 ) -> Result<(RemoteEnv, Session)> {
     let host = &conn.transport.label;
@@ -383,6 +383,8 @@ fn lock(
     }
     if waited {
         exec::info(format_args!("{host}: the other run finished; going on"));
+        // What the sources were before the wait is not what they are now: all are sent.
+        fields.remove("same");
     }
     // Keep draining stderr so a chatty rc file can't block the holder on a full pipe.
     if let Some(mut e) = child.stderr.take() {
@@ -557,12 +559,16 @@ pub fn expire_script(days: Option<u32>) -> String {
 
 /// The probe-and-lock line (see `scripts/prepare.sh`): prints `EDICT-key value` lines,
 /// then holds the locks while it reads edict's scripts (see `scripts/hold.sh`).
-fn prepare_script(plan: &Plan, run_id: &str, checks: &[(String, String)]) -> String {
+fn prepare_script(plan: &Plan, run_id: &str, checks: &[(String, String, String)]) -> String {
     let mirror_names: Vec<&str> = plan.sources.iter().map(|s| s.name.as_str()).collect();
     prepare_line(&mirror_names, run_id, checks)
 }
 
-fn prepare_line(mirror_names: &[&str], run_id: &str, checks: &[(String, String)]) -> String {
+fn prepare_line(
+    mirror_names: &[&str],
+    run_id: &str,
+    checks: &[(String, String, String)],
+) -> String {
     let [places, cache, minutes] = expire_words(Some(MIRROR_DAYS));
     // Always in the same order, so two runs that share two mirrors never hold one each.
     let mut names: Vec<String> = mirror_names.iter().map(|n| quote(n)).collect();
@@ -586,14 +592,16 @@ fn prepare_line(mirror_names: &[&str], run_id: &str, checks: &[(String, String)]
 }
 
 /// The line the holder evaluates once locked (`$c` is the cache there; see
-/// `scripts/unchanged.sh`); empty when there is nothing to check.
-fn unchanged_line(checks: &[(String, String)]) -> String {
+/// `scripts/unchanged.sh`); empty when there is nothing to check. `checks` are (mirror
+/// name, `git` for a git mirror, the source's fingerprint).
+fn unchanged_line(checks: &[(String, String, String)]) -> String {
     if checks.is_empty() {
         return String::new();
     }
     let mut words = vec![quote(&one_line(scripts::FINGERPRINT)), "\"$c\"".to_string()];
-    for (name, fingerprint) in checks {
+    for (name, kind, fingerprint) in checks {
         words.push(quote(name));
+        words.push(quote(kind));
         words.push(quote(fingerprint));
     }
     call(
@@ -657,11 +665,20 @@ fn stamp_script(env: &RemoteEnv, plan: &Plan, stamps: &[(usize, String)]) -> Str
     for (i, fingerprint) in stamps {
         let mirror = plan.mirror(*i, &env.dirs);
         words.push(quote(&mirror));
+        words.push(quote(mirror_kind(plan, *i)));
         words.push(quote(fingerprint));
         words.push(quote(&format!("{mirror}.stamp")));
     }
     let words: Vec<&str> = words.iter().map(String::as_str).collect();
     format!("{}; ", call(scripts::STAMP, &words))
+}
+
+/// `git` for a git mirror (whose own index the fingerprint leaves out), else `dir`.
+pub fn mirror_kind(plan: &Plan, src: usize) -> &'static str {
+    match plan.sources[src].kind {
+        crate::mapping::SourceKind::Git => "git",
+        _ => "dir",
+    }
 }
 
 /// The mirrors whose changes come back: (source index, mirror path).
@@ -1234,7 +1251,9 @@ mod tests {
     }
 
     /// The mirror's fingerprint moves with every write, chmod, rename, new or removed entry
-    /// (an empty directory too), and not with HOST's own git index or a directory's times.
+    /// (an empty directory too, swapped symlink targets, a stale index.lock), and not with
+    /// a git mirror's own index or a directory's times; it is nothing when a directory
+    /// cannot be read.
     #[test]
     fn a_mirror_s_fingerprint_moves_with_what_nix_could_see() {
         let t = tempfile::tempdir().unwrap();
@@ -1243,7 +1262,7 @@ mod tests {
         std::fs::write(m.join("a"), "1").unwrap();
         std::fs::write(m.join(".git/index"), "i").unwrap();
         let m_str = m.to_str().unwrap();
-        let fp = || run_script_file(scripts::FINGERPRINT, &[m_str]);
+        let fp = || run_script_file(scripts::FINGERPRINT, &[m_str, "git"]);
         let first = fp();
         assert_eq!(first.trim().len(), 64, "{first:?}");
         assert_eq!(fp(), first, "the same tree, the same fingerprint");
@@ -1253,9 +1272,16 @@ mod tests {
             now
         };
         std::fs::write(m.join(".git/index"), "HOST's own").unwrap();
-        std::fs::write(m.join(".git/index.lock"), "").unwrap();
-        std::fs::remove_file(m.join(".git/index.lock")).unwrap();
         assert_eq!(fp(), first, "HOST's git index is its own");
+        assert_ne!(
+            run_script_file(scripts::FINGERPRINT, &[m_str, "dir"]),
+            first,
+            "a plain directory's .git/index is part of it"
+        );
+        std::fs::write(m.join(".git/index.lock"), "").unwrap();
+        moved("a stale index.lock", &first);
+        std::fs::remove_file(m.join(".git/index.lock")).unwrap();
+        assert_eq!(fp(), first);
         let now = moved("a same-size rewrite", &{
             std::fs::write(m.join("a"), "2").unwrap();
             first.clone()
@@ -1272,8 +1298,28 @@ mod tests {
         std::os::unix::fs::symlink("b", m.join("l")).unwrap();
         let now = moved("a symlink", &now);
         std::fs::write(m.join(".git/refs/x"), "r").unwrap();
-        moved("a ref in .git", &now);
-        assert_eq!(run_script_file(scripts::FINGERPRINT, &["/nonexistent"]), "");
+        let now = moved("a ref in .git", &now);
+        std::os::unix::fs::symlink("x", m.join("l2")).unwrap();
+        let now = moved("another symlink", &now);
+        // The two links swap targets.
+        std::fs::remove_file(m.join("l")).unwrap();
+        std::fs::remove_file(m.join("l2")).unwrap();
+        std::os::unix::fs::symlink("x", m.join("l")).unwrap();
+        std::os::unix::fs::symlink("b", m.join("l2")).unwrap();
+        moved("swapped symlink targets", &now);
+        assert_eq!(
+            run_script_file(scripts::FINGERPRINT, &["/nonexistent", "git"]),
+            ""
+        );
+        if rustix::process::geteuid().as_raw() != 0 {
+            std::fs::create_dir(m.join("locked")).unwrap();
+            std::fs::set_permissions(
+                m.join("locked"),
+                std::os::unix::fs::PermissionsExt::from_mode(0o000),
+            )
+            .unwrap();
+            assert_eq!(fp(), "", "an unreadable directory");
+        }
     }
 
     /// stamp.sh records what a mirror was made from; unchanged.sh names it while the source
@@ -1293,6 +1339,7 @@ mod tests {
                 &[
                     &fp,
                     m.to_str().unwrap(),
+                    "dir",
                     local,
                     &format!("{}.stamp", m.display()),
                 ],
@@ -1301,7 +1348,7 @@ mod tests {
         let same = |local: &str| {
             run_script_file(
                 scripts::UNCHANGED,
-                &[&fp, c_str, "src-1", local, "other-2", "L"],
+                &[&fp, c_str, "src-1", "dir", local, "other-2", "git", "L"],
             )
         };
         assert_eq!(same("L1"), "", "never stamped");
@@ -1313,7 +1360,7 @@ mod tests {
         stamp("L1");
         assert_eq!(same("L1"), "EDICT-same src-1\n");
         // The line the holder evaluates, with `$c` set as it is there.
-        let line = unchanged_line(&[("src-1".into(), "L1".into())]);
+        let line = unchanged_line(&[("src-1".into(), "dir".into(), "L1".into())]);
         let out = stdout_of(
             std::process::Command::new("/bin/sh")
                 .arg("-c")

@@ -120,7 +120,12 @@ impl Transport {
     /// The options as they decide the connection, the same from run to run: a pinned
     /// known_hosts is in a new temporary file each time, so the key it holds stands for it.
     pub fn identity(&self) -> String {
-        self.stable(self.user_opts.join("\n"))
+        let port = self.dest.port.map(|p| p.to_string()).unwrap_or_default();
+        self.stable(format!(
+            "{}\n{port}\n{}",
+            self.dest.target(),
+            self.user_opts.join("\n")
+        ))
     }
 
     /// `ssh -G`'s answer for this destination with these options: the configuration ssh
@@ -204,6 +209,8 @@ pub struct Connection {
     kept: Option<crate::keep::Place>,
     /// The master was there before this run: whether it still reaches HOST is not known.
     reused: std::sync::atomic::AtomicBool,
+    /// That master's pid, to tell it from one another run put in its place.
+    reused_pid: std::sync::OnceLock<String>,
     /// The link's round trip, once measured (see [`Connection::round_trip`]).
     round_trip: std::sync::OnceLock<std::time::Duration>,
     /// A compressed connection of its own could not log in (see
@@ -243,7 +250,8 @@ impl Connection {
     pub fn open(transport: Transport) -> Result<Self> {
         let keep = crate::transfer::settings().keep;
         let config = transport.config();
-        if !keep.is_zero() {
+        // Without ssh's answer the connection cannot be told from another: not kept.
+        if !keep.is_zero() && config.lines().any(|l| l.starts_with("hostname ")) {
             match crate::keep::place(&config, &transport.identity()) {
                 Ok(place) => return Self::open_kept(transport, config, place, keep),
                 Err(why) => exec::info(format_args!(
@@ -266,6 +274,7 @@ impl Connection {
             config,
             kept: None,
             reused: std::sync::atomic::AtomicBool::new(false),
+            reused_pid: std::sync::OnceLock::new(),
             round_trip: std::sync::OnceLock::new(),
             compressed_failed: std::sync::atomic::AtomicBool::new(false),
             _dir: Some(dir),
@@ -300,17 +309,19 @@ impl Connection {
             config,
             kept: Some(place.clone()),
             reused: std::sync::atomic::AtomicBool::new(false),
+            reused_pid: std::sync::OnceLock::new(),
             round_trip: std::sync::OnceLock::new(),
             compressed_failed: std::sync::atomic::AtomicBool::new(false),
             _dir: None,
         };
         let label = &conn.transport.label;
-        if conn.socket.exists() && conn.control("check") {
+        if let Some(pid) = conn.socket.exists().then(|| conn.master_pid()).flatten() {
             exec::debug(format_args!(
                 "{label}: reusing the connection kept by an earlier run ({})",
                 conn.socket.display()
             ));
             place.reusing();
+            let _ = conn.reused_pid.set(pid);
             conn.reused
                 .store(true, std::sync::atomic::Ordering::Relaxed);
             if let Some(took) = place.round_trip() {
@@ -338,7 +349,10 @@ impl Connection {
             .arg(&self.log)
             .arg("-o")
             .arg(format!("ControlPersist={}", persist.as_secs().max(1)))
-            .args(["-o", "RemoteCommand=none", "-f", "-N", "--"])
+            // Forwardings in the user's config are not edict's business, nor should a kept
+            // master hold their ports after the run.
+            .args(["-o", "RemoteCommand=none", "-o", "ClearAllForwardings=yes"])
+            .args(["-f", "-N", "--"])
             .arg(self.transport.dest.target());
         let log_file = std::fs::File::options()
             .create(true)
@@ -377,42 +391,81 @@ impl Connection {
         let Some(place) = &self.kept else {
             return Ok(());
         };
-        let _lock = place.lock(label)?;
-        self.control("exit");
+        let _lock = place.lock(label).map_err(|e| {
+            Problem::new(
+                label,
+                "connecting",
+                format!("locking {}: {e}", place.socket().display()),
+                "run with --keep-connection=0",
+            )
+        })?;
+        // Another run that found it dead too may have replaced it already: that one is used.
+        // Else it stops taking new sessions (other runs' go on) and a new one takes its place.
+        let now = self.master_pid();
+        if now.is_some() && now.as_ref() != self.reused_pid.get() {
+            self.reused
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            return Ok(());
+        }
+        self.control("stop");
         place.starting(label);
         self.reused
             .store(false, std::sync::atomic::Ordering::Relaxed);
         self.start_master(crate::transfer::settings().keep)
     }
 
-    /// `ssh -O OP` to the master (`check`, `exit`), given a few seconds: a master that
+    /// `ssh -O OP` to the master (`check`, `stop`), given a few seconds: a master that
     /// cannot answer its own socket counts as gone.
     fn control(&self, op: &str) -> bool {
+        self.control_said(op).is_some()
+    }
+
+    /// [`Connection::control`], with what ssh said when it worked (`-O check` names the
+    /// master's pid).
+    fn control_said(&self, op: &str) -> Option<String> {
         let cmd = Cmd::new("ssh")
             .args(self.client_opts())
             .args(["-O", op, "--"])
             .arg(self.transport.dest.target());
-        let Ok(mut child) = cmd.spawn(|c| {
-            c.stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null());
-        }) else {
-            return false;
-        };
+        let log = tempfile::tempfile().ok()?;
+        let mut child = cmd
+            .spawn(|c| {
+                c.stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(
+                        log.try_clone()
+                            .map_or_else(|_| std::process::Stdio::null(), Into::into),
+                    );
+            })
+            .ok()?;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
         loop {
             match child.try_wait() {
-                Ok(Some(status)) => return status.success(),
+                Ok(Some(status)) if status.success() => {
+                    use std::io::{Read as _, Seek as _};
+                    let mut log = log;
+                    let mut said = String::new();
+                    let _ = log.rewind().and_then(|()| log.read_to_string(&mut said));
+                    return Some(said);
+                }
+                Ok(Some(_)) => return None,
                 Ok(None) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(5));
                 }
                 _ => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    return false;
+                    return None;
                 }
             }
         }
+    }
+
+    /// The kept master's pid, as `ssh -O check` says it.
+    fn master_pid(&self) -> Option<String> {
+        let said = self.control_said("check")?;
+        let pid = said.split("pid=").nth(1)?.split(')').next()?;
+        Some(pid.to_string())
     }
 
     /// Keepalives for the master unless the user's ssh config sets them: without, a link

@@ -441,7 +441,11 @@ pub fn upload(
         // from the mirror; what was sent is said.
         if let Some((tracked, before, with_git_dir)) = race {
             let now = untracked(&src.root).map_err(|e| place(e, host, step))?;
-            let new: Vec<&Vec<u8>> = now.iter().filter(|u| !before.contains(u)).collect();
+            // Also one that came and went meanwhile (an editor's swap file): rsync names
+            // what it sent, and a name git does not track means the tree moved under it.
+            let mut new: Vec<&Vec<u8>> = now.iter().filter(|u| !before.contains(u)).collect();
+            let strays = sent_untracked(&out.stdout, &tracked);
+            new.extend(strays.iter());
             if !new.is_empty() {
                 exec::info(format_args!(
                     "{}: {} untracked entr{} appeared while syncing ({}…): syncing again with the list of tracked files, which removes {} from {host}",
@@ -503,6 +507,26 @@ pub fn upload(
     Ok(uploads)
 }
 
+/// What rsync says it sent (`--out-format`, see [`git_rsync`]) outside `.git` that git does
+/// not track: names as rsync printed them (it escapes odd bytes, which then count too).
+fn sent_untracked(stdout: &[u8], tracked: &Tracked) -> Vec<Vec<u8>> {
+    let tracked: BTreeSet<&[u8]> = tracked
+        .files
+        .iter()
+        .map(|f| f.as_os_str().as_bytes())
+        .collect();
+    stdout
+        .split(|b| *b == b'\n')
+        .filter_map(|l| l.strip_prefix(SENT))
+        .filter(|n| !n.ends_with(b"/") && !n.starts_with(b".git/") && *n != b".git")
+        .filter(|n| !tracked.contains(n))
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+/// The prefix of rsync's line for each file it sends (`--out-format`).
+const SENT: &[u8] = b"EDICT-SENT ";
+
 /// The rsync of a git source: `rules` (from `list`), the index copy beside, `--delete`.
 fn git_rsync(
     conn: &Connection,
@@ -518,7 +542,10 @@ fn git_rsync(
         cmd = cmd.args(["--filter=-s /.git/index", "--filter=P /.git/index"]);
     }
     cmd = if rules.exclude {
+        // The exclude list is as old as the tree it was taken from: rsync names what it
+        // sends, for `upload` to see an untracked file that went anyway.
         cmd.arg(format!("--exclude-from={}", list.display()))
+            .arg(format!("--out-format={}%n", String::from_utf8_lossy(SENT)))
     } else {
         cmd.arg(format!("--include-from={}", list.display()))
             .arg("--exclude=*")
@@ -1767,6 +1794,17 @@ mod tests {
         );
         assert_eq!(blob_id(d.path(), 40), None);
         assert_eq!(blob_id(&d.path().join("missing"), 40), None);
+    }
+
+    #[test]
+    fn an_untracked_file_rsync_sent_is_seen() {
+        let tracked = Tracked {
+            files: vec![PathBuf::from("a"), PathBuf::from("d/b")],
+            ..Default::default()
+        };
+        let out = b"EDICT-SENT a\nEDICT-SENT d/\nEDICT-SENT d/b\nEDICT-SENT .git/HEAD\nEDICT-SENT .swp\nNumber of files: 3\n";
+        assert_eq!(sent_untracked(out, &tracked), vec![b".swp".to_vec()]);
+        assert!(sent_untracked(b"EDICT-SENT a\n", &tracked).is_empty());
     }
 
     #[test]
