@@ -181,17 +181,10 @@ fn pipeline(
         .enumerate()
         .filter_map(|(i, s)| Some((i, s.as_ref()?.fingerprint.clone())))
         .collect();
-    let checks: Vec<(String, String, String)> = fingerprints
-        .iter()
-        .map(|(i, f)| {
-            let kind = remote::mirror_kind(plan, *i).to_string();
-            (plan.sources[*i].name.clone(), kind, f.clone())
-        })
-        .collect();
     let (env, mut session) = signals.step(
         &host,
         "preparing",
-        remote::prepare(&conn, plan, &run_id(), &checks, signals),
+        remote::prepare(&conn, plan, &run_id(), &fingerprints, signals),
     )?;
 
     // How long the link is, for `--compress auto` (see `transfer`): asked in the session

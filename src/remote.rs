@@ -203,17 +203,17 @@ impl Drop for Session {
 /// Probes HOST, prepares its directories and takes the locks of every mirror the plan uses.
 /// One round trip; waits (with a message) while another edict run holds a lock.
 ///
-/// `checks` are (mirror name, fingerprint of its source now): the mirrors still as sent from
-/// a source with that fingerprint come back in [`RemoteEnv::unchanged`].
+/// `fingerprints` are (source index, its fingerprint now, see `sync::survey`): the mirrors
+/// still as sent from a source with that fingerprint come back in [`RemoteEnv::unchanged`].
 pub fn prepare(
     conn: &Connection,
     plan: &Plan,
     run_id: &str,
-    checks: &[(String, String, String)],
+    fingerprints: &[(usize, String)],
     signals: &Signals,
 ) -> Result<(RemoteEnv, Session)> {
     let host = &conn.transport.label;
-    let script = prepare_script(plan, run_id, checks);
+    let script = prepare_script(plan, run_id, fingerprints);
     let (fields, session) = match lock(conn, &script, signals) {
         Err(e) if e.is::<Stale>() => {
             conn.renew()?;
@@ -559,9 +559,16 @@ pub fn expire_script(days: Option<u32>) -> String {
 
 /// The probe-and-lock line (see `scripts/prepare.sh`): prints `EDICT-key value` lines,
 /// then holds the locks while it reads edict's scripts (see `scripts/hold.sh`).
-fn prepare_script(plan: &Plan, run_id: &str, checks: &[(String, String, String)]) -> String {
+fn prepare_script(plan: &Plan, run_id: &str, fingerprints: &[(usize, String)]) -> String {
     let mirror_names: Vec<&str> = plan.sources.iter().map(|s| s.name.as_str()).collect();
-    prepare_line(&mirror_names, run_id, checks)
+    let checks: Vec<(String, String, String)> = fingerprints
+        .iter()
+        .map(|(i, f)| {
+            let kind = mirror_kind(plan, *i).to_string();
+            (plan.sources[*i].name.clone(), kind, f.clone())
+        })
+        .collect();
+    prepare_line(&mirror_names, run_id, &checks)
 }
 
 fn prepare_line(
@@ -674,7 +681,7 @@ fn stamp_script(env: &RemoteEnv, plan: &Plan, stamps: &[(usize, String)]) -> Str
 }
 
 /// `git` for a git mirror (whose own index the fingerprint leaves out), else `dir`.
-pub fn mirror_kind(plan: &Plan, src: usize) -> &'static str {
+fn mirror_kind(plan: &Plan, src: usize) -> &'static str {
     match plan.sources[src].kind {
         crate::mapping::SourceKind::Git => "git",
         _ => "dir",

@@ -207,10 +207,9 @@ pub struct Connection {
     config: String,
     /// Where the master is kept after the run (see `keep`); `None`: it ends with the run.
     kept: Option<crate::keep::Place>,
-    /// The master was there before this run: whether it still reaches HOST is not known.
-    reused: std::sync::atomic::AtomicBool,
-    /// That master's pid, to tell it from one another run put in its place.
-    reused_pid: std::sync::OnceLock<String>,
+    /// The pid of a master that was there before this run, while it is not known to still
+    /// reach HOST (the pid tells it from one another run put in its place).
+    reused: std::sync::Mutex<Option<String>>,
     /// The link's round trip, once measured (see [`Connection::round_trip`]).
     round_trip: std::sync::OnceLock<std::time::Duration>,
     /// A compressed connection of its own could not log in (see
@@ -267,18 +266,8 @@ impl Connection {
     pub fn open_for_run(transport: Transport, config: String) -> Result<Self> {
         let dir = socket_dir()?;
         let socket = dir.path().join("ssh");
-        let conn = Connection {
-            transport,
-            log: socket.with_file_name("master.log"),
-            socket,
-            config,
-            kept: None,
-            reused: std::sync::atomic::AtomicBool::new(false),
-            reused_pid: std::sync::OnceLock::new(),
-            round_trip: std::sync::OnceLock::new(),
-            compressed_failed: std::sync::atomic::AtomicBool::new(false),
-            _dir: Some(dir),
-        };
+        let log = socket.with_file_name("master.log");
+        let conn = Self::new(transport, config, (socket, log), None, Some(dir));
         // If edict dies without closing it, the master exits when idle.
         conn.start_master(std::time::Duration::from_secs(15))?;
         Ok(conn)
@@ -302,18 +291,8 @@ impl Connection {
                 return Self::open_for_run(transport, config);
             }
         };
-        let conn = Connection {
-            transport,
-            socket: place.socket(),
-            log: place.log(),
-            config,
-            kept: Some(place.clone()),
-            reused: std::sync::atomic::AtomicBool::new(false),
-            reused_pid: std::sync::OnceLock::new(),
-            round_trip: std::sync::OnceLock::new(),
-            compressed_failed: std::sync::atomic::AtomicBool::new(false),
-            _dir: None,
-        };
+        let files = (place.socket(), place.log());
+        let conn = Self::new(transport, config, files, Some(place.clone()), None);
         let label = &conn.transport.label;
         if let Some(pid) = conn.socket.exists().then(|| conn.master_pid()).flatten() {
             exec::debug(format_args!(
@@ -321,9 +300,7 @@ impl Connection {
                 conn.socket.display()
             ));
             place.reusing();
-            let _ = conn.reused_pid.set(pid);
-            conn.reused
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+            conn.set_reused(Some(pid));
             if let Some(took) = place.round_trip() {
                 let _ = conn.round_trip.set(took);
             }
@@ -332,6 +309,28 @@ impl Connection {
         place.starting(label);
         conn.start_master(keep)?;
         Ok(conn)
+    }
+
+    /// A connection whose master is (to be) on `socket`, logging to `log`; kept in `kept`, or
+    /// in the temporary `dir` for this run only.
+    fn new(
+        transport: Transport,
+        config: String,
+        (socket, log): (PathBuf, PathBuf),
+        kept: Option<crate::keep::Place>,
+        dir: Option<tempfile::TempDir>,
+    ) -> Self {
+        Connection {
+            transport,
+            socket,
+            log,
+            config,
+            kept,
+            reused: std::sync::Mutex::new(None),
+            round_trip: std::sync::OnceLock::new(),
+            compressed_failed: std::sync::atomic::AtomicBool::new(false),
+            _dir: dir,
+        }
     }
 
     /// Starts the master on `self.socket`, staying `persist` after its last session.
@@ -378,7 +377,17 @@ impl Connection {
     /// Whether this run reuses a master that an earlier run kept, not yet shown to reach
     /// HOST (see [`Connection::renew`]).
     pub fn reused(&self) -> bool {
-        self.reused.load(std::sync::atomic::Ordering::Relaxed)
+        self.reused_pid().is_some()
+    }
+
+    fn reused_pid(&self) -> Option<String> {
+        self.reused.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    fn set_reused(&self, pid: Option<String>) {
+        if let Ok(mut r) = self.reused.lock() {
+            *r = pid;
+        }
     }
 
     /// A kept master did not answer in time: it goes, and a new one logs in on its socket.
@@ -402,15 +411,13 @@ impl Connection {
         // Another run that found it dead too may have replaced it already: that one is used.
         // Else it stops taking new sessions (other runs' go on) and a new one takes its place.
         let now = self.master_pid();
-        if now.is_some() && now.as_ref() != self.reused_pid.get() {
-            self.reused
-                .store(false, std::sync::atomic::Ordering::Relaxed);
+        let timed_out = self.reused_pid();
+        self.set_reused(None);
+        if now.is_some() && now != timed_out {
             return Ok(());
         }
         self.control("stop");
         place.starting(label);
-        self.reused
-            .store(false, std::sync::atomic::Ordering::Relaxed);
         self.start_master(crate::transfer::settings().keep)
     }
 

@@ -229,13 +229,12 @@ fn survey_one(plan: &Plan, i: usize) -> Option<Survey> {
                 }
             }
             if with_git_dir {
-                fingerprint_tree(&mut h, &src.root.join(".git"), Path::new(".git"));
+                fingerprint_tree(&mut h, &src.root.join(".git"), Path::new(".git"), None);
             }
         }
         SourceKind::Dir => {
             h.update(b"dir\0");
-            walk(&src.root, Path::new(""), &mut upload.files);
-            fingerprint_tree(&mut h, &src.root, Path::new(""));
+            fingerprint_tree(&mut h, &src.root, Path::new(""), Some(&mut upload.files));
         }
         SourceKind::File => {
             h.update(b"file\0");
@@ -280,8 +279,14 @@ fn fingerprint_entry(h: &mut sha2::Sha256, path: &Path, rel: &Path, s: Option<&S
 
 /// Every entry under `dir` (not following links), in name order: a directory by its path
 /// and mode (its times move with what is in it, which is in the fingerprint anyway), the
-/// rest by their stamps. Leaves out edict's own staging, as the upload does.
-fn fingerprint_tree(h: &mut sha2::Sha256, dir: &Path, prefix: &Path) {
+/// rest by their stamps, which go into `files` too when given (as [`walk`] stamps them).
+/// Leaves out edict's own staging, as the upload does.
+fn fingerprint_tree(
+    h: &mut sha2::Sha256,
+    dir: &Path,
+    prefix: &Path,
+    mut files: Option<&mut BTreeMap<PathBuf, Stamp>>,
+) {
     use sha2::Digest as _;
     let Ok(entries) = std::fs::read_dir(dir) else {
         h.update(b"unreadable\0");
@@ -300,9 +305,14 @@ fn fingerprint_tree(h: &mut sha2::Sha256, dir: &Path, prefix: &Path) {
             Some(s) if s.mode & 0o170000 == 0o040000 => {
                 h.update(rel.as_os_str().as_bytes());
                 h.update(format!("\0d {}\n", s.mode).as_bytes());
-                fingerprint_tree(h, &path, &rel);
+                fingerprint_tree(h, &path, &rel, files.as_deref_mut());
             }
-            _ => fingerprint_entry(h, &path, &rel, s.as_ref()),
+            _ => {
+                fingerprint_entry(h, &path, &rel, s.as_ref());
+                if let (Some(files), Some(s)) = (files.as_deref_mut(), s) {
+                    files.insert(rel, s);
+                }
+            }
         }
     }
 }

@@ -8,7 +8,6 @@
 # quote and no `!` in here: this text travels inside three levels of quoting.
 cd "$1" 2>/dev/null || exit 0;
 command -v sha256sum >/dev/null || exit 0;
-find . -maxdepth 0 -printf "" 2>/dev/null || exit 0;
 index=./.edict-no-such-entry;
 [ "$2" = git ] && index=./.git/index;
 t=$(mktemp 2>/dev/null) || exit 0;
