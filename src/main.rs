@@ -449,7 +449,7 @@ fn forget(cli: &cli::Cli) -> Result<u8> {
             "",
             "forgetting kept connections",
             why,
-            "remove that path if it is not yours to keep, or run with --keep-connection=0",
+            "remove that path if it is not yours: edict keeps no connection there, so there is none to close",
         )
     })?;
     let mut closed = 0;
