@@ -621,3 +621,50 @@ fn an_unchanged_source_is_not_sent_again() {
         assert_eq!(build(&dir), (false, "two".into()), "{kind}: as sent again");
     }
 }
+
+/// A run that finds the kept connection full (sshd's MaxSessions, here 2, reached by
+/// another run still going) still works: for a session the master cannot open, ssh logs in
+/// on its own (ssh's words say so), and the run that holds the master goes on.
+#[test]
+fn a_run_that_finds_the_kept_connection_full_still_works() {
+    let mut lab = Lab::new();
+    let mut spec = HostSpec::new("full", Flavour::Trixie);
+    spec.max_sessions = 2;
+    lab.start(spec);
+    let dir = lab.workdir("full");
+    lab::write_rich_flake(&dir, &lab::unique_tag());
+    edict_ok(&lab, &dir, &["full", "nix", "build", ".#default"]);
+    let pidfile = "/root/full-sleeper.pid";
+    let mut sleeper = lab
+        .edict(&dir)
+        .args(["full", "nix", "run", ".#sleeper", "--", pidfile])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !lab.host("full").local_path(pidfile).exists() {
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "the sleeper never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Another flake: the sleeper's run holds this one's mirror.
+    let other = lab.workdir("full-other");
+    lab::write_rich_flake(&other, &lab::unique_tag());
+    let before = lab.logins("full");
+    let out = lab
+        .edict(&other)
+        .args(["full", "nix", "build", ".#default"])
+        .output()
+        .unwrap();
+    let sleeping = sleeper.try_wait().unwrap().is_none();
+    let _ = Command::new("kill").arg(sleeper.id().to_string()).status();
+    let _ = sleeper.wait();
+    assert!(out.status.success(), "{}", describe(&out));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("Session open refused by peer"), "{said}");
+    assert!(lab.logins("full") - before >= 1, "{said}");
+    assert!(other.join("result").exists());
+    assert!(sleeping, "the run holding the master was disturbed");
+}

@@ -104,6 +104,8 @@ pub struct HostSpec {
     /// Put the host behind a constrained link (its own network namespace) instead of
     /// 127.0.0.1: for the benchmarks.
     pub link: Option<Link>,
+    /// sshd's MaxSessions: sessions one connection may carry at once.
+    pub max_sessions: u32,
 }
 
 /// A network link to a host: a veth pair into the host's own network namespace, shaped with
@@ -141,6 +143,7 @@ impl HostSpec {
             login_shell: None,
             extra_nix_conf: String::new(),
             link: None,
+            max_sessions: 64,
         }
     }
 
@@ -752,7 +755,8 @@ const NIX_TOOLS: [&str; 11] = [
     "nix-store",
 ];
 
-fn sshd_config(addr: Ipv4Addr, port: u16, ssh_dir_seen_by_host: &str) -> String {
+fn sshd_config(spec: &HostSpec, addr: Ipv4Addr, port: u16, ssh_dir_seen_by_host: &str) -> String {
+    let max_sessions = spec.max_sessions;
     let d = ssh_dir_seen_by_host;
     format!(
         "Port {port}\n\
@@ -766,7 +770,7 @@ fn sshd_config(addr: Ipv4Addr, port: u16, ssh_dir_seen_by_host: &str) -> String 
          PasswordAuthentication no\n\
          KbdInteractiveAuthentication no\n\
          # edict multiplexes steps over one connection, and tests run many at once\n\
-         MaxSessions 64\n\
+         MaxSessions {max_sessions}\n\
          MaxStartups 64:30:128\n\
          Subsystem sftp internal-sftp\n\
          LogLevel VERBOSE\n"
@@ -918,7 +922,7 @@ fn start_sshd(
     };
     std::fs::write(
         dir.join("ssh/sshd_config"),
-        sshd_config(addr, port, &ssh_dir_seen_by_host),
+        sshd_config(spec, addr, port, &ssh_dir_seen_by_host),
     )
     .map_err(|e| e.to_string())?;
 
