@@ -49,16 +49,20 @@ pub struct Cli {
     /// Don't copy results back or create result links.
     #[arg(long)]
     pub no_link: bool,
-    /// Copy every path of the results over the ssh link, even those this machine's binary
-    /// caches have (by default they come from the caches: faster for big closures, with
-    /// this machine's nix-daemon, as every multi-user install has).
+    /// When the paths of the results that this machine's binary caches have come from them
+    /// rather than over the ssh link: `auto` when a command there and back takes 30 ms or
+    /// more (over a LAN, HOST is as near as a cache), `always`, or `never` (needs this
+    /// machine's nix-daemon, as every multi-user install has).
+    #[arg(long, value_name = "WHEN", value_enum, default_value_t = crate::transfer::When::Auto, conflicts_with = "no_substitute")]
+    pub substitute: crate::transfer::When,
+    /// `--substitute never`.
     #[arg(long)]
     pub no_substitute: bool,
     /// When what crosses the link is compressed: `auto` when a command there and back takes
     /// 30 ms or more (rsync with zstd or lz4 when both sides have rsync 3.2; a copy back of
     /// 16 MiB or more over a compressed ssh connection of its own), `always`, or `never`.
-    #[arg(long, value_name = "WHEN", value_enum, default_value_t = crate::transfer::Compress::Auto)]
-    pub compress: crate::transfer::Compress,
+    #[arg(long, value_name = "WHEN", value_enum, default_value_t = crate::transfer::When::Auto)]
+    pub compress: crate::transfer::When,
     /// How long the ssh connection stays open after the run, for the next run to the same
     /// host to skip the login (`30s`, `10m`, `1h`; `0` or `off`: closed with the run);
     /// `edict forget` closes kept connections.
@@ -261,6 +265,15 @@ pub enum Hosts {
 }
 
 impl Cli {
+    /// `--substitute`, or `never` for `--no-substitute`.
+    pub fn substitute(&self) -> crate::transfer::When {
+        if self.no_substitute {
+            crate::transfer::When::Never
+        } else {
+            self.substitute
+        }
+    }
+
     pub fn sync_mode(&self) -> SyncMode {
         match (&self.sync, self.no_sync) {
             (Some(_), _) => SyncMode::Force,

@@ -39,7 +39,7 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     exec::set_verbosity(cli.verbose, cli.quiet);
     transfer::set(transfer::Settings {
-        substitute: !cli.no_substitute,
+        substitute: cli.substitute(),
         compress: cli.compress,
         keep: cli.keep_connection.0,
     });
@@ -187,10 +187,10 @@ fn pipeline(
         remote::prepare(&conn, plan, &run_id(), &fingerprints, signals),
     )?;
 
-    // How long the link is, for `--compress auto` (see `transfer`): asked in the session
-    // edict already holds, when something may cross, unless an earlier run through the
-    // same kept connection measured it.
-    if transfer::settings().compress == transfer::Compress::Auto
+    // How long the link is, for `--compress auto` and `--substitute auto` (see `transfer`):
+    // asked in the session edict already holds, when something may cross, unless an
+    // earlier run through the same kept connection measured it.
+    if transfer::decides_by_round_trip()
         && (!plan.sources.is_empty() || !plan.links.is_empty())
         && !conn.round_trip_known()
     {

@@ -22,7 +22,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
     (
         "WHAT COMES BACK",
         &[
-            "The links \\fBnix build\\fR makes (\\fBresult\\fR, \\fB-o NAME\\fR), as indirect GC roots here, after \\fBnix copy\\fR brought their closures; paths your binary caches have come from them (\\fB--no-substitute\\fR turns that off). When the current directory is inside one of the flakes (or with \\fB--sync\\fR), what the command changed there (\\fBflake.lock\\fR after \\fBnix flake update\\fR, files a \\fBnix run\\fR wrote); a file you changed meanwhile stays, and HOST's version is written beside it as \\fIFILE.edict-HOST\\fR. Nothing is written outside the working tree.",
+            "The links \\fBnix build\\fR makes (\\fBresult\\fR, \\fB-o NAME\\fR), as indirect GC roots here, after \\fBnix copy\\fR brought their closures; over a long link, paths your binary caches have come from them (\\fB--substitute\\fR). When the current directory is inside one of the flakes (or with \\fB--sync\\fR), what the command changed there (\\fBflake.lock\\fR after \\fBnix flake update\\fR, files a \\fBnix run\\fR wrote); a file you changed meanwhile stays, and HOST's version is written beside it as \\fIFILE.edict-HOST\\fR. Nothing is written outside the working tree.",
         ],
     ),
     (
@@ -70,6 +70,7 @@ mod tests {
         for needle in [
             ".TH edict 1",
             "\\-\\-dry\\-run",
+            "\\-\\-substitute",
             "\\-\\-no\\-substitute",
             ".SH \"EXIT STATUS\"",
             ".SH \"WHAT COMES BACK\"",

@@ -7,7 +7,7 @@ use crate::mapping::Plan;
 use crate::problem::Problem;
 use crate::remote::RemoteEnv;
 use crate::ssh::{Connection, ssh_failure};
-use crate::transfer::Compress;
+use crate::transfer::When;
 use anyhow::Result;
 use std::path::{Path, PathBuf};
 
@@ -105,15 +105,17 @@ pub fn copy_closures(conn: &Connection, env: &RemoteEnv, paths: &[&str], step: &
     // only the paths it is given, not their references.
     let showing = crate::progress::terminal() && !exec::quiet();
     let settings = crate::transfer::settings();
-    let missing = if settings.substitute || showing || settings.compress != Compress::Never {
-        missing_here(closure_there(conn, env, &targets))
-    } else {
-        Vec::new()
-    };
+    let missing =
+        if settings.substitute != When::Never || showing || settings.compress != When::Never {
+            missing_here(closure_there(conn, env, &targets))
+        } else {
+            Vec::new()
+        };
     // Every missing path named, the targets always (a listing cut short must not leave
     // them behind); past MAX_NAMED paths the command line would be too long for the OS:
     // then the targets only, and nix finds the rest (without substitutes for it).
-    let wanted: Vec<&str> = if missing.is_empty() || !substitutes() || missing.len() > MAX_NAMED {
+    let wanted: Vec<&str> = if missing.is_empty() || !substitutes(conn) || missing.len() > MAX_NAMED
+    {
         if missing.len() > MAX_NAMED {
             exec::debug(format_args!(
                 "{host}: {} paths to copy: naming only the results, so references come from {host}",
@@ -135,9 +137,9 @@ pub fn copy_closures(conn: &Connection, env: &RemoteEnv, paths: &[&str], step: &
     let bytes: u64 = missing.iter().fold(0u64, |a, (_, s)| a.saturating_add(*s));
     let compressed = conn.compressed_allowed()
         && match settings.compress {
-            Compress::Always => true,
-            Compress::Never => false,
-            Compress::Auto => {
+            When::Always => true,
+            When::Never => false,
+            When::Auto => {
                 bytes >= crate::transfer::BIG_COPY
                     && crate::transfer::compress(|| conn.round_trip())
             }
@@ -438,7 +440,7 @@ pub fn copy_command(conn: &Connection, nix_store: &str, direction: &str, paths: 
         // the rest crosses the link: a nix-daemon here does that (a store opened directly,
         // as root's may be, ignores the flag), and so does `nix-store --serve` there.
         // CppNix before 2.2x tells its daemon `builders-use-substitutes` instead of the flag.
-        .args(if substitutes() {
+        .args(if substitutes(conn) {
             &[
                 "--substitute-on-destination",
                 "--option",
@@ -452,9 +454,9 @@ pub fn copy_command(conn: &Connection, nix_store: &str, direction: &str, paths: 
         .env("NIX_SSHOPTS", conn.nix_sshopts())
 }
 
-/// Whether copies let the receiving store use its substituters (see `transfer`).
-fn substitutes() -> bool {
-    crate::transfer::settings().substitute
+/// Whether copies over `conn` let the receiving store use its substituters (see `transfer`).
+fn substitutes(conn: &Connection) -> bool {
+    crate::transfer::substitute(|| conn.round_trip())
 }
 
 /// How to make this machine's store take paths built on `host`: trust the user, or have

@@ -63,9 +63,9 @@ pub struct Upload {
 fn rsync(conn: &Connection, env: &RemoteEnv) -> Cmd {
     // Compressed where it wins (see `transfer`), by the algorithm both rsyncs choose.
     let compress = match crate::transfer::settings().compress {
-        crate::transfer::Compress::Never => false,
-        crate::transfer::Compress::Always => true,
-        crate::transfer::Compress::Auto => {
+        crate::transfer::When::Never => false,
+        crate::transfer::When::Always => true,
+        crate::transfer::When::Auto => {
             crate::transfer::rsyncs_negotiate(crate::rsync::here(), &env.rsync_version)
                 && crate::transfer::compress(|| conn.round_trip())
         }

@@ -1,6 +1,12 @@
 //! How bytes cross the link, set once from the command line: whether the receiving store
-//! may take paths from its own binary caches first (`--no-substitute`), and whether rsync
+//! may take paths from its own binary caches first (`--substitute`), and whether rsync
 //! and `nix copy` compress (`--compress`).
+//!
+//! Both pay only over a slow link. Substitutes bring from a binary cache what would
+//! otherwise cross the link: over a WAN that wins (W7: 0.29× the floor), over a LAN, where
+//! HOST is as near as any cache and the cache's archives must be unpacked, it loses (W7 at
+//! 1 Gbit/s: 2× slower). `auto` therefore substitutes, as it compresses, only over a link
+//! whose round trip is long.
 //!
 //! Compression costs CPU and wins only where the link is slower than the compressor: over
 //! a LAN (1 Gbit/s) ssh's zlib is the bottleneck. `auto` therefore compresses only over a
@@ -12,9 +18,9 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-/// When to compress what crosses the link.
+/// When to compress what crosses the link, or to substitute.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Compress {
+pub enum When {
     /// When a command there and back takes 30 ms or more (`LONG_ROUND_TRIP`).
     #[default]
     Auto,
@@ -35,8 +41,8 @@ pub const BIG_COPY: u64 = 16 << 20;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Settings {
-    pub substitute: bool,
-    pub compress: Compress,
+    pub substitute: When,
+    pub compress: When,
     /// How long the ssh master stays after the run (`--keep-connection`; see `keep`).
     pub keep: Duration,
 }
@@ -51,8 +57,8 @@ pub fn set(settings: Settings) {
 /// What was set (substitutes on, compression `auto`, when nothing was).
 pub fn settings() -> Settings {
     SETTINGS.get().copied().unwrap_or(Settings {
-        substitute: true,
-        compress: Compress::Auto,
+        substitute: When::Auto,
+        compress: When::Auto,
         keep: crate::keep::DEFAULT,
     })
 }
@@ -60,10 +66,26 @@ pub fn settings() -> Settings {
 /// Whether to compress over a link whose round trip `round_trip` gives (asked only for
 /// `auto`).
 pub fn compress(round_trip: impl FnOnce() -> Duration) -> bool {
-    match settings().compress {
-        Compress::Always => true,
-        Compress::Never => false,
-        Compress::Auto => round_trip() >= LONG_ROUND_TRIP,
+    decide(settings().compress, round_trip)
+}
+
+/// Whether the receiving store substitutes, over a link whose round trip `round_trip` gives
+/// (asked only for `auto`).
+pub fn substitute(round_trip: impl FnOnce() -> Duration) -> bool {
+    decide(settings().substitute, round_trip)
+}
+
+/// Whether a run needs the link's round trip to decide (either setting is `auto`).
+pub fn decides_by_round_trip() -> bool {
+    let s = settings();
+    s.compress == When::Auto || s.substitute == When::Auto
+}
+
+fn decide(when: When, round_trip: impl FnOnce() -> Duration) -> bool {
+    match when {
+        When::Always => true,
+        When::Never => false,
+        When::Auto => round_trip() >= LONG_ROUND_TRIP,
     }
 }
 
@@ -101,5 +123,8 @@ mod tests {
         assert!(!compress(|| Duration::from_millis(1)));
         assert!(compress(|| Duration::from_millis(40)));
         assert!(compress(|| LONG_ROUND_TRIP));
+        assert!(!substitute(|| Duration::from_millis(1)));
+        assert!(substitute(|| Duration::from_millis(40)));
+        assert!(decides_by_round_trip());
     }
 }

@@ -47,14 +47,19 @@ fn sh(script: &str) -> String {
 }
 
 /// The flake's `dep` is on a signed binary cache that this machine's nix-daemon uses; HOST
-/// builds `top`, which needs it. Back here, `dep` carries the cache's signature (it came
-/// from the cache) and `top` none (it came from HOST, which signs nothing). With
-/// `--no-substitute`, `dep` comes from HOST too.
+/// builds `top`, which needs it. Over a long link (a 40 ms round trip), back here `dep`
+/// carries the cache's signature (it came from the cache) and `top` none (it came from
+/// HOST, which signs nothing). From a near host `dep` comes from HOST (`auto`), unless
+/// `--substitute always`; with `--no-substitute`, from HOST over the long link too.
 #[test]
 fn results_come_from_this_machine_s_cache_when_it_has_them() {
     for flavour in Flavour::ALL {
         let mut lab = Lab::new();
         lab.start(HostSpec::new("builder", flavour));
+        lab.start(HostSpec::new("far", flavour).link(lab::Link {
+            rate_mbit: 1000,
+            proxy: Some(delay_line(20)),
+        }));
         let user = lab.local_user("edict-subst");
         let tag = lab::unique_tag();
         let dir = user.workdir("subst");
@@ -83,37 +88,38 @@ fn results_come_from_this_machine_s_cache_when_it_has_them() {
         // (a trusted user's nix passes its own substituters on to the daemon).
         let conf = format!("substituters = {url}\ntrusted-public-keys = {public}\n");
         let _daemon = LocalDaemon::start_with("root edict-subst", &conf);
-        let out = user
-            .edict_with(&dir, &conf)
-            .args(["builder", "nix", "build", ".#default"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{flavour:?}: {}", describe(&out));
-        let top = std::fs::read_link(dir.join("result"))
-            .unwrap()
-            .display()
-            .to_string();
-        assert!(lab::locally_valid(&dep));
-        assert!(
-            signatures(&dep).starts_with("cache-1:"),
-            "{flavour:?}: dep came over ssh: {}",
-            signatures(&dep)
-        );
-        assert_eq!(signatures(&top), "", "{flavour:?}: top came from HOST");
-
-        // Forced the other way: everything from HOST.
-        std::fs::remove_file(dir.join("result")).unwrap();
-        forget(&[&top, &dep]);
-        let out = user
-            .edict_with(&dir, &conf)
-            .args(["--no-substitute", "builder", "nix", "build", ".#default"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{flavour:?}: {}", describe(&out));
-        assert!(lab::locally_valid(&dep));
-        assert_eq!(signatures(&dep), "", "{flavour:?}: dep came from HOST");
-        std::fs::remove_file(dir.join("result")).unwrap();
-        forget(&[&top, &dep]);
+        for (args, from_cache) in [
+            (&["far"][..], true),
+            (&["builder"][..], false),
+            (&["--substitute", "always", "builder"][..], true),
+            (&["--no-substitute", "far"][..], false),
+        ] {
+            let out = user
+                .edict_with(&dir, &conf)
+                .args(args)
+                .args(["nix", "build", ".#default"])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{flavour:?} {args:?}: {}",
+                describe(&out)
+            );
+            let top = std::fs::read_link(dir.join("result"))
+                .unwrap()
+                .display()
+                .to_string();
+            assert!(lab::locally_valid(&dep));
+            assert_eq!(
+                signatures(&dep).starts_with("cache-1:"),
+                from_cache,
+                "{flavour:?} {args:?}: dep's signatures: {}",
+                signatures(&dep)
+            );
+            assert_eq!(signatures(&top), "", "{flavour:?}: top came from HOST");
+            std::fs::remove_file(dir.join("result")).unwrap();
+            forget(&[&top, &dep]);
+        }
     }
 }
 
@@ -667,4 +673,61 @@ fn a_run_that_finds_the_kept_connection_full_still_works() {
     assert!(lab.logins("full") - before >= 1, "{said}");
     assert!(other.join("result").exists());
     assert!(sleeping, "the run holding the master was disturbed");
+}
+
+/// The benchmark's delay line (`examples/bench --delay-line MS`), built by `cargo test`
+/// beside this test: a real ssh ProxyCommand that holds every chunk for MS milliseconds
+/// each way.
+fn delay_line(one_way_ms: u64) -> String {
+    let exe = std::env::current_exe().unwrap();
+    let bench = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/bench");
+    assert!(
+        bench.exists(),
+        "{} is missing: run the whole suite (`cargo test`), which builds the examples",
+        bench.display()
+    );
+    format!("{} --delay-line {one_way_ms}", bench.display())
+}
+
+/// `--compress auto` (the default) decides by the link: over a 40 ms round trip it
+/// measures it (once per kept connection) and rsync compresses; a copy back this small
+/// (under 16 MiB) is not worth a second login for ssh's compression. The lab's near hosts
+/// get neither (see `compression_where_asked_and_not_on_a_fast_link`).
+#[test]
+fn auto_compresses_over_a_long_link() {
+    let mut lab = Lab::new();
+    lab.start(HostSpec::new("far", Flavour::Bookworm).link(lab::Link {
+        rate_mbit: 1000,
+        proxy: Some(delay_line(20)),
+    }));
+    let dir = lab.workdir("far");
+    lab::write_rich_flake(&dir, &lab::unique_tag());
+    let said = edict_ok(&lab, &dir, &["-vv", "far", "nix", "build", ".#default"]);
+    let ms: u64 = said
+        .lines()
+        .find_map(|l| l.split("the link's round trip is ").nth(1))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no round trip measured:\n{said}"));
+    assert!(ms >= 40, "{ms} ms over a 40 ms link");
+    let rsync = said.lines().find(|l| l.starts_with("+ rsync -r")).unwrap();
+    assert!(rsync.contains(" --compress"), "{rsync}");
+    let copy = said
+        .lines()
+        .find(|l| l.contains(" copy ") && l.contains("--from"))
+        .unwrap();
+    assert!(!copy.contains(" -C "), "{copy}");
+    assert!(dir.join("result").exists());
+
+    // The next run through the kept connection knows the link without asking again.
+    std::fs::write(dir.join("touched"), "x").unwrap();
+    let said = edict_ok(&lab, &dir, &["-vv", "far", "nix", "build", ".#default"]);
+    assert!(!said.contains("the link's round trip is"), "{said}");
+    let rsync = said.lines().find(|l| l.starts_with("+ rsync -r")).unwrap();
+    assert!(rsync.contains(" --compress"), "{rsync}");
 }
