@@ -237,10 +237,11 @@ fn pipeline(
 
     // 6. Results back, as GC roots. Even after a failure: `--keep-going` builds some.
     exec::debug(format_args!("{host}: fetching results"));
+    let links = results::links(plan, &after.links);
     signals.step(
         &host,
         "fetching results",
-        results::fetch(&conn, &env, &results::links(plan, &after.links)),
+        results::fetch(&conn, &env, &links),
     )?;
     // A signal that reached edict alone (SIGTERM, a Ctrl-C to its pid) while `nix copy`
     // finished anyway: stop here, as after any other step, rather than sync back.
@@ -279,6 +280,14 @@ fn pipeline(
         ),
     )?;
     let conflicts = report(&changes, &host);
+
+    // A plain directory holds the result links just made, which nix reads: they go to its
+    // mirror now, so that the next run need not send them (only an optimisation).
+    if let Err(e) = sync::restamp(&mut session, &conn, &env, plan, &surveys, &links) {
+        exec::debug(format_args!(
+            "{host}: the result links stay here only: {e:#}"
+        ));
+    }
 
     drop(session);
     drop(conn);

@@ -44,9 +44,10 @@ pub mod scripts {
     pub const FINGERPRINT: &str = include_str!("scripts/fingerprint.sh");
     pub const UNCHANGED: &str = include_str!("scripts/unchanged.sh");
     pub const STAMP: &str = include_str!("scripts/stamp.sh");
+    pub const RESTAMP: &str = include_str!("scripts/restamp.sh");
     /// Every one of them, for the tests.
     #[cfg(test)]
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 17] = [
         STOP,
         EXPIRE,
         FIND_RSYNC,
@@ -63,6 +64,7 @@ pub mod scripts {
         FINGERPRINT,
         UNCHANGED,
         STAMP,
+        RESTAMP,
     ];
 }
 
@@ -678,6 +680,32 @@ fn stamp_script(env: &RemoteEnv, plan: &Plan, stamps: &[(usize, String)]) -> Str
     }
     let words: Vec<&str> = words.iter().map(String::as_str).collect();
     format!("{}; ", call(scripts::STAMP, &words))
+}
+
+/// The words of `scripts/restamp.sh` that put the result links `links` (relative to source
+/// `src`'s root, each with its target) in its mirror and stamp it as made from a source
+/// whose fingerprint is now `now`, if it is still as stamped from `was`.
+pub fn restamp_words(
+    env: &RemoteEnv,
+    plan: &Plan,
+    src: usize,
+    (was, now): (&str, &str),
+    links: &[(String, String)],
+) -> Vec<String> {
+    let mirror = plan.mirror(src, &env.dirs);
+    let mut words = vec![
+        quote(&one_line(scripts::FINGERPRINT)),
+        quote(&mirror),
+        quote(mirror_kind(plan, src)),
+        quote(&format!("{mirror}.stamp")),
+        quote(was),
+        quote(now),
+    ];
+    for (name, target) in links {
+        words.push(quote(name));
+        words.push(quote(target));
+    }
+    words
 }
 
 /// `git` for a git mirror (whose own index the fingerprint leaves out), else `dir`.
@@ -1375,6 +1403,47 @@ mod tests {
         );
         assert_eq!(out, "EDICT-same src-1\n");
         assert_eq!(unchanged_line(&[]), "");
+    }
+
+    /// restamp.sh puts the links in a mirror still as stamped and stamps it anew; a mirror
+    /// that moved meanwhile, or a stamp from another source, gets nothing.
+    #[test]
+    fn restamp_links_only_a_mirror_still_as_stamped() {
+        let t = tempfile::tempdir().unwrap();
+        let m = t.path().join("m");
+        std::fs::create_dir_all(&m).unwrap();
+        std::fs::write(m.join("f"), "x").unwrap();
+        let (m_str, s) = (m.to_str().unwrap(), format!("{}.stamp", m.display()));
+        let fp = one_line(scripts::FINGERPRINT);
+        run_script_file(scripts::STAMP, &[&fp, m_str, "dir", "L1", &s]);
+        let restamp = |was: &str, now: &str| {
+            run_script_file(
+                scripts::RESTAMP,
+                &[&fp, m_str, "dir", &s, was, now, "result", "/nix/store/x-y"],
+            )
+        };
+        restamp("L0", "L2");
+        assert!(
+            std::fs::read_link(m.join("result")).is_err(),
+            "another source's stamp"
+        );
+        assert!(std::fs::read_to_string(&s).unwrap().starts_with("L1 "));
+        restamp("L1", "L2");
+        assert_eq!(
+            std::fs::read_link(m.join("result")).unwrap(),
+            std::path::Path::new("/nix/store/x-y")
+        );
+        let mirror_now = run_script_file(scripts::FINGERPRINT, &[m_str, "dir"]);
+        assert_eq!(
+            std::fs::read_to_string(&s).unwrap(),
+            format!("L2 {mirror_now}")
+        );
+        // The mirror moved after its stamp: nothing.
+        std::fs::write(m.join("f"), "changed").unwrap();
+        std::fs::remove_file(m.join("result")).unwrap();
+        restamp("L2", "L3");
+        assert!(std::fs::read_link(m.join("result")).is_err());
+        assert!(std::fs::read_to_string(&s).unwrap().starts_with("L2 "));
     }
 
     #[test]

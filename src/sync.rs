@@ -187,6 +187,9 @@ fn run_rsync_checked(
 pub struct Survey {
     pub fingerprint: String,
     upload: Upload,
+    /// A plain directory's subdirectories and their modes (with `upload`'s files, all that
+    /// went into the fingerprint): to tell what changed here since (see [`restamp`]).
+    dirs: BTreeMap<PathBuf, u32>,
 }
 
 /// [`Survey`]s of the plan's sources, by index; `None` where a source must go through
@@ -207,6 +210,7 @@ fn survey_one(plan: &Plan, i: usize) -> Option<Survey> {
     let mut h = sha2::Sha256::new();
     h.update(b"edict-source-1\0");
     let mut upload = Upload::default();
+    let mut dirs = BTreeMap::new();
     match src.kind {
         SourceKind::Git => {
             let tracked = sent_files(plan, i).ok()?;
@@ -234,7 +238,11 @@ fn survey_one(plan: &Plan, i: usize) -> Option<Survey> {
         }
         SourceKind::Dir => {
             h.update(b"dir\0");
-            fingerprint_tree(&mut h, &src.root, Path::new(""), Some(&mut upload.files));
+            let seen = Seen {
+                files: &mut upload.files,
+                dirs: &mut dirs,
+            };
+            fingerprint_tree(&mut h, &src.root, Path::new(""), Some(seen));
         }
         SourceKind::File => {
             h.update(b"file\0");
@@ -245,7 +253,14 @@ fn survey_one(plan: &Plan, i: usize) -> Option<Survey> {
     Some(Survey {
         fingerprint: h.finalize().iter().map(|b| format!("{b:02x}")).collect(),
         upload,
+        dirs,
     })
+}
+
+/// Where [`fingerprint_tree`] records what it stamped.
+struct Seen<'a> {
+    files: &'a mut BTreeMap<PathBuf, Stamp>,
+    dirs: &'a mut BTreeMap<PathBuf, u32>,
 }
 
 /// One entry into a source's fingerprint: its path and every stamp field (absent: `-`); a
@@ -279,14 +294,9 @@ fn fingerprint_entry(h: &mut sha2::Sha256, path: &Path, rel: &Path, s: Option<&S
 
 /// Every entry under `dir` (not following links), in name order: a directory by its path
 /// and mode (its times move with what is in it, which is in the fingerprint anyway), the
-/// rest by their stamps, which go into `files` too when given (as [`walk`] stamps them).
-/// Leaves out edict's own staging, as the upload does.
-fn fingerprint_tree(
-    h: &mut sha2::Sha256,
-    dir: &Path,
-    prefix: &Path,
-    mut files: Option<&mut BTreeMap<PathBuf, Stamp>>,
-) {
+/// rest by their stamps; both recorded in `seen` too when given (files as [`walk`] stamps
+/// them). Leaves out edict's own staging, as the upload does.
+fn fingerprint_tree(h: &mut sha2::Sha256, dir: &Path, prefix: &Path, mut seen: Option<Seen>) {
     use sha2::Digest as _;
     let Ok(entries) = std::fs::read_dir(dir) else {
         h.update(b"unreadable\0");
@@ -305,16 +315,104 @@ fn fingerprint_tree(
             Some(s) if s.mode & 0o170000 == 0o040000 => {
                 h.update(rel.as_os_str().as_bytes());
                 h.update(format!("\0d {}\n", s.mode).as_bytes());
-                fingerprint_tree(h, &path, &rel, files.as_deref_mut());
+                let inner = seen.as_mut().map(|v| {
+                    v.dirs.insert(rel.clone(), s.mode);
+                    Seen {
+                        files: &mut *v.files,
+                        dirs: &mut *v.dirs,
+                    }
+                });
+                fingerprint_tree(h, &path, &rel, inner);
             }
             _ => {
                 fingerprint_entry(h, &path, &rel, s.as_ref());
-                if let (Some(files), Some(s)) = (files.as_deref_mut(), s) {
-                    files.insert(rel, s);
+                if let (Some(v), Some(s)) = (seen.as_mut(), s) {
+                    v.files.insert(rel, s);
                 }
             }
         }
     }
+}
+
+/// After the results came back: a plain directory that got result links (`links`) and
+/// nothing else since its survey gets the same links in its mirror, and a stamp that says
+/// so (see `scripts/restamp.sh`). nix reads such a directory whole, links included, so
+/// without this the next run would send them; one round trip now saves rsync's then.
+pub fn restamp(
+    session: &mut crate::remote::Session,
+    conn: &Connection,
+    env: &RemoteEnv,
+    plan: &Plan,
+    surveys: &[Option<Survey>],
+    links: &[crate::results::Link],
+) -> Result<()> {
+    for (i, src) in plan.sources.iter().enumerate() {
+        let Some(Some(before)) = surveys.get(i) else {
+            continue;
+        };
+        if src.kind != SourceKind::Dir {
+            continue;
+        }
+        // The links made here, as they are now (one a later step replaced is left out).
+        let made: Vec<(PathBuf, String)> = links
+            .iter()
+            .filter(|l| {
+                std::fs::read_link(&l.local)
+                    .is_ok_and(|t| t.as_os_str().as_bytes() == l.target.as_bytes())
+            })
+            .filter_map(|l| {
+                Some((
+                    l.local.strip_prefix(&src.root).ok()?.to_path_buf(),
+                    l.target.clone(),
+                ))
+            })
+            .collect();
+        if made.is_empty() {
+            continue;
+        }
+        let Some(now) = survey_one(plan, i) else {
+            continue;
+        };
+        let is_link = |p: &PathBuf| made.iter().any(|(m, _)| m == p);
+        let others = |files: &BTreeMap<PathBuf, Stamp>| -> Vec<(PathBuf, Stamp)> {
+            files
+                .iter()
+                .filter(|(p, _)| !is_link(p))
+                .map(|(p, s)| (p.clone(), s.clone()))
+                .collect()
+        };
+        if now.dirs != before.dirs || others(&now.upload.files) != others(&before.upload.files) {
+            exec::debug(format_args!(
+                "{}: changed here during the run; the next run sends it",
+                src.root.display()
+            ));
+            continue;
+        }
+        let names: Vec<(String, String)> = made
+            .iter()
+            .map(|(p, t)| (p.to_string_lossy().into_owned(), t.clone()))
+            .collect();
+        let words = crate::remote::restamp_words(
+            env,
+            plan,
+            i,
+            (&before.fingerprint, &now.fingerprint),
+            &names,
+        );
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        session.ask(
+            conn,
+            "syncing back",
+            crate::remote::scripts::RESTAMP,
+            &words,
+        )?;
+        exec::debug(format_args!(
+            "{}: its result links went to {}'s mirror too",
+            src.root.display(),
+            conn.transport.label
+        ));
+    }
+    Ok(())
 }
 
 /// Step 3: sends every source to its mirror; returns what was sent, for step 7. A mirror
