@@ -370,7 +370,8 @@ pub fn restamp(
         if made.is_empty() {
             continue;
         }
-        let Some(now) = survey_one(plan, i) else {
+        // The same links as before (a rebuild of the same path): the mirror has them.
+        let Some(now) = survey_one(plan, i).filter(|s| s.fingerprint != before.fingerprint) else {
             continue;
         };
         let is_link = |p: &PathBuf| made.iter().any(|(m, _)| m == p);
