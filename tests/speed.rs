@@ -155,48 +155,10 @@ fn long_transfers_show_a_status_line_in_a_terminal() {
         *b = x as u8;
     }
     std::fs::write(dir.join("blob"), blob).unwrap();
-    // The run as a shell line: the lab's environment, then edict.
-    let cmd = lab.edict(&dir);
-    let mut line = String::from("env");
-    for (k, v) in cmd.get_envs() {
-        if let Some(v) = v {
-            line.push_str(&format!(
-                " {}={}",
-                k.to_string_lossy(),
-                shell_word(&v.to_string_lossy())
-            ));
-        }
-    }
-    line.push_str(&format!(
-        " {} slow nix build .#default; echo EDICT-DONE $?; sleep 60",
-        shell_word(&cmd.get_program().to_string_lossy())
-    ));
-    let socket = format!("edict-{tag}");
-    let tmux = |args: &[&str]| {
-        Command::new("tmux")
-            .args(["-L", &socket])
-            .args(args)
-            .output()
-            .unwrap()
-    };
-    let out = tmux(&[
-        "new-session",
-        "-d",
-        "-x",
-        "200",
-        "-y",
-        "30",
-        "-c",
-        &dir.display().to_string(),
-        &line,
-    ]);
-    assert!(out.status.success(), "{}", describe(&out));
     let mut seen = None;
     let mut lines: Vec<String> = Vec::new();
     let mut synced = None;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    let screen = loop {
-        let screen = String::from_utf8_lossy(&tmux(&["capture-pane", "-p"]).stdout).into_owned();
+    let screen = in_tmux(&lab, &dir, "slow nix build .#default", |screen| {
         if let Some(l) = screen
             .lines()
             .find(|l| l.contains("slow: syncing ") && l.contains(" files"))
@@ -212,12 +174,7 @@ fn long_transfers_show_a_status_line_in_a_terminal() {
                 lines.push(l.trim_end().to_string());
             }
         }
-        if screen.contains("EDICT-DONE") || std::time::Instant::now() > deadline {
-            break screen;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
-    tmux(&["kill-server"]);
+    });
     assert!(screen.contains("EDICT-DONE 0"), "{screen}");
     let seen = seen.unwrap_or_else(|| panic!("no status line was seen; at the end:\n{screen}"));
     assert!(
@@ -332,6 +289,97 @@ fn a_compressed_copy_whose_login_fails_goes_through_the_shared_connection() {
     assert_eq!(copies.len(), 2, "{copies:#?}");
     assert!(copies[0].contains(" -C ") && !copies[1].contains(" -C "));
     assert!(dir.join("result").exists());
+}
+
+/// Runs `edict ARGS` (a shell line's words) in `dir` inside tmux, a real 200x30 terminal, with
+/// the lab's environment; `watch` reads the screen every 100 ms until the run ends (or two
+/// minutes pass). The last screen, which ends with `EDICT-DONE` and edict's exit code.
+fn in_tmux(lab: &Lab, dir: &std::path::Path, args: &str, mut watch: impl FnMut(&str)) -> String {
+    let cmd = lab.edict(dir);
+    let mut line = String::from("env");
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            line.push_str(&format!(
+                " {}={}",
+                k.to_string_lossy(),
+                shell_word(&v.to_string_lossy())
+            ));
+        }
+    }
+    line.push_str(&format!(
+        " {} {args}; echo EDICT-DONE $?; sleep 60",
+        shell_word(&cmd.get_program().to_string_lossy())
+    ));
+    let socket = format!("edict-{}", lab::unique_tag());
+    let tmux = |args: &[&str]| {
+        Command::new("tmux")
+            .args(["-L", &socket])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = tmux(&[
+        "new-session",
+        "-d",
+        "-x",
+        "200",
+        "-y",
+        "30",
+        "-c",
+        &dir.display().to_string(),
+        &line,
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let screen = loop {
+        let screen = String::from_utf8_lossy(&tmux(&["capture-pane", "-p"]).stdout).into_owned();
+        watch(&screen);
+        if screen.contains("EDICT-DONE") || std::time::Instant::now() > deadline {
+            break screen;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    tmux(&["kill-server"]);
+    screen
+}
+
+/// A fan-out in a terminal shows a status line for each host's copy, behind the host's name
+/// (the copies into the local store take turns: see `results::copy_closures`), and a clean
+/// screen after.
+#[test]
+fn a_fan_out_shows_a_status_line_per_host() {
+    let mut lab = Lab::new();
+    lab.start(HostSpec::slow("slow1", Flavour::Bookworm));
+    lab.start(HostSpec::slow("slow2", Flavour::Trixie));
+    let tag = lab::unique_tag();
+    let dir = lab.workdir("fan-status");
+    // A path of its own on each host (their nix versions differ), so both copy at once.
+    std::fs::write(
+        dir.join("flake.nix"),
+        format!(
+            r#"{{ outputs = {{ self }}: {{ packages.x86_64-linux.default = derivation {{ name = "fan-${{builtins.nixVersion}}-{tag}"; system = "x86_64-linux"; builder = "/bin/sh"; args = [ "-c" "/usr/bin/head -c 4000000 /dev/urandom > $out" ]; }}; }}; }}"#
+        ),
+    )
+    .unwrap();
+    let mut seen: Vec<&str> = Vec::new();
+    let screen = in_tmux(&lab, &dir, "slow1,slow2 nix build .#default", |screen| {
+        for h in ["slow1", "slow2"] {
+            let copying = screen
+                .lines()
+                .any(|l| l.contains(&format!("{h}: copying results")) && l.contains("paths"));
+            if copying && !seen.contains(&h) {
+                seen.push(h);
+            }
+        }
+    });
+    assert!(screen.contains("EDICT-DONE 0"), "{screen}");
+    seen.sort_unstable();
+    assert_eq!(seen, ["slow1", "slow2"], "at the end:\n{screen}");
+    assert!(
+        !screen.contains("copying results"),
+        "a status line stayed:\n{screen}"
+    );
+    assert!(dir.join("result-slow1").exists() && dir.join("result-slow2").exists());
 }
 
 /// `edict ARGS` in `dir`, which must succeed; its stderr.
