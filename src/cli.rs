@@ -37,7 +37,17 @@ Environment:
 /// the nix command there over your own ssh, copies the results back into your store as real
 /// GC roots, and brings back what the command changed in your working directory.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about, after_help = EXAMPLES)]
+#[command(
+    version,
+    about,
+    long_about,
+    after_help = EXAMPLES,
+    override_usage = USAGE,
+    subcommand_value_name = "HOST",
+    subcommand_help_heading = "Commands (in HOST's place; a host of that name is ssh://NAME)",
+    disable_help_subcommand = true,
+    subcommand_required = true
+)]
 pub struct Cli {
     /// Bring back what the command changed in every local flake, even outside the cwd; with
     /// several hosts, name the one whose changes come back (--sync=HOST).
@@ -89,19 +99,52 @@ pub struct Cli {
     /// `requiredSystemFeatures` would: `--required-features kvm,big-parallel`.
     #[arg(long, value_name = "LIST")]
     pub required_features: Option<String>,
-    /// The remote host: host, user@host, an alias from your ssh config, ssh://user@host:port,
-    /// a pool machine's name, `auto` (the best pool machine), `all` or `h1,h2,…` (several at
-    /// once); or `machines` to show the pool, `doctor` to check hosts. Omitted
-    /// (`edict nix …`): `auto`.
-    #[arg(value_name = "HOST")]
+    /// HOST and the command, or one of edict's own commands.
+    #[command(subcommand)]
+    pub sub: Sub,
+    /// The remote host as written (see [`Sub::Run`]); the command's name for edict's own.
+    #[arg(skip)]
     pub host: String,
-    /// `nix SUBCOMMAND ARGS…`, or `INSTALLABLE ARGS…` for `nix run INSTALLABLE -- ARGS…`.
-    #[arg(
-        value_name = "COMMAND",
-        trailing_var_arg = true,
-        allow_hyphen_values = true
-    )]
+    /// The words after HOST.
+    #[arg(skip)]
     pub command: Vec<String>,
+}
+
+const USAGE: &str = "edict [OPTIONS] HOST nix SUBCOMMAND [ARGS...]
+       edict [OPTIONS] HOST INSTALLABLE [ARGS...]
+       edict [OPTIONS] HOST nix-build|nix-shell [ARGS...]
+       edict [OPTIONS] machines|doctor|gc|forget|man [ARGS...]";
+
+/// What comes in HOST's place: edict's own commands, or a host and the command to run there.
+#[derive(clap::Subcommand, Debug)]
+pub enum Sub {
+    Machines(MachinesArgs),
+    Doctor(DoctorArgs),
+    Gc(GcArgs),
+    Forget(ForgetArgs),
+    /// Print the manual page (roff): `edict man > edict.1`
+    Man,
+    /// HOST (host, user@host, an ssh alias, ssh://user@host:port, a pool machine, `auto`,
+    /// `all`, `h1,h2`; left out: `auto`), then `nix SUBCOMMAND ARGS…` or
+    /// `INSTALLABLE ARGS…`.
+    #[command(external_subcommand)]
+    Run(Vec<String>),
+}
+
+impl Cli {
+    /// Parses edict's command line (the program's name first).
+    pub fn from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut cli = Cli::try_parse_from(args)?;
+        if let Sub::Run(words) = &cli.sub {
+            cli.host = words.first().cloned().unwrap_or_default();
+            cli.command = words.iter().skip(1).cloned().collect();
+        }
+        Ok(cli)
+    }
 }
 
 /// A size in bytes, written `1000`, `512K`, `100M` or `2G` (powers of 1024, as rsync reads them).
@@ -389,7 +432,58 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("edict").chain(args.iter().copied()))
+        Cli::from_args(std::iter::once("edict").chain(args.iter().copied()))
+    }
+
+    /// edict's own commands are real subcommands with their own help and options; anything
+    /// else in HOST's place is a host, and a host of such a name is reached as ssh://NAME.
+    #[test]
+    fn own_commands_are_subcommands_and_everything_else_a_host() {
+        let e = parse(&["doctor", "--help"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::DisplayHelp);
+        let help = e.to_string();
+        assert!(
+            help.contains("Usage: edict doctor") && help.contains("--json"),
+            "{help}"
+        );
+        assert!(
+            !help.contains("--keep-connection"),
+            "the top-level help: {help}"
+        );
+        let top = parse(&["--help"]).unwrap_err().to_string();
+        for name in ["machines", "doctor", "gc", "forget", "man"] {
+            assert!(
+                top.contains(&format!("\n  {name} ")),
+                "--help lacks {name}:\n{top}"
+            );
+        }
+        match parse(&["-v", "doctor", "-v", "--json", "a", "b"])
+            .unwrap()
+            .sub
+        {
+            Sub::Doctor(d) => {
+                assert_eq!(d.hosts, ["a", "b"]);
+                assert!(d.json && d.verbose == 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(parse(&["gc", "--older-than", "7"]).unwrap().sub, Sub::Gc(g) if g.older_than == Some(7))
+        );
+        assert!(parse(&["gc", "--older-than", "soon"]).is_err());
+        assert!(matches!(parse(&["man"]).unwrap().sub, Sub::Man));
+        let cli = parse(&["ssh://doctor", "nix", "build"]).unwrap();
+        assert_eq!(
+            (cli.host.as_str(), cli.command.as_slice()),
+            (
+                "ssh://doctor",
+                &["nix".to_string(), "build".to_string()][..]
+            )
+        );
+        // Words after HOST are never edict's, even when they look like its options.
+        let cli = parse(&["--no-link", "h", "nix", "build", "--help", "-v"]).unwrap();
+        assert!(cli.no_link && cli.verbose == 0);
+        assert_eq!(cli.command, ["nix", "build", "--help", "-v"]);
     }
 
     #[test]

@@ -32,11 +32,10 @@ mod transfer;
 
 use crate::problem::Problem;
 use anyhow::Result;
-use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = cli::Cli::from_args(std::env::args_os()).unwrap_or_else(|e| e.exit());
     exec::set_verbosity(cli.verbose, cli.quiet);
     transfer::set(transfer::Settings {
         substitute: cli.substitute(),
@@ -51,22 +50,17 @@ fn main() -> ExitCode {
 
 fn run(cli: &cli::Cli) -> Result<u8> {
     let signals = signals::Signals::install()?;
-    if cli.host == "machines" {
-        return machines(cli);
-    }
-    if cli.host == "doctor" {
-        return doctor(cli);
-    }
-    if cli.host == "gc" {
-        return gc(cli);
-    }
-    if cli.host == "forget" {
-        return forget(cli);
-    }
-    if cli.host == "man" {
-        use std::io::Write as _;
-        std::io::stdout().write_all(&manpage::page())?;
-        return Ok(0);
+    match &cli.sub {
+        cli::Sub::Machines(args) => return machines(cli, args),
+        cli::Sub::Doctor(args) => return doctor(cli, args),
+        cli::Sub::Gc(args) => return gc(cli, args),
+        cli::Sub::Forget(args) => return forget(cli, args),
+        cli::Sub::Man => {
+            use std::io::Write as _;
+            std::io::stdout().write_all(&manpage::page())?;
+            return Ok(0);
+        }
+        cli::Sub::Run(_) => {}
     }
     let (hosts, program, words) = cli.hosts_and_words()?;
 
@@ -300,17 +294,14 @@ fn pipeline(
 
 /// `edict machines [--system S] [--required-features …] [--json]`: the pool, and for these
 /// needs which machine `auto` would choose and why each other one was not chosen.
-fn machines(cli: &cli::Cli) -> Result<u8> {
-    let args = cli::MachinesArgs::parse_from(
-        std::iter::once("edict machines".to_string()).chain(cli.command.iter().cloned()),
-    );
+fn machines(cli: &cli::Cli, args: &cli::MachinesArgs) -> Result<u8> {
     let (pool, local_nix) = pool::load_or_explain(cli.builders.as_deref())?;
     let features = args
         .required_features
         .as_deref()
         .or(cli.required_features.as_deref());
     let needs = select::Needs {
-        system: args.system.unwrap_or(local_nix.system),
+        system: args.system.clone().unwrap_or(local_nix.system),
         features: features.map(pool::features).unwrap_or_default(),
     };
     let probed = select::probe(&pool, &needs, &ssh::Transport::ssh_opts_from_env());
@@ -333,10 +324,7 @@ fn machines(cli: &cli::Cli) -> Result<u8> {
 
 /// `edict doctor [HOST…]`: every check on every host, a table, one fix per problem; exits 1
 /// when any host has a FAIL.
-fn doctor(cli: &cli::Cli) -> Result<u8> {
-    let args = cli::DoctorArgs::parse_from(
-        std::iter::once("edict doctor".to_string()).chain(cli.command.iter().cloned()),
-    );
+fn doctor(cli: &cli::Cli, args: &cli::DoctorArgs) -> Result<u8> {
     exec::set_verbosity(cli.verbose.max(args.verbose), cli.quiet);
     let (pool, _) = pool::load_or_explain(cli.builders.as_deref())?;
     let ssh_opts = ssh::Transport::ssh_opts_from_env();
@@ -378,10 +366,7 @@ fn doctor(cli: &cli::Cli) -> Result<u8> {
 
 /// `edict gc [HOST…] [--older-than DAYS]`: removes edict's mirrors on each host (those a
 /// run holds stay), says what went and how much space it freed.
-fn gc(cli: &cli::Cli) -> Result<u8> {
-    let args = cli::GcArgs::parse_from(
-        std::iter::once("edict gc".to_string()).chain(cli.command.iter().cloned()),
-    );
+fn gc(cli: &cli::Cli, args: &cli::GcArgs) -> Result<u8> {
     let (pool, _) = pool::load_or_explain(cli.builders.as_deref())?;
     let ssh_opts = ssh::Transport::ssh_opts_from_env();
     let hosts: Vec<String> = if args.hosts.is_empty() {
@@ -434,10 +419,7 @@ fn gc(cli: &cli::Cli) -> Result<u8> {
 
 /// `edict forget [HOST…]`: closes the connections runs kept (see `keep`) to these hosts, or
 /// all of them; the next run to each logs in anew.
-fn forget(cli: &cli::Cli) -> Result<u8> {
-    let args = cli::ForgetArgs::parse_from(
-        std::iter::once("edict forget".to_string()).chain(cli.command.iter().cloned()),
-    );
+fn forget(cli: &cli::Cli, args: &cli::ForgetArgs) -> Result<u8> {
     let places = if args.hosts.is_empty() {
         keep::all()
     } else {

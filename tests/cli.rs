@@ -34,6 +34,26 @@ fn help_and_version() {
     ] {
         assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
     }
+    // Each of edict's own commands has its help (#17).
+    for (command, needle) in [
+        ("doctor", "--json"),
+        ("machines", "--system"),
+        ("gc", "--older-than"),
+        ("forget", "[HOSTS]..."),
+    ] {
+        let out = edict()
+            .args([command, "--help"])
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone();
+        let help = String::from_utf8(out).unwrap();
+        assert!(
+            help.contains(&format!("Usage: edict {command}")) && help.contains(needle),
+            "{command} --help:\n{help}"
+        );
+    }
     let out = edict()
         .arg("--version")
         .assert()
