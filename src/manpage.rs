@@ -49,8 +49,17 @@ const SECTIONS: &[(&str, &[&str])] = &[
 pub fn page() -> Vec<u8> {
     let mut out = Vec::new();
     let cmd = crate::cli::Cli::command().name("edict");
+    // clap_mangen's own sections, but not its list of subcommands, which points at pages
+    // (edict-doctor(1), …) that do not exist: COMMANDS below says what each one does.
     // Writing to a Vec cannot fail.
-    let _ = clap_mangen::Man::new(cmd).render(&mut out);
+    let man = clap_mangen::Man::new(cmd);
+    let _ = man.render_title(&mut out);
+    let _ = man.render_name_section(&mut out);
+    let _ = man.render_synopsis_section(&mut out);
+    let _ = man.render_description_section(&mut out);
+    let _ = man.render_options_section(&mut out);
+    let _ = man.render_extra_section(&mut out);
+    let _ = man.render_version_section(&mut out);
     for (title, paragraphs) in SECTIONS {
         out.extend_from_slice(format!(".SH \"{title}\"\n").as_bytes());
         for p in *paragraphs {
