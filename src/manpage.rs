@@ -87,6 +87,10 @@ mod tests {
         ] {
             assert!(page.contains(needle), "the page lacks {needle}");
         }
+        assert!(
+            !page.contains("edict\\-doctor") && !page.contains("edict-doctor"),
+            "a reference to a page that does not exist"
+        );
         // No line starts with a character roff would read as a request by mistake.
         for line in page.lines() {
             assert!(!line.starts_with('\''), "{line}");
