@@ -44,6 +44,16 @@ pub fn info(msg: impl std::fmt::Display) {
     }
 }
 
+/// A step's headline, from `-v` on (at `-vv` with the time since the start, as [`debug`]):
+/// the commands `-v` prints come under the step they belong to.
+pub fn step(msg: impl std::fmt::Display) {
+    match verbosity() {
+        0 => {}
+        1 => crate::progress::suspend(|| eprintln!("edict: {msg}")),
+        _ => debug(msg),
+    }
+}
+
 /// A line shown only at `-vv`, with the time since edict started: where a run's time goes.
 pub fn debug(msg: impl std::fmt::Display) {
     if verbosity() >= 2 {

@@ -168,6 +168,7 @@ fn pipeline(
     io: &remote::Io,
 ) -> Result<u8> {
     let host = conn.transport.label.clone();
+    exec::step(format_args!("{host}: preparing"));
     // What each source is now: HOST sends back which mirrors already hold exactly that.
     let surveys = sync::survey(plan);
     let fingerprints: Vec<(usize, String)> = surveys
@@ -201,7 +202,7 @@ fn pipeline(
             }
         }
     }
-    exec::debug(format_args!("{host}: prepared; syncing"));
+    exec::step(format_args!("{host}: prepared; syncing"));
     signals.step(&host, "syncing", pinned::send(&conn, &env, plan))?;
     let uploads = signals.step(&host, "syncing", sync::upload(&conn, &env, plan, &surveys))?;
     if signals.caught() {
@@ -213,14 +214,14 @@ fn pipeline(
     }
 
     // 4. Run, with our streams and exit code.
-    exec::debug(format_args!("{host}: synced; running"));
+    exec::step(format_args!("{host}: synced; running"));
     let code = match remote::run(&conn, &env, plan, &fingerprints, io, signals)? {
         remote::Outcome::Exited(code) => code,
         remote::Outcome::Interrupted => return Ok(130),
     };
 
     // 5. Find what the command made there: result links, changed files.
-    exec::debug(format_args!(
+    exec::step(format_args!(
         "{host}: the command exited with {code}; inspecting"
     ));
     let after = signals.step(
@@ -230,7 +231,7 @@ fn pipeline(
     )?;
 
     // 6. Results back, as GC roots. Even after a failure: `--keep-going` builds some.
-    exec::debug(format_args!("{host}: fetching results"));
+    exec::step(format_args!("{host}: fetching results"));
     let links = results::links(plan, &after.links);
     signals.step(
         &host,
@@ -256,7 +257,7 @@ fn pipeline(
     report(&outputs, &host);
 
     // 7. Bring back what the command changed, without overwriting local edits.
-    exec::debug(format_args!("{host}: syncing back"));
+    exec::step(format_args!("{host}: syncing back"));
     let changes = signals.step(
         &host,
         "syncing back",
@@ -285,7 +286,7 @@ fn pipeline(
 
     drop(session);
     drop(conn);
-    exec::debug(format_args!("{host}: done"));
+    exec::step(format_args!("{host}: done"));
     Ok(match (code, conflicts) {
         (0, true) => 1,
         (code, _) => u8::try_from(code).unwrap_or(1),

@@ -1060,6 +1060,12 @@ pub fn run(
         Io::Through => (None, None),
         Io::Prefixed { out, err } => (Some(out.clone()), Some(err.clone())),
     };
+    // At -v, the command as it runs there comes alone, before the line that runs it.
+    exec::step(format_args!(
+        "{host}: cd {} && {}",
+        quote(&plan.render_cwd(&env.dirs)),
+        exec::quote_words(&command_words(env, plan))
+    ));
     // The user's words may hold what csh reads even inside quotes (see `ssh_as`).
     let mut child = conn
         .ssh_as(tty, &run_script(env, plan, stamps), &env.shell)

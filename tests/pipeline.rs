@@ -1664,3 +1664,48 @@ fn from_an_untracked_subdirectory_the_flake_above_is_used() {
         assert_eq!(stdout(&out), "<x>\n");
     });
 }
+
+/// `-v` reads as the run goes (#17): a headline per step, in order, and the nix command as
+/// it runs on HOST (`cd MIRROR && nix …`) alone, before the ssh line that runs it.
+#[test]
+fn verbose_shows_each_step_and_the_command_alone_first() {
+    let mut lab = Lab::new();
+    lab.start(HostSpec::new("v", Flavour::Trixie));
+    let dir = lab.workdir("verbose");
+    lab::write_rich_flake(&dir, &lab::unique_tag());
+    let out = ok(lab
+        .edict(&dir)
+        .args(["-v", "v", "nix", "build", ".#default"]));
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    let at = |what: &str| {
+        lines
+            .iter()
+            .position(|l| l.starts_with(what))
+            .unwrap_or_else(|| panic!("no line starting {what:?}:\n{err}"))
+    };
+    let steps = [
+        "edict: v: preparing",
+        "edict: v: prepared; syncing",
+        "edict: v: synced; running",
+        "edict: v: cd ",
+        "edict: v: the command exited with 0; inspecting",
+        "edict: v: fetching results",
+        "edict: v: syncing back",
+        "edict: v: done",
+    ];
+    let places: Vec<usize> = steps.iter().map(|s| at(s)).collect();
+    assert!(places.windows(2).all(|w| w[0] < w[1]), "{places:?}:\n{err}");
+    let command = lines[at("edict: v: cd ")];
+    assert!(
+        command.contains(" && ")
+            && command.contains("nix-command flakes' build ")
+            && command.ends_with("#default'"),
+        "{command}"
+    );
+    // The ssh line that runs it comes right after.
+    assert!(
+        lines[at("edict: v: cd ") + 1].starts_with("+ ssh "),
+        "{err}"
+    );
+}
