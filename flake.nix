@@ -23,10 +23,15 @@
           # (/usr/bin/rsync: openrsync, or rsync 2.6.9) cannot do what edict asks of it.
           # ssh and nix go last: the user's own ssh (with its config and agent) and the nix
           # that matches their daemon come first.
-          # The manual page comes from the binary itself (`edict man`), when it can run here.
+          # The manual page and the completions (bash, zsh, fish) come from the binary itself
+          # (`edict man`, `edict completions SHELL`), when it can run here.
           postInstall = pkgs.lib.optionalString (pkgs.stdenv.buildPlatform.canExecute pkgs.stdenv.hostPlatform) ''
             $out/bin/edict man > edict.1
             installManPage edict.1
+            installShellCompletion --cmd edict \
+              --bash <($out/bin/edict completions bash) \
+              --zsh <($out/bin/edict completions zsh) \
+              --fish <($out/bin/edict completions fish)
           '' + ''
             wrapProgram $out/bin/edict \
               --prefix PATH : ${pkgs.lib.makeBinPath [ pkgs.rsync ]} \

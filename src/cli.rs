@@ -25,6 +25,7 @@ Examples:
   edict gc builder                           remove edict's mirrors on builder
   edict forget builder                       close the connection runs keep open to builder
   edict man > edict.1                        the manual page
+  source <(edict completions bash)           TAB completion (bash, zsh, fish), nix's included
 
 Environment:
   NIX_SSHOPTS            extra ssh options for every step (split on spaces, as nix does)
@@ -113,7 +114,7 @@ pub struct Cli {
 const USAGE: &str = "edict [OPTIONS] HOST nix SUBCOMMAND [ARGS...]
        edict [OPTIONS] HOST INSTALLABLE [ARGS...]
        edict [OPTIONS] HOST nix-build|nix-shell [ARGS...]
-       edict [OPTIONS] machines|doctor|gc|forget|man [ARGS...]";
+       edict [OPTIONS] machines|doctor|gc|forget|man|completions [ARGS...]";
 
 /// What comes in HOST's place: edict's own commands, or a host and the command to run there.
 #[derive(clap::Subcommand, Debug)]
@@ -124,11 +125,24 @@ pub enum Sub {
     Forget(ForgetArgs),
     /// Print the manual page (roff): `edict man > edict.1`
     Man,
+    /// Print the completion script for a shell: `source <(edict completions bash)`
+    Completions {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
     /// HOST (host, user@host, an ssh alias, ssh://user@host:port, a pool machine, `auto`,
     /// `all`, `h1,h2`; left out: `auto`), then `nix SUBCOMMAND ARGS…` or
     /// `INSTALLABLE ARGS…`.
     #[command(external_subcommand)]
     Run(Vec<String>),
+}
+
+/// A shell `edict completions` writes for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 impl Cli {
@@ -297,6 +311,11 @@ const LEGACY_REFUSED: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// Whether edict refuses to run `program` on a host (`nix-env`, `nix-store`, …).
+pub fn refused_legacy(program: &str) -> bool {
+    LEGACY_REFUSED.iter().any(|(n, _, _)| *n == program)
+}
+
 /// Where the command runs, from HOST as written.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Hosts {
@@ -329,9 +348,7 @@ impl Cli {
     /// left out: `edict nix build …`, `edict nix-build` and `edict .#app` choose from the pool.
     pub fn hosts_and_words(&self) -> Result<(Hosts, Program, Vec<String>)> {
         let host = self.host.as_str();
-        if matches!(host, "nix" | "nix-build" | "nix-shell")
-            || LEGACY_REFUSED.iter().any(|(n, _, _)| *n == host)
-        {
+        if matches!(host, "nix" | "nix-build" | "nix-shell") || refused_legacy(host) {
             let mut command = vec![host.to_string()];
             command.extend(self.command.iter().cloned());
             let (program, words) = self.words(&command)?;
@@ -451,7 +468,7 @@ mod tests {
             "the top-level help: {help}"
         );
         let top = parse(&["--help"]).unwrap_err().to_string();
-        for name in ["machines", "doctor", "gc", "forget", "man"] {
+        for name in ["machines", "doctor", "gc", "forget", "man", "completions"] {
             assert!(
                 top.contains(&format!("\n  {name} ")),
                 "--help lacks {name}:\n{top}"

@@ -5,6 +5,7 @@
 //! and bring back what it changed (7). Each step is a module; they pass plain data.
 
 mod cli;
+mod complete;
 mod contain;
 mod doctor;
 mod dryrun;
@@ -35,6 +36,11 @@ use anyhow::Result;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // The completion scripts ask with the words on the line (nix's protocol).
+    if let Ok(index) = std::env::var(complete::ENV) {
+        let words = std::env::args_os().map(|w| w.to_string_lossy().into_owned());
+        return complete::main(&index, words.collect());
+    }
     let cli = cli::Cli::from_args(std::env::args_os()).unwrap_or_else(|e| e.exit());
     exec::set_verbosity(cli.verbose, cli.quiet);
     transfer::set(transfer::Settings {
@@ -58,6 +64,10 @@ fn run(cli: &cli::Cli) -> Result<u8> {
         cli::Sub::Man => {
             use std::io::Write as _;
             std::io::stdout().write_all(&manpage::page())?;
+            return Ok(0);
+        }
+        cli::Sub::Completions { shell } => {
+            print!("{}", complete::script(*shell));
             return Ok(0);
         }
         cli::Sub::Run(_) => {}

@@ -9,7 +9,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
     (
         "COMMANDS",
         &[
-            "In place of HOST: \\fBedict machines\\fR shows the builder pool and the machine \\fBauto\\fR would choose; \\fBedict doctor\\fR [HOST...] says why a host will not work for edict (or for Nix's own remote builds) and how to fix it; \\fBedict gc\\fR [HOST...] removes edict's mirrors on hosts; \\fBedict forget\\fR [HOST...] closes the connections runs kept open (\\fB--keep-connection\\fR); \\fBedict man\\fR prints this page. A host with one of these names is reached as \\fBssh://doctor\\fR or \\fBuser@doctor\\fR.",
+            "In place of HOST: \\fBedict machines\\fR shows the builder pool and the machine \\fBauto\\fR would choose; \\fBedict doctor\\fR [HOST...] says why a host will not work for edict (or for Nix's own remote builds) and how to fix it; \\fBedict gc\\fR [HOST...] removes edict's mirrors on hosts; \\fBedict forget\\fR [HOST...] closes the connections runs kept open (\\fB--keep-connection\\fR); \\fBedict man\\fR prints this page; \\fBedict completions\\fR bash|zsh|fish prints the TAB completion script for that shell (after \\fBedict HOST nix\\fR, nix itself completes). A host with one of these names is reached as \\fBssh://doctor\\fR or \\fBuser@doctor\\fR.",
         ],
     ),
     (

@@ -40,6 +40,7 @@ fn help_and_version() {
         ("machines", "--system"),
         ("gc", "--older-than"),
         ("forget", "[HOSTS]..."),
+        ("completions", "[possible values: bash, zsh, fish]"),
     ] {
         let out = edict()
             .args([command, "--help"])

@@ -52,4 +52,18 @@ fn shellcheck_finds_nothing() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    // The bash completion script too, as bash (zsh and fish run in tests/completions.rs).
+    let out = Command::new("shellcheck")
+        .args([
+            "--shell=bash",
+            "--severity=style",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/src/completions/edict.bash"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
