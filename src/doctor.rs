@@ -258,7 +258,7 @@ fn remote_facts(conn: &Connection) -> Result<Remote, String> {
         "derivation {{ name = \"edict-doctor-{tag}\"; system = builtins.currentSystem; builder = \"/bin/sh\"; args = [ \"-c\" \"echo ok > $out\" ]; }}"
     );
     let script = remote::call(
-        remote::scripts::DOCTOR,
+        crate::scripts::DOCTOR,
         &[&remote::places_word(), &quote(&expr)],
     );
     let out = conn
@@ -531,7 +531,7 @@ mod tests {
     fn the_remote_script_runs_in_sh() {
         let out = std::process::Command::new("/bin/sh")
             .arg("-c")
-            .arg(remote::one_line(remote::scripts::DOCTOR))
+            .arg(crate::scripts::one_line(crate::scripts::DOCTOR))
             .args(["sh", "/nonexistent", "1"])
             .env("PATH", "/usr/bin:/bin")
             .output()

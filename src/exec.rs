@@ -44,6 +44,14 @@ pub fn info(msg: impl std::fmt::Display) {
     }
 }
 
+/// A command edict gives a shell that is already running (the session holding a run's
+/// locks on HOST), from `-v` on, as `+ [WHERE] LINE`: every command edict has run is shown.
+pub fn trace(place: &str, line: &str) {
+    if verbosity() >= 1 {
+        crate::progress::suspend(|| eprintln!("+ [{place}] {line}"));
+    }
+}
+
 /// A step's headline, from `-v` on (at `-vv` with the time since the start, as [`debug`]):
 /// the commands `-v` prints come under the step they belong to.
 pub fn step(msg: impl std::fmt::Display) {
@@ -123,6 +131,9 @@ pub struct Cmd {
     /// SIGTERM to the process when edict dies (Linux).
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     die_with_edict: bool,
+    /// How `-v` shows the last argument (a remote command with edict's scripts named);
+    /// `-vv` shows the command as it is.
+    last_shown: Option<String>,
 }
 
 impl Cmd {
@@ -134,7 +145,15 @@ impl Cmd {
             env_removed: Vec::new(),
             max_file_size: None,
             die_with_edict: false,
+            last_shown: None,
         }
+    }
+
+    /// `-v` shows the last argument as `text`, unquoted, when it differs from it (see
+    /// [`crate::scripts::shown`]); `-vv` shows it as it is.
+    pub fn show_last_as(mut self, text: String) -> Self {
+        self.last_shown = Some(text);
+        self
     }
 
     /// The process gets SIGTERM when edict dies, even by SIGKILL (Linux; elsewhere it runs
@@ -193,9 +212,23 @@ impl Cmd {
         format!("{env}{}", quote_words(&self.argv()))
     }
 
+    /// The line `-v` prints: [`Cmd::line`], but with the last argument as
+    /// [`Cmd::show_last_as`] gave it.
+    pub fn shown_line(&self) -> String {
+        match &self.last_shown {
+            Some(last) if verbosity() < 2 => {
+                let mut cmd = self.clone();
+                cmd.args.pop();
+                cmd.last_shown = None;
+                format!("{} {last}", cmd.line())
+            }
+            _ => self.line(),
+        }
+    }
+
     fn log(&self) {
         if verbosity() >= 1 {
-            crate::progress::suspend(|| eprintln!("+ {}", self.line()));
+            crate::progress::suspend(|| eprintln!("+ {}", self.shown_line()));
         }
     }
 
@@ -272,10 +305,7 @@ impl Cmd {
     /// Runs it with no input or output of its own and says whether it succeeded (a check:
     /// not starting at all is a no).
     pub fn succeeds(&self) -> bool {
-        // A check, not a step: shown from -vv on.
-        if verbosity() >= 2 {
-            crate::progress::suspend(|| eprintln!("+ {}", self.line()));
-        }
+        self.log();
         self.command()
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -25,6 +25,7 @@ mod progress;
 mod remote;
 mod results;
 mod rsync;
+mod scripts;
 mod select;
 mod signals;
 mod ssh;
@@ -108,6 +109,7 @@ fn run(cli: &cli::Cli) -> Result<u8> {
     for note in plan.notes_for(&cli.host) {
         exec::info(note);
     }
+    exec::step("checking this machine: its store, rsync");
     if !cli.no_link && !plan.links.is_empty() {
         results::check_local(&cli.host, &plan)?;
     }
@@ -119,10 +121,12 @@ fn run(cli: &cli::Cli) -> Result<u8> {
     // Which host(s): as written, or chosen from the builder pool.
     match target {
         Target::One(transport) => {
+            exec::step(format_args!("{}: connecting", transport.label));
             let conn = ssh::Connection::open(transport)?;
             pipeline(conn, &plan, cli, &signals, &remote::Io::Through)
         }
         Target::Auto(pool, needs) => {
+            exec::step("choosing a machine of the pool");
             let conn = select::choose(&pool, &needs, &ssh::Transport::ssh_opts_from_env())?;
             pipeline(conn, &plan, cli, &signals, &remote::Io::Through)
         }

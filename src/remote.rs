@@ -11,6 +11,7 @@ use crate::exec::{self, quote};
 use crate::mapping::{Plan, RemoteDirs};
 use crate::nixargs::Program;
 use crate::problem::{Kind, Problem};
+use crate::scripts::{self, one_line};
 use crate::signals::Signals;
 use crate::ssh::{Connection, Tty, ssh_failure};
 use anyhow::{Result, bail};
@@ -24,61 +25,6 @@ use std::time::{Duration, Instant};
 /// Where nix looks for itself in a non-interactive login, after PATH: a multi-user install's
 /// default profile, a single-user profile, NixOS, and home-manager/NixOS per-user profiles.
 pub const NIX_PLACES: &str = "/nix/var/nix/profiles/default/bin:$HOME/.nix-profile/bin:/run/current-system/sw/bin:/etc/profiles/per-user/$USER/bin";
-
-/// The remote scripts that live as files in `src/scripts/` (shellchecked by the test
-/// suite): each takes its data as positional parameters, never as text spliced into it.
-pub mod scripts {
-    pub const STOP: &str = include_str!("scripts/stop.sh");
-    pub const EXPIRE: &str = include_str!("scripts/expire.sh");
-    pub const FIND_RSYNC: &str = include_str!("scripts/find_rsync.sh");
-    pub const MISSING: &str = include_str!("scripts/missing.sh");
-    pub const ADOPT_INDEX: &str = include_str!("scripts/adopt_index.sh");
-    pub const SNAPSHOT: &str = include_str!("scripts/snapshot.sh");
-    pub const INSPECT: &str = include_str!("scripts/inspect.sh");
-    pub const PREPARE: &str = include_str!("scripts/prepare.sh");
-    pub const HOLD: &str = include_str!("scripts/hold.sh");
-    pub const ASK: &str = include_str!("scripts/ask.sh");
-    pub const RUN: &str = include_str!("scripts/run.sh");
-    pub const DOCTOR: &str = include_str!("scripts/doctor.sh");
-    pub const CLOSURE: &str = include_str!("scripts/closure.sh");
-    pub const FINGERPRINT: &str = include_str!("scripts/fingerprint.sh");
-    pub const UNCHANGED: &str = include_str!("scripts/unchanged.sh");
-    pub const STAMP: &str = include_str!("scripts/stamp.sh");
-    pub const RESTAMP: &str = include_str!("scripts/restamp.sh");
-    /// Every one of them, for the tests.
-    #[cfg(test)]
-    pub const ALL: [&str; 17] = [
-        STOP,
-        EXPIRE,
-        FIND_RSYNC,
-        MISSING,
-        ADOPT_INDEX,
-        SNAPSHOT,
-        INSPECT,
-        PREPARE,
-        HOLD,
-        ASK,
-        RUN,
-        DOCTOR,
-        CLOSURE,
-        FINGERPRINT,
-        UNCHANGED,
-        STAMP,
-        RESTAMP,
-    ];
-}
-
-/// A script as the one line it is sent as: comments and blank lines left out, lines joined
-/// by a space (so `-v` prints each command edict runs on one line, pasteable). The
-/// scripts end every command with `;` unless the next line continues it.
-pub fn one_line(script: &str) -> String {
-    script
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
 
 /// A shell line that runs `script` in sh with `words` as its positional parameters; the
 /// words are shell words already (quoted with [`quote`], or expansions such as `"$c"`).
@@ -172,8 +118,17 @@ impl Session {
         use std::io::Write as _;
         let lost = || conn.lost(step, "the ssh session holding the run was lost");
         let stdin = self.stdin.as_mut().ok_or_else(lost)?;
+        let line = ask_line(script, words);
+        if exec::verbosity() >= 1 {
+            let shown = match exec::verbosity() {
+                1 => scripts::shown(line.trim_end()),
+                _ => line.trim_end().to_string(),
+            };
+            let place = format!("{}: the session holding the run", conn.transport.label);
+            exec::trace(&place, &shown);
+        }
         stdin
-            .write_all(ask_line(script, words).as_bytes())
+            .write_all(line.as_bytes())
             .and_then(|()| stdin.flush())
             .map_err(|_| lost())?;
         let mut out = Vec::new();
@@ -592,6 +547,7 @@ fn prepare_line(
         quote(&one_line(scripts::HOLD)),
         quote(&one_line(scripts::STOP)),
         quote(&unchanged_line(checks)),
+        quote(&one_line(scripts::FINGERPRINT)),
     ];
     words.extend(names);
     call(
@@ -600,14 +556,16 @@ fn prepare_line(
     )
 }
 
-/// The line the holder evaluates once locked (`$c` is the cache there; see
-/// `scripts/unchanged.sh`); empty when there is nothing to check. `checks` are (mirror
+/// The line the holder evaluates once locked (`$c` is the cache there, and the fingerprint
+/// script is in `EDICT_FINGERPRINT`, from prepare.sh's ninth parameter, so that the line
+/// holds no script inside a script; see `scripts/unchanged.sh`); empty when there is
+/// nothing to check. `checks` are (mirror
 /// name, `git` for a git mirror, the source's fingerprint).
 fn unchanged_line(checks: &[(String, String, String)]) -> String {
     if checks.is_empty() {
         return String::new();
     }
-    let mut words = vec![quote(&one_line(scripts::FINGERPRINT)), "\"$c\"".to_string()];
+    let mut words = vec!["\"$EDICT_FINGERPRINT\"".to_string(), "\"$c\"".to_string()];
     for (name, kind, fingerprint) in checks {
         words.push(quote(name));
         words.push(quote(kind));
@@ -1226,7 +1184,7 @@ mod tests {
     /// last one excepted, and none holds a comment (it would swallow the rest of the line).
     #[test]
     fn every_script_joins_into_the_commands_its_lines_are() {
-        for script in scripts::ALL {
+        for (_, script) in scripts::NAMED {
             let code: Vec<&str> = script
                 .lines()
                 .map(str::trim)
@@ -1246,7 +1204,7 @@ mod tests {
     /// Every script, as the one line it is sent as, is still valid sh (dash and bash as sh).
     #[test]
     fn every_script_is_sh_on_one_line() {
-        for script in scripts::ALL {
+        for (_, script) in scripts::NAMED {
             // A continued line would join as `\ `, an escaped space.
             assert!(!script.lines().any(|l| l.trim_end().ends_with('\\')));
             let line = one_line(script);
@@ -1400,12 +1358,14 @@ mod tests {
         assert_eq!(same("L1"), "", "the mirror changed there");
         stamp("L1");
         assert_eq!(same("L1"), "EDICT-same src-1\n");
-        // The line the holder evaluates, with `$c` set as it is there.
+        // The line the holder evaluates, with `$c` and EDICT_FINGERPRINT set as they are
+        // there.
         let line = unchanged_line(&[("src-1".into(), "dir".into(), "L1".into())]);
         let out = stdout_of(
             std::process::Command::new("/bin/sh")
                 .arg("-c")
-                .arg(format!("c={}; {line}", quote(c_str))),
+                .arg(format!("c={}; {line}", quote(c_str)))
+                .env("EDICT_FINGERPRINT", &fp),
         );
         assert_eq!(out, "EDICT-same src-1\n");
         assert_eq!(unchanged_line(&[]), "");

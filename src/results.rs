@@ -356,7 +356,7 @@ fn closure_there(conn: &Connection, env: &RemoteEnv, paths: &[&str]) -> Vec<(Str
     let mut words = vec![quote(&env.nix_store())];
     words.extend(paths.iter().map(|p| quote(p)));
     let words: Vec<&str> = words.iter().map(String::as_str).collect();
-    let script = crate::remote::call(crate::remote::scripts::CLOSURE, &words);
+    let script = crate::remote::call(crate::scripts::CLOSURE, &words);
     let found: Vec<(String, u64)> = conn
         .ssh(crate::ssh::Tty::No, &script)
         .output()

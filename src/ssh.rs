@@ -561,6 +561,7 @@ impl Connection {
             .arg("--")
             .arg(self.transport.dest.target())
             .arg(line)
+            .show_last_as(crate::scripts::shown(script))
     }
 
     /// The remote shell for `rsync -e`: rsync splits it on spaces and honours quotes.

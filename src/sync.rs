@@ -401,12 +401,7 @@ pub fn restamp(
             &names,
         );
         let words: Vec<&str> = words.iter().map(String::as_str).collect();
-        session.ask(
-            conn,
-            "syncing back",
-            crate::remote::scripts::RESTAMP,
-            &words,
-        )?;
+        session.ask(conn, "syncing back", crate::scripts::RESTAMP, &words)?;
         exec::debug(format_args!(
             "{}: its result links went to {}'s mirror too",
             src.root.display(),

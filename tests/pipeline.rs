@@ -1112,9 +1112,10 @@ fn verbose_lines_paste_and_quiet_is_quiet() {
         lab::write_rich_flake(&dir, &lab::unique_tag());
         let out = ok(lab
             .edict(&dir)
-            .args(["-v", host, "nix", "run", ".#args", "--", "it's", "a b"]));
+            .args(["-vv", host, "nix", "run", ".#args", "--", "it's", "a b"]));
         assert_eq!(stdout(&out), "<it's>\n<a b>\n");
-        // The line for the remote command, pasted into a shell, does the same on its own.
+        // The line for the remote command (at -vv, with its scripts whole), pasted into a
+        // shell, does the same on its own.
         let err = stderr(&out);
         let line = err
             .lines()
@@ -1708,4 +1709,72 @@ fn verbose_shows_each_step_and_the_command_alone_first() {
         lines[at("edict: v: cd ") + 1].starts_with("+ ssh "),
         "{err}"
     );
+    // The whole of -v, with what differs from run to run made constant, is as recorded:
+    // every process edict starts (the ssh master, `-O exit` at the end, the scripts given
+    // to the session holding the run), each script by its name.
+    let snapshot = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots/verbose-run.txt");
+    let now = normalise(&err, lab.dir());
+    if std::env::var_os("EDICT_UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(&snapshot, &now).unwrap();
+    }
+    let recorded = std::fs::read_to_string(&snapshot).unwrap();
+    assert!(
+        now == recorded,
+        "-v differs from {} (EDICT_UPDATE_SNAPSHOTS=1 cargo test --test pipeline verbose records it anew):\n--- now\n{now}--- recorded\n{recorded}",
+        snapshot.display()
+    );
+    assert!(
+        !now.contains("echo EDICT-alive"),
+        "a script body at -v:\n{now}"
+    );
+    // -vv prints the scripts whole, as lines that can be pasted.
+    let out = ok(lab
+        .edict(&dir)
+        .args(["-vv", "v", "nix", "build", ".#default"]));
+    let err = stderr(&out);
+    assert!(
+        err.contains("echo EDICT-alive") && !err.contains("{prepare.sh}"),
+        "{err}"
+    );
+}
+
+/// `-v` output with what changes from run to run made constant: the lab's directory, store
+/// hashes, hex digests and run ids, numbers (ports, pids, times); only edict's own lines
+/// (nix's output varies with its version).
+fn normalise(text: &str, lab_dir: &Path) -> String {
+    let text = text.replace(&lab_dir.display().to_string(), "LAB");
+    let mut out = String::new();
+    for line in text.lines() {
+        if !(line.starts_with("+ ") || line.starts_with("edict: ")) {
+            continue;
+        }
+        let chars: Vec<char> = line.chars().collect();
+        let mut i = 0;
+        while i < chars.len() {
+            let rest: String = chars[i..].iter().collect();
+            if rest.starts_with("/nix/store/") && chars.len() >= i + 43 {
+                out.push_str("/nix/store/HASH");
+                i += 43;
+                continue;
+            }
+            let run = chars[i..]
+                .iter()
+                .take_while(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+                .count();
+            let digits = chars[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+            let word_start = i == 0 || !chars[i - 1].is_ascii_alphanumeric();
+            if word_start && run >= 12 {
+                out.push('#');
+                i += run;
+            } else if word_start && digits >= 4 {
+                out.push('N');
+                i += digits;
+            } else {
+                out.push(chars[i]);
+                i += 1;
+            }
+        }
+        out.push('\n');
+    }
+    out
 }

@@ -3,7 +3,8 @@
 # the mirrors named after the eighth parameter, clean up after dead runs, remove the
 # mirrors unused for "$4" minutes (with the script "$5"), lock this run's mirrors (flock,
 # else lock directories) and become the holder, the script "$6" (which stops a command
-# with the script "$7", and tells which mirrors are as sent with the line "$8"). Prints
+# with the script "$7", and tells which mirrors are as sent with the line "$8", which finds
+# the fingerprint script "$9" in EDICT_FINGERPRINT). Prints
 # `EDICT-key value` lines; `EDICT-waiting` while another run holds a lock. The names come
 # sorted, so two runs that share two mirrors never hold one each.
 # The first word out: that the link works (a kept connection may be one that died).
@@ -17,7 +18,9 @@ expire=$5;
 hold=$6;
 stop=$7;
 check=$8;
-shift 8;
+EDICT_FINGERPRINT=$9;
+export EDICT_FINGERPRINT;
+shift 9;
 nix=$(command -v nix);
 # The findings go out in one write with EDICT-locked: one packet on the wire, not five.
 v=$([ -n "$nix" ] && "$nix" --version 2>&1 | head -n 1);
