@@ -25,7 +25,7 @@ Examples:
   edict gc builder                           remove edict's mirrors on builder
   edict forget builder                       close the connection runs keep open to builder
   edict man > edict.1                        the manual page
-  source <(edict completions bash)           TAB completion (bash, zsh, fish), nix's included
+  eval \"$(edict completions bash)\"           TAB completion (bash, zsh, fish), nix's included
 
 Environment:
   NIX_SSHOPTS            extra ssh options for every step (split on spaces, as nix does)
@@ -125,7 +125,7 @@ pub enum Sub {
     Forget(ForgetArgs),
     /// Print the manual page (roff): `edict man > edict.1`
     Man,
-    /// Print the completion script for a shell: `source <(edict completions bash)`
+    /// Print the completion script for a shell: `eval "$(edict completions bash)"`
     Completions {
         #[arg(value_enum)]
         shell: Shell,

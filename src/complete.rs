@@ -1,6 +1,9 @@
 //! Shell completion. `edict completions SHELL` prints a small script for bash, zsh or fish.
-//! On TAB the script runs `EDICT_GET_COMPLETIONS=INDEX edict WORD…` (every word on the line,
-//! INDEX the one under the cursor) and edict answers in nix's own completion protocol: a
+//! On TAB the script runs `edict --get-completions INDEX edict WORD…` (every word on the
+//! line, INDEX the one under the cursor, cut at the cursor) and edict answers in nix's own
+//! completion protocol (nix's `NIX_GET_COMPLETIONS`, but an option rather than a variable:
+//! an edict older than the script refuses it, where it would ignore a variable and run
+//! the command on the line). The answer is a
 //! line `normal`, `filenames` or `attrs`, then one `word<TAB>description` line per
 //! candidate. So the three scripts stay thin, edict's command line is known in one place
 //! (clap's definition), and after `edict HOST nix` the answer is nix's own
@@ -10,8 +13,9 @@ use crate::cli::{Cli, Shell};
 use clap::CommandFactory as _;
 use std::path::{Path, PathBuf};
 
-/// The variable the scripts set: the index of the word to complete.
-pub const ENV: &str = "EDICT_GET_COMPLETIONS";
+/// The option the scripts give first, with the index of the word to complete and the words
+/// on the line (hidden: not for people).
+pub const OPTION: &str = "--get-completions";
 
 /// The script that `edict completions SHELL` prints.
 pub fn script(shell: Shell) -> &'static str {
@@ -72,8 +76,7 @@ struct Located {
     builders: Option<String>,
 }
 
-/// Answers the script: `EDICT_GET_COMPLETIONS=index` and the words on the line (the first
-/// is edict itself). Prints the answer; completion never fails loudly.
+/// Answers the script: the index, and the words on the line (the first is edict itself). Prints the answer; completion never fails loudly.
 pub fn main(index: &str, words: Vec<String>) -> std::process::ExitCode {
     use std::io::Write as _;
     let mut words = words;
@@ -178,7 +181,9 @@ fn one_line(text: &str) -> String {
 
 /// Words that, in HOST's place, are not a host: edict runs the pool's best machine.
 fn host_left_out(word: &str) -> bool {
-    matches!(word, "nix" | "nix-build" | "nix-shell") || looks_installable(word)
+    matches!(word, "nix" | "nix-build" | "nix-shell")
+        || crate::cli::refused_legacy(word)
+        || looks_installable(word)
 }
 
 /// `.#app`, `./sub#x`, `/abs/flake`, `nixpkgs#hello`: an installable, not a host.
@@ -407,7 +412,10 @@ fn at_files(value: &str) -> (Kind, Vec<(String, String)>) {
     let mut items = Vec::new();
     if let Ok(entries) = std::fs::read_dir(listing) {
         for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
+            // A name that is not UTF-8 cannot be written back exactly: left out.
+            let Ok(name) = e.file_name().into_string() else {
+                continue;
+            };
             if !name.starts_with(stem) || (name.starts_with('.') && !stem.starts_with('.')) {
                 continue;
             }
@@ -597,7 +605,10 @@ fn read_ssh_config(file: &Path, dir: &Path, home: &Path, depth: u32, out: &mut V
             "host" => {
                 block.clear();
                 for name in ssh_words(rest) {
-                    let plain = !name.is_empty() && !name.contains(['*', '?', '!', '%']);
+                    // No pattern, and nothing ssh could not take as a destination.
+                    let plain = !name.is_empty()
+                        && !name.contains(['*', '?', '!', '%'])
+                        && !name.contains(char::is_whitespace);
                     if !plain {
                         continue;
                     }
@@ -732,6 +743,7 @@ mod tests {
         assert_eq!(at("edict b nix-build _"), Place::Files);
         assert_eq!(at("edict b .#app --flag _"), Place::Files);
         assert_eq!(at("edict b nix-env _"), Place::Nothing);
+        assert_eq!(at("edict nix-env _"), Place::Nothing);
         // edict's commands.
         assert_eq!(
             at("edict doctor _"),
@@ -834,10 +846,9 @@ mod tests {
         let hosts = ssh_hosts(&[(d.join("config"), d.to_path_buf())]);
         let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
         // The include of ../config loops; 16 deep it stops, each name once.
-        assert_eq!(names, ["builder", "big box", "eq", "a1", "b1"]);
+        assert_eq!(names, ["builder", "eq", "a1", "b1"]);
         assert_eq!(hosts[0].hostname.as_deref(), Some("10.0.0.5"));
-        assert_eq!(hosts[1].hostname.as_deref(), Some("10.0.0.5"));
-        assert_eq!(hosts[2].hostname, None);
+        assert_eq!(hosts[1].hostname, None);
     }
 
     #[test]

@@ -150,7 +150,7 @@ impl Cmd {
     }
 
     /// `-v` shows the last argument as `text`, unquoted, when it differs from it (see
-    /// [`crate::scripts::shown`]); `-vv` shows it as it is.
+    /// `scripts::shown`); `-vv` shows it as it is.
     pub fn show_last_as(mut self, text: String) -> Self {
         self.last_shown = Some(text);
         self

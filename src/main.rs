@@ -38,9 +38,12 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     // The completion scripts ask with the words on the line (nix's protocol).
-    if let Ok(index) = std::env::var(complete::ENV) {
-        let words = std::env::args_os().map(|w| w.to_string_lossy().into_owned());
-        return complete::main(&index, words.collect());
+    let args: Vec<String> = std::env::args_os()
+        .map(|w| w.to_string_lossy().into_owned())
+        .collect();
+    if args.get(1).map(String::as_str) == Some(complete::OPTION) {
+        let index = args.get(2).cloned().unwrap_or_default();
+        return complete::main(&index, args.into_iter().skip(3).collect());
     }
     let cli = cli::Cli::from_args(std::env::args_os()).unwrap_or_else(|e| e.exit());
     exec::set_verbosity(cli.verbose, cli.quiet);

@@ -19,6 +19,8 @@ struct World {
     log: PathBuf,
 }
 
+const BASH_COMPLETION: &str = "/usr/share/bash-completion/bash_completion";
+
 const FLAKE: &str = r#"{
   outputs = { self }:
     let
@@ -38,6 +40,10 @@ fn world() -> World {
             "{program} is not installed: run tests/lab/install.sh (see tests/lab/packages)"
         );
     }
+    assert!(
+        std::path::Path::new(BASH_COMPLETION).exists(),
+        "bash-completion is not installed: run tests/lab/install.sh"
+    );
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
     std::fs::create_dir_all(home.join(".ssh/conf.d")).unwrap();
@@ -51,7 +57,11 @@ fn world() -> World {
     let flake = dir.path().join("flake");
     std::fs::create_dir(&flake).unwrap();
     std::fs::write(flake.join("flake.nix"), FLAKE).unwrap();
+    std::fs::write(flake.join("sp ace.nix"), "{}").unwrap();
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_edict"));
+    // edict as `~/bin/edict` too.
+    std::fs::create_dir(home.join("bin")).unwrap();
+    std::os::unix::fs::symlink(&bin, home.join("bin/edict")).unwrap();
     let path = format!(
         "{}:{}",
         bin.parent().unwrap().display(),
@@ -152,10 +162,11 @@ zpty -d s
         let log = self.log.display();
         let mut init = String::new();
         if bash_completion {
-            init.push_str("source /usr/share/bash-completion/bash_completion; ");
+            init.push_str(&format!("source {BASH_COMPLETION}; "));
         }
+        // As README says: eval works in every bash (`source <(…)` not in 3.2).
         init.push_str(&format!(
-            "source <(edict completions bash); bind -x '\"\\C-xb\": printf \"LINE<%s>\\n\" \"$READLINE_LINE\" >> {log}'"
+            "eval \"$(edict completions bash)\"; bind -x '\"\\C-xb\": printf \"LINE<%s>\\n\" \"$READLINE_LINE\" >> {log}'"
         ));
         self.typed("bash --norc --noprofile -i", &init, keys).0
     }
@@ -335,7 +346,7 @@ fn the_scripts_register_for_edict() {
         .args([
             "--norc",
             "-c",
-            "source <(edict completions bash) && complete -p edict",
+            "eval \"$(edict completions bash)\" && complete -p edict",
         ])
         .output()
         .unwrap();
@@ -372,4 +383,91 @@ fn the_scripts_register_for_edict() {
         String::from_utf8_lossy(&out.stderr).contains("bash, zsh, fish"),
         "{out:?}"
     );
+}
+
+#[test]
+fn awkward_words_the_cursor_and_where_edict_is() {
+    let w = world();
+    let files = |dir: &std::path::Path| {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let flake_before = files(&w.flake);
+    // A candidate with a blank is one word on the line.
+    assert_eq!(
+        w.bash("edict --builders @sp", false),
+        "edict --builders @sp\\ ace.nix"
+    );
+    assert_eq!(w.fish("edict --builders @sp"), ["@sp ace.nix"]);
+    assert_eq!(
+        w.zsh("edict --builders @sp", true).0,
+        "edict --builders @sp\\ ace.nix"
+    );
+    // The word under the cursor counts up to the cursor: `bu| nix` and `bu|XX nix`
+    // complete `bu`.
+    for bc in [false, true] {
+        assert_eq!(w.bash("edict bu nix\x02\x02\x02\x02", bc), "edict builder nix");
+        let inside = "edict buXX nix\x02\x02\x02\x02\x02\x02";
+        assert_eq!(w.bash(inside, bc), "edict builderXX nix");
+    }
+    // A word opened with a quote completes as the same word unquoted.
+    assert!(has(&w.fish("edict builder nix build '.#hel"), &[".#hello"]));
+    assert!(has(&w.fish("edict builder nix-build 'sp"), &["sp ace.nix"]));
+    let (line, _) = w.zsh("edict builder nix build '.#hel", true);
+    assert!(
+        line.starts_with("edict builder nix build '.#hello"),
+        "{line}"
+    );
+    // edict typed as `~/bin/edict`.
+    assert_eq!(w.bash("~/bin/edict oth", false), "~/bin/edict other ");
+    assert_eq!(w.zsh("~/bin/edict oth", true).0, "~/bin/edict other ");
+    let out = w
+        .command("fish")
+        .args([
+            "--no-config",
+            "-c",
+            "edict completions fish | source; complete -c '~/bin/edict' -w edict; complete -C '~/bin/edict oth'",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("other\t"),
+        "{out:?}"
+    );
+    // The protocol itself: quiet on stderr, and nothing here written by a TAB.
+    for words in [
+        &["2", "edict", "--compress", ""][..],
+        &["1", "edict", ""],
+        &["3", "edict", "builder", "nix", "bu"],
+        &["4", "edict", "builder", "nix", "build", ".#"],
+    ] {
+        let out = w
+            .command("edict")
+            .arg("--get-completions")
+            .args(words)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "{words:?}: {out:?}"
+        );
+    }
+    let out = w
+        .command("edict")
+        .args(["--get-completions", "2", "edict", "--compress", "n"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "normal\nnever\tNo run\n"
+    );
+    assert_eq!(files(&w.flake), flake_before);
+    // No edict state made (nix, asked, keeps its own caches, as it does for plain nix).
+    for dir in ["run/edict", ".cache/edict"] {
+        assert!(!w.home.join(dir).exists(), "{dir}");
+    }
 }

@@ -420,3 +420,45 @@ fn a_newer_hosts_lock_never_replaces_one_the_local_nix_reads() {
         );
     }
 }
+
+/// Completion hands the words after `nix` to the local nix (`NIX_GET_COMPLETIONS`), whose
+/// protocol is the same in 2.26 and 2.34 as in 2.8 (tests/completions.rs): `.#` completes
+/// from the flake here, evaluated by that nix.
+#[test]
+fn completion_asks_the_local_nix_of_each_version() {
+    let lab = Lab::new();
+    for local in [Flavour::Trixie, Flavour::Sid] {
+        let client = lab.client(local);
+        let dir = workdir(&lab, &client, "complete", "h");
+        lab::write_rich_flake(&dir, &lab::unique_tag());
+        let out = client
+            .edict(&lab, &dir)
+            .args([
+                "--get-completions",
+                "4",
+                "edict",
+                "h",
+                "nix",
+                "build",
+                ".#def",
+            ])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            said.starts_with("attrs\n") && said.lines().any(|l| l.starts_with(".#default")),
+            "{local:?}: {}",
+            describe(&out)
+        );
+        let out = client
+            .edict(&lab, &dir)
+            .args(["--get-completions", "3", "edict", "h", "nix", "fla"])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            said.lines().any(|l| l.starts_with("flake")),
+            "{local:?}: {said}"
+        );
+    }
+}

@@ -1,9 +1,10 @@
-# bash completion for edict. Load it with `source <(edict completions bash)` in ~/.bashrc,
+# bash completion for edict. Load it with `eval "$(edict completions bash)"` in ~/.bashrc,
 # or save it as ~/.local/share/bash-completion/completions/edict.
 #
-# edict answers itself: the script runs `EDICT_GET_COMPLETIONS=INDEX edict WORD...` and
-# reads a kind line (normal, filenames or attrs), then `word<TAB>description` lines, the
-# protocol nix's own completion uses; after `edict HOST nix` the answer is nix's.
+# edict answers itself: the script runs `edict --get-completions INDEX edict WORD...` (an
+# edict too old to know the option refuses it, and runs nothing) and reads a kind line
+# (normal, filenames or attrs), then `word<TAB>description` lines, the protocol of nix's
+# own completion; after `edict HOST nix` the answer is nix's.
 _edict() {
     # bash splits words at the characters of COMP_WORDBREAKS, among them = : and @
     # (`--sync=HOST`, `ssh://host`, `me@host`, `--builders @FILE`); edict needs them whole.
@@ -34,8 +35,12 @@ _edict() {
             fi
             ((i == COMP_CWORD)) && cword=$((${#words[@]} - 1))
         done
-        cur=${words[cword]}
+        # The word under the cursor, up to the cursor.
+        local upto=${COMP_LINE:0:COMP_POINT}
+        cur=${upto##*[[:space:]]}
     fi
+    # What is typed of the word, up to the cursor, is what completes.
+    words[cword]=$cur
     # bash replaces only what follows the word's last break character.
     local before=""
     if [[ -n $breaks && $cur == *["$breaks"]* ]]; then
@@ -43,6 +48,10 @@ _edict() {
         # except an @, which readline leaves in the text it replaces (rl_special_prefixes)
         before=${before%@}
     fi
+    # `~/bin/edict` as typed is not expanded in quotes: a literal ~/ is what is looked for.
+    local edict=${words[0]}
+    # shellcheck disable=SC2088
+    [[ $edict == "~/"* ]] && edict=$HOME/${edict#"~/"}
     local kind="" line word
     COMPREPLY=()
     while IFS= read -r line; do
@@ -51,8 +60,14 @@ _edict() {
             continue
         fi
         word=${line%%$'\t'*}
-        COMPREPLY+=("${word#"$before"}")
-    done < <(EDICT_GET_COMPLETIONS=$cword "${words[@]}" 2>/dev/null)
+        word=${word#"$before"}
+        # A blank or a quote in a candidate would split or end the word on the line.
+        if [[ $word == *[[:space:]\'\"\\\$\`\;\&\|\<\>\(\)\*\?\[]* ]]; then
+            printf -v word %q "$word"
+        fi
+        COMPREPLY+=("$word")
+    done < <("$edict" --get-completions "$cword" "${words[@]}" 2>/dev/null)
+    # compopt needs bash 4: on bash 3.2 (macOS's /bin/bash) attributes get a space after.
     case $kind in
         filenames)
             compopt -o filenames 2>/dev/null
