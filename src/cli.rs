@@ -126,6 +126,12 @@ pub enum Sub {
     /// Print the manual page (roff): `edict man > edict.1`
     Man,
     /// Print the completion script for a shell: `eval "$(edict completions bash)"`
+    ///
+    /// One line in your shell's startup file: `eval "$(edict completions bash)"` in
+    /// ~/.bashrc, `source <(edict completions zsh)` after compinit in ~/.zshrc, `edict
+    /// completions fish | source` in ~/.config/fish/config.fish. It completes hosts (your
+    /// ssh config's and the pool's), edict's options, and after `edict HOST nix` whatever
+    /// nix would.
     Completions {
         #[arg(value_enum)]
         shell: Shell,

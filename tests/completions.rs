@@ -410,7 +410,10 @@ fn awkward_words_the_cursor_and_where_edict_is() {
     // The word under the cursor counts up to the cursor: `bu| nix` and `bu|XX nix`
     // complete `bu`.
     for bc in [false, true] {
-        assert_eq!(w.bash("edict bu nix\x02\x02\x02\x02", bc), "edict builder nix");
+        assert_eq!(
+            w.bash("edict bu nix\x02\x02\x02\x02", bc),
+            "edict builder nix"
+        );
         let inside = "edict buXX nix\x02\x02\x02\x02\x02\x02";
         assert_eq!(w.bash(inside, bc), "edict builderXX nix");
     }
