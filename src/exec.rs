@@ -202,18 +202,25 @@ impl Cmd {
             .collect()
     }
 
-    /// The command as one line a user can paste into a shell, environment first.
+    /// The command as one line a user can paste into a shell, environment first (a
+    /// variable it runs without as `env -u NAME`).
     pub fn line(&self) -> String {
+        let unset = if self.env_removed.is_empty() {
+            String::new()
+        } else {
+            let names = self.env_removed.iter().map(|k| format!("-u {k} "));
+            format!("env {}", names.collect::<String>())
+        };
         let env = self
             .env
             .iter()
             .map(|(k, v)| format!("{k}={} ", quote(v)))
             .collect::<String>();
-        format!("{env}{}", quote_words(&self.argv()))
+        format!("{unset}{env}{}", quote_words(&self.argv()))
     }
 
     /// The line `-v` prints: [`Cmd::line`], but with the last argument as
-    /// [`Cmd::show_last_as`] gave it.
+    /// [`Cmd::show_last_as`] gave it (so that must be the last argument added).
     pub fn shown_line(&self) -> String {
         match &self.last_shown {
             Some(last) if verbosity() < 2 => {
@@ -517,5 +524,18 @@ mod tests {
             c.argv(),
             vec!["nix", "copy", "--from", "ssh://h", "/nix/store/x y"]
         );
+        // A variable it runs without, as a pasted line would.
+        let c = Cmd::new("ssh").arg("h").env_remove("SSH_AUTH_SOCK");
+        assert_eq!(c.line(), "env -u SSH_AUTH_SOCK ssh h");
+        // -v shows the last argument as given; -vv (and the line itself) as it is.
+        let c = Cmd::new("ssh")
+            .args(["h", "sh -c 'x y'"])
+            .show_last_as("'{x.sh}'".into());
+        set_verbosity(1, false);
+        assert_eq!(c.shown_line(), "ssh h '{x.sh}'");
+        set_verbosity(2, false);
+        assert_eq!(c.shown_line(), "ssh h 'sh -c '\\''x y'\\'''");
+        set_verbosity(0, false);
+        assert_eq!(c.argv(), ["ssh", "h", "sh -c 'x y'"]);
     }
 }

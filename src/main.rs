@@ -112,8 +112,11 @@ fn run(cli: &cli::Cli) -> Result<u8> {
     for note in plan.notes_for(&cli.host) {
         exec::info(note);
     }
-    exec::step("checking this machine: its store, rsync");
-    if !cli.no_link && !plan.links.is_empty() {
+    let links_back = !cli.no_link && !plan.links.is_empty();
+    if links_back || !plan.sources.is_empty() {
+        exec::step("checking this machine");
+    }
+    if links_back {
         results::check_local(&cli.host, &plan)?;
     }
     if !plan.sources.is_empty() {

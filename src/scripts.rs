@@ -68,12 +68,30 @@ pub fn shown(line: &str) -> String {
             if depth == 2 {
                 sent = sent.replace('\'', "'\\''");
             }
-            if line.contains(&sent) {
-                line = line.replace(&sent, &format!("{{{name}}}"));
-            }
+            line = replace_words(&line, &sent, &format!("{{{name}}}"));
         }
     }
     line
+}
+
+/// `line` with each occurrence of `from` that is a whole word (after the start or a blank,
+/// before the end, a blank or `;`) replaced by `to`: a user's word that holds a script's
+/// text within it stays as it is.
+fn replace_words(line: &str, from: &str, to: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut done = 0;
+    for (at, _) in line.match_indices(from) {
+        let end = at + from.len();
+        let whole = (at == 0 || line[..at].ends_with(' '))
+            && (end == line.len() || line[end..].starts_with([' ', ';']));
+        if whole {
+            out.push_str(&line[done..at]);
+            out.push_str(to);
+            done = end;
+        }
+    }
+    out.push_str(&line[done..]);
+    out
 }
 
 #[cfg(test)]
@@ -96,5 +114,9 @@ mod tests {
             "sh -c {prepare.sh} sh 'sh -c {unchanged.sh} sh \"$X\"'"
         );
         assert_eq!(shown("echo hi"), "echo hi");
+        // Inside a word of the user's, a script's text is not a script.
+        let body = quote(&one_line(STOP));
+        let line = format!("nix run .#x -- x{body}y {body}");
+        assert_eq!(shown(&line), format!("nix run .#x -- x{body}y {{stop.sh}}"));
     }
 }

@@ -561,7 +561,9 @@ impl Connection {
             .arg("--")
             .arg(self.transport.dest.target())
             .arg(line)
-            .show_last_as(crate::scripts::shown(script))
+            // Quoted, so that what runs there (`a || b`, `x; y`) reads as one remote line.
+            // The last argument: nothing may be added after it.
+            .show_last_as(exec::quote(&crate::scripts::shown(script)))
     }
 
     /// The remote shell for `rsync -e`: rsync splits it on spaces and honours quotes.

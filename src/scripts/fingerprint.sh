@@ -5,7 +5,8 @@
 # every run, see adopt_index.sh), and so are a directory's times (they move with that).
 # Prints nothing when anything fails (an unreadable directory, no GNU find -printf or no
 # sha256sum, as on BSD userlands): the mirror is then never taken as unchanged. No single
-# quote and no `!` in here: this text travels inside three levels of quoting.
+# quote and no `!` in here: this text travels inside quoting (a parameter of prepare.sh,
+# stamp.sh, restamp.sh), and is named on `-v` only as long as it is quoted alike.
 cd "$1" 2>/dev/null || exit 0;
 command -v sha256sum >/dev/null || exit 0;
 index=./.edict-no-such-entry;

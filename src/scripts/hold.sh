@@ -1,7 +1,8 @@
 # The holder of a run, whose end releases its locks and cleans up. "$1" is this script's own
 # text, "$2" edict's cache there, "$3" the run dir, "$4" the findings to print once locked,
 # "$5" the script that stops the command, "$6" a line that says which mirrors are as sent
-# (see unchanged.sh; evaluated once locked), and "$7" how many of the mirror names after
+# (see unchanged.sh; evaluated once locked, with the fingerprint script in
+# EDICT_FINGERPRINT, exported by prepare.sh), and "$7" how many of the mirror names after
 # them still need their flock:
 # each is taken by running this script again under `flock` (in order), until none is left.
 # Then it prints the findings and EDICT-locked, and runs a shell that reads edict's scripts

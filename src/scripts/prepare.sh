@@ -1,6 +1,6 @@
 # Before a run, in one round trip: find nix and rsync (on the PATH, then in the places "$1"
 # a non-interactive login may not search), make the run dir "$3" in edict's cache "$2" and
-# the mirrors named after the eighth parameter, clean up after dead runs, remove the
+# the mirrors named after the ninth parameter, clean up after dead runs, remove the
 # mirrors unused for "$4" minutes (with the script "$5"), lock this run's mirrors (flock,
 # else lock directories) and become the holder, the script "$6" (which stops a command
 # with the script "$7", and tells which mirrors are as sent with the line "$8", which finds

@@ -642,6 +642,10 @@ impl Lab {
     /// `NIX_SSHOPTS`, and the local nix works offline.
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new(program);
+        // A developer's own settings of edict (README suggests EDICT_KEEP_CONNECTION=off in
+        // a profile) are not the tests': a test that wants one sets it.
+        cmd.env_remove("EDICT_KEEP_CONNECTION")
+            .env_remove("EDICT_SSH_OPTS");
         cmd.env("NIX_SSHOPTS", self.ssh_opts());
         cmd.env("NIX_CONFIG", CLIENT_NIX_CONFIG);
         cmd.env("XDG_RUNTIME_DIR", self.runtime_dir());
