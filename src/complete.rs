@@ -684,10 +684,13 @@ fn ssh_words(text: &str) -> Vec<String> {
 }
 
 /// nix's own answer for `nix WORDS…` with the cursor at `index` (1: the word after `nix`),
-/// passed through as it is; a bare `normal` when nix cannot answer.
+/// passed through as it is; a bare `normal` when nix cannot answer. With flakes on, as edict
+/// runs nix on HOST whatever nix.conf says here.
 fn ask_nix(words: &[String], index: usize) -> Vec<u8> {
+    let flags = crate::remote::FLAKE_FLAGS;
     let out = crate::exec::Cmd::new("nix")
-        .env("NIX_GET_COMPLETIONS", index.to_string())
+        .env("NIX_GET_COMPLETIONS", (index + flags.len()).to_string())
+        .args(flags)
         .args(words.iter().map(String::as_str))
         .output();
     match out {

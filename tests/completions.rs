@@ -298,6 +298,22 @@ fn flake_attributes_come_from_the_local_flake() {
     assert_eq!(line, "edict builder .\\#greet");
     // HOST left out: the pool chooses; the rest completes the same.
     assert_eq!(w.fish("edict nix build .#hel"), [".#hello"]);
+    // With flakes off in nix.conf here too: edict turns them on there, and here to ask.
+    let out = w
+        .command("edict")
+        .env("NIX_CONFIG", "flake-registry = /dev/null\nsubstituters =\n")
+        .args([
+            "--get-completions",
+            "4",
+            "edict",
+            "builder",
+            "nix",
+            "build",
+            ".#hel",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "attrs\n.#hello\t\n");
 }
 
 #[test]
