@@ -382,6 +382,22 @@ fn values(option: &str, value: &str, builders: Option<&str>) -> (Kind, Vec<(Stri
             return (Kind::Normal, items.collect());
         }
         "--required-features" => return (Kind::Normal, features(value, builders)),
+        "--system" => {
+            let mut systems: std::collections::BTreeSet<String> = [
+                "x86_64-linux",
+                "aarch64-linux",
+                "x86_64-darwin",
+                "aarch64-darwin",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            for m in pool(builders) {
+                systems.extend(m.system_types);
+            }
+            let items = systems.into_iter().map(|s| (s, String::new()));
+            return (Kind::Normal, items.collect());
+        }
         _ => {}
     }
     let Some(arg) = find_arg(&cmd, name) else {
@@ -761,6 +777,10 @@ mod tests {
             }
         );
         assert_eq!(at("edict gc --older-than _"), value("gc --older-than", ""));
+        assert_eq!(
+            at("edict machines --system _"),
+            value("machines --system", "")
+        );
         assert_eq!(at("edict completions _"), value("completions", ""));
         assert_eq!(at("edict completions bash _"), Place::Nothing);
         assert_eq!(at("edict machines _"), Place::Nothing);

@@ -347,6 +347,10 @@ fn edicts_own_options_and_their_values() {
         w.bash("edict completions z", false),
         "edict completions zsh "
     );
+    assert_eq!(
+        w.fish("edict machines --system aarch64-d"),
+        ["aarch64-darwin"]
+    );
     // nix-build takes files.
     assert_eq!(
         w.bash("edict builder nix-build fla", false),
