@@ -327,17 +327,16 @@ fn find_arg<'a>(cmd: &'a clap::Command, name: &str) -> Option<&'a clap::Arg> {
 
 /// Long options of edict (or of its command `sub`), with their help.
 fn options(sub: Option<&str>) -> Vec<(String, String)> {
+    // Built, so that clap's own --help and --version are among the arguments.
     let mut cmd = Cli::command();
     cmd.build();
     let cmd = match sub {
         Some(name) => match cmd.find_subcommand(name) {
-            Some(s) => s.clone(),
+            Some(s) => s,
             None => return Vec::new(),
         },
-        None => cmd,
+        None => &cmd,
     };
-    let mut cmd = cmd;
-    cmd.build();
     cmd.get_arguments()
         .filter(|a| !a.is_hide_set())
         .filter_map(|a| {
