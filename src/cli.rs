@@ -9,7 +9,7 @@ use clap::Parser;
 /// The HOST that asks edict to choose one from the pool.
 pub const AUTO: &str = "auto";
 
-const EXAMPLES: &str = "\
+pub const EXAMPLES: &str = "\
 Examples:
   edict builder nix build .#default          build here-and-there: result link appears here
   edict me@box nix run .#app -- --flag 'a b' run an app there, with arguments
@@ -159,6 +159,23 @@ impl Cli {
         T: Into<std::ffi::OsString> + Clone,
     {
         let mut cli = Cli::try_parse_from(args)?;
+        // `edict help` and `edict help doctor`, as git and clap's own tools have them (a
+        // host named help is ssh://help): the help, not a run on a host `help`.
+        if let Sub::Run(words) = &cli.sub {
+            if words.first().map(String::as_str) == Some("help") && words.len() <= 2 {
+                let mut again = vec!["edict".to_string()];
+                let command = <Cli as clap::CommandFactory>::command();
+                if let Some(sub) = words
+                    .get(1)
+                    .filter(|w| command.find_subcommand(w).is_some())
+                {
+                    again.push(sub.clone());
+                }
+                again.push("--help".to_string());
+                // --help always ends the parse with the help (an Err that prints it).
+                Cli::try_parse_from(again)?;
+            }
+        }
         if let Sub::Run(words) = &cli.sub {
             cli.host = words.first().cloned().unwrap_or_default();
             cli.command = words.iter().skip(1).cloned().collect();
@@ -342,6 +359,26 @@ impl Cli {
         }
     }
 
+    /// Whether HOST was left out: what stands in its place is the program (`nix`, …) or
+    /// the shorthand's installable (`.#app`).
+    fn host_left_out(&self) -> bool {
+        let h = self.host.as_str();
+        matches!(h, "nix" | "nix-build" | "nix-shell")
+            || refused_legacy(h)
+            || h.starts_with('.')
+            || h.starts_with('/')
+            || h.contains('#')
+    }
+
+    /// HOST as messages name it: `auto` when it was left out (not `nix`).
+    pub fn label(&self) -> &str {
+        if self.host_left_out() {
+            AUTO
+        } else {
+            &self.host
+        }
+    }
+
     pub fn sync_mode(&self) -> SyncMode {
         match (&self.sync, self.no_sync) {
             (Some(_), _) => SyncMode::Force,
@@ -354,13 +391,7 @@ impl Cli {
     /// left out: `edict nix build …`, `edict nix-build` and `edict .#app` choose from the pool.
     pub fn hosts_and_words(&self) -> Result<(Hosts, Program, Vec<String>)> {
         let host = self.host.as_str();
-        if matches!(host, "nix" | "nix-build" | "nix-shell") || refused_legacy(host) {
-            let mut command = vec![host.to_string()];
-            command.extend(self.command.iter().cloned());
-            let (program, words) = self.words(&command)?;
-            return Ok((Hosts::Auto, program, words));
-        }
-        if host.starts_with('.') || host.starts_with('/') || host.contains('#') {
+        if self.host_left_out() {
             let mut command = vec![host.to_string()];
             command.extend(self.command.iter().cloned());
             let (program, words) = self.words(&command)?;
@@ -384,7 +415,7 @@ impl Cli {
 
     /// The command line cannot be read as one edict runs.
     fn unreadable(&self, what: impl Into<String>, fix: impl Into<String>) -> anyhow::Error {
-        Problem::new(&self.host, "reading the command", what, fix).into()
+        Problem::new(self.label(), "reading the command", what, fix).into()
     }
 
     fn words(&self, command: &[String]) -> Result<(Program, Vec<String>)> {
@@ -393,7 +424,7 @@ impl Cli {
             None => {
                 return Err(self.unreadable(
                     "no command given",
-                    format!("`edict {} nix build .#default`", self.host),
+                    format!("`edict {} nix build .#default`", self.label()),
                 ));
             }
         };
@@ -401,7 +432,7 @@ impl Cli {
             if rest.is_empty() {
                 return Err(self.unreadable(
                     "`nix` needs a subcommand",
-                    format!("`edict {} nix build .#default`", self.host),
+                    format!("`edict {} nix build .#default`", self.label()),
                 ));
             }
             return Ok((Program::Nix, rest.to_vec()));
@@ -474,6 +505,14 @@ mod tests {
             "the top-level help: {help}"
         );
         let top = parse(&["--help"]).unwrap_err().to_string();
+        // `edict help [COMMAND]` is the help, not a host.
+        assert_eq!(parse(&["help"]).unwrap_err().to_string(), top);
+        let doctor = parse(&["help", "doctor"]).unwrap_err().to_string();
+        assert!(doctor.contains("Usage: edict doctor"), "{doctor}");
+        assert_eq!(
+            parse(&["ssh://help", "nix", "build"]).unwrap().host,
+            "ssh://help"
+        );
         for name in ["machines", "doctor", "gc", "forget", "man", "completions"] {
             assert!(
                 top.contains(&format!("\n  {name} ")),

@@ -50,9 +50,10 @@ enum Place {
     },
     /// HOST's place: a host, one of edict's commands, or `nix` with HOST left out.
     Host,
-    /// A host that `doctor`, `gc` or `forget` acts on.
+    /// A host that `doctor`, `gc` or `forget` acts on; `typed`: the ones already there.
     HostArgument {
         sub: String,
+        typed: Vec<String>,
     },
     /// Right after HOST: the program (`nix`, `nix-build`, `nix-shell`).
     Program,
@@ -106,7 +107,7 @@ fn answer(words: &[String], index: usize) -> Vec<u8> {
             let line = ["run".to_string(), cur.to_string()];
             return ask_nix(&line, 2);
         }
-        Place::Option { sub } => (Kind::Normal, options(sub.as_deref())),
+        Place::Option { sub } => (Kind::Normal, options(sub.as_deref(), cur == "-")),
         Place::Value { option, before } => {
             let value = cur.strip_prefix(before.as_str()).unwrap_or(cur);
             let (kind, items) = values(&option, value, located.builders.as_deref());
@@ -117,8 +118,9 @@ fn answer(words: &[String], index: usize) -> Vec<u8> {
             (kind, items)
         }
         Place::Host => (Kind::Normal, host_place(cur, located.builders.as_deref())),
-        Place::HostArgument { sub } => {
+        Place::HostArgument { sub, typed } => {
             let mut items = hosts(located.builders.as_deref());
+            items.retain(|(h, _)| !typed.contains(h));
             if sub == "forget" {
                 if let Ok(kept) = crate::keep::all() {
                     let kept = kept.into_iter().map(|(_, label)| label);
@@ -302,7 +304,14 @@ fn sub_place(sub: &clap::Command, words: &[String], cur: &str) -> Place {
         return Place::Option { sub: Some(name) };
     }
     match name.as_str() {
-        "doctor" | "gc" | "forget" => Place::HostArgument { sub: name },
+        "doctor" | "gc" | "forget" => Place::HostArgument {
+            sub: name,
+            typed: before_cursor
+                .iter()
+                .filter(|w| !w.starts_with('-'))
+                .cloned()
+                .collect(),
+        },
         "completions" if before_cursor.is_empty() => Place::Value {
             option: "completions".to_string(),
             before: String::new(),
@@ -326,7 +335,8 @@ fn find_arg<'a>(cmd: &'a clap::Command, name: &str) -> Option<&'a clap::Arg> {
 }
 
 /// Long options of edict (or of its command `sub`), with their help.
-fn options(sub: Option<&str>) -> Vec<(String, String)> {
+/// With `short`, the one-letter forms too (`-v`, for a lone `-`).
+fn options(sub: Option<&str>, short: bool) -> Vec<(String, String)> {
     // Built, so that clap's own --help and --version are among the arguments.
     let mut cmd = Cli::command();
     cmd.build();
@@ -337,14 +347,20 @@ fn options(sub: Option<&str>) -> Vec<(String, String)> {
         },
         None => &cmd,
     };
-    cmd.get_arguments()
-        .filter(|a| !a.is_hide_set())
-        .filter_map(|a| {
-            let long = a.get_long()?;
-            let help = a.get_help().map(|h| gist(&h.to_string()));
-            Some((format!("--{long}"), help.unwrap_or_default()))
-        })
-        .collect()
+    let mut items = Vec::new();
+    for a in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
+        let help = a
+            .get_help()
+            .map(|h| gist(&h.to_string()))
+            .unwrap_or_default();
+        if let Some(c) = a.get_short().filter(|_| short) {
+            items.push((format!("-{c}"), help.clone()));
+        }
+        if let Some(long) = a.get_long() {
+            items.push((format!("--{long}"), help));
+        }
+    }
+    items
 }
 
 /// Candidates for the value of `option` (`--compress`, or `doctor --json` style
@@ -485,8 +501,11 @@ fn host_place(cur: &str, builders: Option<&str>) -> Vec<(String, String)> {
         .find(|s| cur.starts_with(**s));
     if let Some(i) = cur.rfind([',', '@']).or(scheme.map(|s| s.len() - 1)) {
         let before = &cur[..=i];
+        // A host already in the list is not offered again.
+        let listed: Vec<&str> = before.split(',').map(crate::ssh::alias_of).collect();
         return hosts(builders)
             .into_iter()
+            .filter(|(w, _)| !listed.contains(&w.as_str()) || before.ends_with('@'))
             .map(|(w, d)| (format!("{before}{w}"), d))
             .collect();
     }
@@ -554,17 +573,8 @@ fn ssh_configs() -> Vec<(PathBuf, PathBuf)> {
         .map(PathBuf::from)
         .unwrap_or_default();
     let user_dir = home.join(".ssh");
-    let opts = crate::ssh::Transport::ssh_opts_from_env();
-    let mut words = opts.split_whitespace();
-    while let Some(w) = words.next() {
-        let file = match w.strip_prefix("-F") {
-            Some("") => words.next(),
-            Some(f) => Some(f),
-            None => None,
-        };
-        if let Some(file) = file {
-            return vec![(expand_tilde(file, &home), user_dir)];
-        }
+    if let Some(file) = crate::ssh::config_option() {
+        return vec![(expand_tilde(&file, &home), user_dir)];
     }
     vec![
         (user_dir.join("config"), user_dir),
@@ -766,7 +776,8 @@ mod tests {
         assert_eq!(
             at("edict doctor _"),
             Place::HostArgument {
-                sub: "doctor".into()
+                sub: "doctor".into(),
+                typed: Vec::new()
             }
         );
         assert_eq!(
@@ -837,6 +848,8 @@ mod tests {
         assert!(words("ssh://").contains(&"ssh://box".to_string()));
         assert!(words("ssh://me@").contains(&"ssh://me@box".to_string()));
         assert!(!words("a,").contains(&"a,auto".to_string()));
+        assert!(!words("box,").contains(&"box,box".to_string()));
+        assert!(words("box,me@").contains(&"box,me@box".to_string()));
         assert!(words("").contains(&"auto".to_string()));
     }
 

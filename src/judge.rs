@@ -505,14 +505,18 @@ fn resolve(host: &str, cfg: &SshConfig, address: &Result<Option<SocketAddr>, Str
             Status::Fail,
             format!("{name} has no address"),
             Some(format!(
-                "check the name, or set `HostName` for {host} in ~/.ssh/config"
+                "check the name, or set `HostName` for {} in {}",
+                crate::ssh::alias_of(host),
+                crate::ssh::config_file()
             )),
         ),
         Err(e) => (
             Status::Fail,
             format!("{name}: {e}"),
             Some(format!(
-                "check the spelling, or add `Host {host}` with a `HostName` to ~/.ssh/config"
+                "check the spelling, or add `Host {}` with a `HostName` to {}",
+                crate::ssh::alias_of(host),
+                crate::ssh::config_file()
             )),
         ),
     }

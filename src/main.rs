@@ -87,7 +87,7 @@ fn run(cli: &cli::Cli) -> Result<u8> {
     // 2. Map every local source to its mirror on HOST and rewrite the command.
     let cwd = std::env::current_dir().map_err(|e| {
         Problem::new(
-            &cli.host,
+            cli.label(),
             "reading the command",
             format!("the current directory is not accessible ({e})"),
             "cd to a directory that exists and that you can read",
@@ -102,14 +102,14 @@ fn run(cli: &cli::Cli) -> Result<u8> {
         declared_inputs: &declared_inputs,
     };
     let plan = mapping::plan(&args, &local, cli.sync_mode())
-        .map_err(|e| problem::place(e, &cli.host, "mapping local sources"))?;
+        .map_err(|e| problem::place(e, cli.label(), "mapping local sources"))?;
     // Where it runs, as far as that is known without connecting: what --dry-run checks.
     let target = resolve(cli, hosts, &args)?;
     if cli.dry_run {
-        print!("{}", dryrun::describe(&plan, &cli.host, cli.no_link));
+        print!("{}", dryrun::describe(&plan, cli.label(), cli.no_link));
         return Ok(0);
     }
-    for note in plan.notes_for(&cli.host) {
+    for note in plan.notes_for(cli.label()) {
         exec::info(note);
     }
     let links_back = !cli.no_link && !plan.links.is_empty();
@@ -117,12 +117,12 @@ fn run(cli: &cli::Cli) -> Result<u8> {
         exec::step("checking this machine");
     }
     if links_back {
-        results::check_local(&cli.host, &plan)?;
+        results::check_local(cli.label(), &plan)?;
     }
     if !plan.sources.is_empty() {
-        rsync::check_here(&cli.host)?;
+        rsync::check_here(cli.label())?;
     }
-    pinned::make_valid_here(&cli.host, &plan)?;
+    pinned::make_valid_here(cli.label(), &plan)?;
 
     // Which host(s): as written, or chosen from the builder pool.
     match target {
@@ -251,8 +251,10 @@ fn pipeline(
     )?;
 
     // 6. Results back, as GC roots. Even after a failure: `--keep-going` builds some.
-    exec::step(format_args!("{host}: fetching results"));
     let links = results::links(plan, &after.links);
+    if !links.is_empty() {
+        exec::step(format_args!("{host}: fetching results"));
+    }
     signals.step(
         &host,
         "fetching results",

@@ -58,8 +58,21 @@ pub fn page() -> Vec<u8> {
     let _ = man.render_synopsis_section(&mut out);
     let _ = man.render_description_section(&mut out);
     let _ = man.render_options_section(&mut out);
-    let _ = man.render_extra_section(&mut out);
     let _ = man.render_version_section(&mut out);
+    // The examples of --help, each on its line as there (clap_mangen would fill them into
+    // a paragraph under "EXTRA"); the environment has its own section below.
+    out.extend_from_slice(b".SH EXAMPLES\n.nf\n");
+    let examples = crate::cli::EXAMPLES
+        .split("\n\n")
+        .next()
+        .unwrap_or_default()
+        .lines()
+        .skip(1);
+    for line in examples {
+        let line = line.replace('\\', "\\e").replace('-', "\\-");
+        out.extend_from_slice(format!("{line}\n").as_bytes());
+    }
+    out.extend_from_slice(b".fi\n");
     for (title, paragraphs) in SECTIONS {
         out.extend_from_slice(format!(".SH \"{title}\"\n").as_bytes());
         for p in *paragraphs {
@@ -83,6 +96,7 @@ mod tests {
             "\\-\\-no\\-substitute",
             ".SH \"EXIT STATUS\"",
             ".SH \"WHAT COMES BACK\"",
+            ".SH EXAMPLES\n.nf\n  edict builder nix build .#default ",
             "NIX_SSHOPTS",
         ] {
             assert!(page.contains(needle), "the page lacks {needle}");

@@ -603,7 +603,7 @@ fn require_flake_nix(dir: &Path, sub: Option<&str>) -> Result<()> {
                 " (up to a git work tree's top)"
             }
         ),
-        "run edict inside your flake, or name it: `edict HOST nix build /path/to/flake#pkg`",
+        "run edict inside your flake, or name the flake by its path in the command (`/path/to/flake#pkg`)",
     )
     .into())
 }

@@ -124,7 +124,10 @@ impl Session {
                 1 => scripts::shown(line.trim_end()),
                 _ => line.trim_end().to_string(),
             };
-            let place = format!("{}: the session holding the run", conn.transport.label);
+            let place = format!(
+                "{}: the session holding the run, in its run dir $r",
+                conn.transport.label
+            );
             exec::trace(&place, &shown);
         }
         stdin

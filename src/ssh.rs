@@ -801,6 +801,40 @@ fn is_removal_command(line: &str) -> bool {
 
 /// Turns ssh's stderr into an error that says what went wrong with which host, at which
 /// step, and what to do about it.
+/// The name a `Host` line of an ssh config would match for a destination as written:
+/// without `ssh://`, `user@` or `:port` (ssh matches `Host` against the host name alone).
+pub fn alias_of(destination: &str) -> &str {
+    let d = destination
+        .strip_prefix("ssh://")
+        .or_else(|| destination.strip_prefix("ssh-ng://"))
+        .unwrap_or(destination);
+    let d = d.rsplit_once('@').map_or(d, |(_, h)| h);
+    match d.rsplit_once(':') {
+        Some((h, port)) if !h.is_empty() && port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => d,
+    }
+}
+
+/// The `-F FILE` of EDICT_SSH_OPTS/NIX_SSHOPTS: the one ssh config ssh then reads.
+pub fn config_option() -> Option<String> {
+    let opts = Transport::ssh_opts_from_env();
+    let mut words = opts.split_whitespace();
+    while let Some(w) = words.next() {
+        match w.strip_prefix("-F") {
+            Some("") => return words.next().map(str::to_string),
+            Some(f) => return Some(f.to_string()),
+            None => {}
+        }
+    }
+    None
+}
+
+/// Where the ssh config that edict's ssh reads is, for a fix: the `-F` file, else the
+/// user's.
+pub fn config_file() -> String {
+    config_option().unwrap_or_else(|| "~/.ssh/config".to_string())
+}
+
 pub fn ssh_failure(host: &str, step: &str, stderr: &str) -> anyhow::Error {
     let said = stderr
         .lines()
@@ -820,7 +854,9 @@ pub fn ssh_failure(host: &str, step: &str, stderr: &str) -> anyhow::Error {
         (
             format!("ssh cannot resolve the host name `{host}`"),
             format!(
-                "check the spelling, or add a `Host {host}` entry with a HostName to your ssh config (or to the file NIX_SSHOPTS passes with -F)"
+                "check the spelling, or add a `Host {}` entry with a `HostName` to {}",
+                alias_of(host),
+                config_file()
             ),
         )
     } else if (has("REMOTE HOST IDENTIFICATION HAS CHANGED")
@@ -945,6 +981,14 @@ pub fn chatty_shell(host: &str, step: &str) -> Problem {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_alias_a_host_line_would_match() {
+        assert_eq!(alias_of("nix82"), "nix82");
+        assert_eq!(alias_of("root@nix82"), "nix82");
+        assert_eq!(alias_of("ssh://root@nix82:2222"), "nix82");
+        assert_eq!(alias_of("ssh-ng://box"), "box");
+    }
 
     /// What rsync itself makes of `-e`: a stand-in ssh records the words it was given.
     #[test]

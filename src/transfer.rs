@@ -21,12 +21,12 @@ use std::time::Duration;
 /// When to compress what crosses the link, or to substitute.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum When {
-    /// When a command there and back takes 30 ms or more (`LONG_ROUND_TRIP`).
+    /// When a command there and back takes 30 ms or more (a link beyond a LAN's).
     #[default]
     Auto,
-    /// Every run.
+    /// On every run.
     Always,
-    /// No run.
+    /// On no run.
     Never,
 }
 

@@ -343,6 +343,17 @@ fn edicts_own_options_and_their_values() {
     // A command's own options, and its hosts.
     assert_eq!(w.fish("edict doctor --js"), ["--json"]);
     assert!(has(&w.fish("edict doctor "), &["builder", "poolbox"]));
+    // A host already named is not offered again.
+    assert!(
+        !w.fish("edict doctor builder ")
+            .contains(&"builder".to_string())
+    );
+    assert!(
+        !w.fish("edict builder,")
+            .contains(&"builder,builder".to_string())
+    );
+    // A lone `-`: the short options too.
+    assert!(has(&w.fish("edict -"), &["-v", "-q", "--verbose"]));
     assert_eq!(
         w.bash("edict completions z", false),
         "edict completions zsh "
@@ -486,7 +497,7 @@ fn awkward_words_the_cursor_and_where_edict_is() {
         .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "normal\nnever\tNo run\n"
+        "normal\nnever\tOn no run\n"
     );
     assert_eq!(files(&w.flake), flake_before);
     // No edict state made (nix, asked, keeps its own caches, as it does for plain nix).
