@@ -11,7 +11,6 @@
 
 use crate::cli::{Cli, Shell};
 use clap::CommandFactory as _;
-use std::path::{Path, PathBuf};
 
 /// The option the scripts give first, with the index of the word to complete and the words
 /// on the line (hidden: not for people).
@@ -535,7 +534,7 @@ fn host_place(cur: &str, builders: Option<&str>) -> Vec<(String, String)> {
 /// Every host this user names: the `Host` entries of their ssh config and the pool's
 /// machines.
 fn hosts(builders: Option<&str>) -> Vec<(String, String)> {
-    let mut items: Vec<(String, String)> = ssh_hosts(&ssh_configs())
+    let mut items: Vec<(String, String)> = crate::sshconfig::hosts()
         .into_iter()
         .map(|h| {
             let description = match h.hostname {
@@ -557,155 +556,6 @@ fn pool(builders: Option<&str>) -> Vec<crate::pool::Machine> {
     crate::pool::load_or_explain(builders)
         .map(|(machines, _)| machines)
         .unwrap_or_default()
-}
-
-/// A host named in an ssh config.
-#[derive(Debug, PartialEq, Eq)]
-struct SshHost {
-    name: String,
-    hostname: Option<String>,
-}
-
-/// The ssh config files to read, each with the directory its relative `Include`s are in:
-/// `-F FILE` from edict's ssh options alone (as ssh does), else the user's and the system's.
-fn ssh_configs() -> Vec<(PathBuf, PathBuf)> {
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    let user_dir = home.join(".ssh");
-    if let Some(file) = crate::ssh::config_option() {
-        return vec![(expand_tilde(&file, &home), user_dir)];
-    }
-    vec![
-        (user_dir.join("config"), user_dir),
-        (
-            PathBuf::from("/etc/ssh/ssh_config"),
-            PathBuf::from("/etc/ssh"),
-        ),
-    ]
-}
-
-fn expand_tilde(path: &str, home: &Path) -> PathBuf {
-    match path.strip_prefix("~/") {
-        Some(rest) => home.join(rest),
-        None if path == "~" => home.to_path_buf(),
-        None => PathBuf::from(path),
-    }
-}
-
-/// The plain names of `Host` lines (no `*`, `?` or `!` patterns), following `Include`s as
-/// ssh does (relative to the directory given with each file, globs expanded, 16 deep).
-fn ssh_hosts(files: &[(PathBuf, PathBuf)]) -> Vec<SshHost> {
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    let mut out = Vec::new();
-    for (file, dir) in files {
-        read_ssh_config(file, dir, &home, 0, &mut out);
-    }
-    out
-}
-
-fn read_ssh_config(file: &Path, dir: &Path, home: &Path, depth: u32, out: &mut Vec<SshHost>) {
-    if depth > 16 {
-        return;
-    }
-    let Ok(text) = std::fs::read_to_string(file) else {
-        return;
-    };
-    // The hosts of the block being read, by index in `out`.
-    let mut block: Vec<usize> = Vec::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let split = line
-            .find(|c: char| c.is_whitespace() || c == '=')
-            .unwrap_or(line.len());
-        let (keyword, rest) = line.split_at(split);
-        let rest = rest.trim_start();
-        let rest = rest.strip_prefix('=').unwrap_or(rest).trim_start();
-        match keyword.to_ascii_lowercase().as_str() {
-            "host" => {
-                block.clear();
-                for name in ssh_words(rest) {
-                    // No pattern, and nothing ssh could not take as a destination.
-                    let plain = !name.is_empty()
-                        && !name.contains(['*', '?', '!', '%'])
-                        && !name.contains(char::is_whitespace);
-                    if !plain {
-                        continue;
-                    }
-                    match out.iter().position(|h| h.name == name) {
-                        Some(i) => block.push(i),
-                        None => {
-                            block.push(out.len());
-                            out.push(SshHost {
-                                name,
-                                hostname: None,
-                            });
-                        }
-                    }
-                }
-            }
-            "match" => block.clear(),
-            "hostname" => {
-                if let Some(value) = ssh_words(rest).into_iter().next() {
-                    for &i in &block {
-                        out[i].hostname.get_or_insert_with(|| value.clone());
-                    }
-                }
-            }
-            "include" => {
-                for pattern in ssh_words(rest) {
-                    let path = expand_tilde(&pattern, home);
-                    let path = if path.is_absolute() {
-                        path
-                    } else {
-                        dir.join(path)
-                    };
-                    let Ok(paths) = glob::glob(&path.to_string_lossy()) else {
-                        continue;
-                    };
-                    for p in paths.flatten() {
-                        read_ssh_config(&p, dir, home, depth + 1, out);
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
-/// An ssh config line's arguments: split at blanks, `"…"` kept whole.
-fn ssh_words(text: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut word = String::new();
-    let mut quoted = false;
-    let mut any = false;
-    for c in text.chars() {
-        match c {
-            '"' => {
-                quoted = !quoted;
-                any = true;
-            }
-            c if c.is_whitespace() && !quoted => {
-                if any {
-                    words.push(std::mem::take(&mut word));
-                    any = false;
-                }
-            }
-            c => {
-                word.push(c);
-                any = true;
-            }
-        }
-    }
-    if any {
-        words.push(word);
-    }
-    words
 }
 
 /// nix's own answer for `nix WORDS…` with the cursor at `index` (1: the word after `nix`),
@@ -863,32 +713,5 @@ mod tests {
         );
         assert_eq!(one_line("First. Second."), "First");
         assert_eq!(one_line(&"x".repeat(100)).chars().count(), 80);
-    }
-
-    #[test]
-    fn ssh_config_hosts_with_includes_and_without_patterns() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        std::fs::create_dir(d.join("conf.d")).unwrap();
-        std::fs::write(
-            d.join("config"),
-            "# a comment\nHost builder \"big box\" *.lan !bad\n  HostName 10.0.0.5\nHost=eq\nInclude conf.d/*.conf\nMatch host x\n  HostName nope\nHost builder\n  HostName later\ninclude missing.conf\n",
-        )
-        .unwrap();
-        std::fs::write(d.join("conf.d/a.conf"), "host a1 a?\n").unwrap();
-        std::fs::write(d.join("conf.d/b.conf"), "Host b1\nInclude ../config\n").unwrap();
-        std::fs::write(d.join("conf.d/c.txt"), "Host notincluded\n").unwrap();
-        let hosts = ssh_hosts(&[(d.join("config"), d.to_path_buf())]);
-        let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
-        // The include of ../config loops; 16 deep it stops, each name once.
-        assert_eq!(names, ["builder", "eq", "a1", "b1"]);
-        assert_eq!(hosts[0].hostname.as_deref(), Some("10.0.0.5"));
-        assert_eq!(hosts[1].hostname, None);
-    }
-
-    #[test]
-    fn ssh_words_keep_quotes_whole() {
-        assert_eq!(ssh_words(" a  \"b c\" d"), ["a", "b c", "d"]);
-        assert_eq!(ssh_words(""), Vec::<String>::new());
     }
 }

@@ -507,7 +507,7 @@ fn resolve(host: &str, cfg: &SshConfig, address: &Result<Option<SocketAddr>, Str
             Some(format!(
                 "check the name, or set `HostName` for {} in {}",
                 crate::ssh::alias_of(host),
-                crate::ssh::config_file()
+                crate::sshconfig::config_file()
             )),
         ),
         Err(e) => (
@@ -516,7 +516,7 @@ fn resolve(host: &str, cfg: &SshConfig, address: &Result<Option<SocketAddr>, Str
             Some(format!(
                 "check the spelling, or add `Host {}` with a `HostName` to {}",
                 crate::ssh::alias_of(host),
-                crate::ssh::config_file()
+                crate::sshconfig::config_file()
             )),
         ),
     }

@@ -29,6 +29,7 @@ mod scripts;
 mod select;
 mod signals;
 mod ssh;
+mod sshconfig;
 mod sync;
 mod transfer;
 

@@ -192,9 +192,7 @@ impl Transport {
 
     /// The ssh options edict and nix would use, from the environment.
     pub fn ssh_opts_from_env() -> String {
-        std::env::var("EDICT_SSH_OPTS")
-            .or_else(|_| std::env::var("NIX_SSHOPTS"))
-            .unwrap_or_default()
+        crate::sshconfig::ssh_opts_from_env()
     }
 }
 
@@ -815,26 +813,6 @@ pub fn alias_of(destination: &str) -> &str {
     }
 }
 
-/// The `-F FILE` of EDICT_SSH_OPTS/NIX_SSHOPTS: the one ssh config ssh then reads.
-pub fn config_option() -> Option<String> {
-    let opts = Transport::ssh_opts_from_env();
-    let mut words = opts.split_whitespace();
-    while let Some(w) = words.next() {
-        match w.strip_prefix("-F") {
-            Some("") => return words.next().map(str::to_string),
-            Some(f) => return Some(f.to_string()),
-            None => {}
-        }
-    }
-    None
-}
-
-/// Where the ssh config that edict's ssh reads is, for a fix: the `-F` file, else the
-/// user's.
-pub fn config_file() -> String {
-    config_option().unwrap_or_else(|| "~/.ssh/config".to_string())
-}
-
 pub fn ssh_failure(host: &str, step: &str, stderr: &str) -> anyhow::Error {
     let said = stderr
         .lines()
@@ -853,11 +831,18 @@ pub fn ssh_failure(host: &str, step: &str, stderr: &str) -> anyhow::Error {
     let (what, fix) = if has("Could not resolve hostname") || has("Name or service not known") {
         (
             format!("ssh cannot resolve the host name `{host}`"),
-            format!(
-                "check the spelling, or add a `Host {}` entry with a `HostName` to {}",
-                alias_of(host),
-                config_file()
-            ),
+            match crate::sshconfig::did_you_mean(alias_of(host)) {
+                Some(near) => format!(
+                    "did you mean `{near}` (a host of {})? Else add a `Host {}` entry with a `HostName` there",
+                    crate::sshconfig::config_file(),
+                    alias_of(host)
+                ),
+                None => format!(
+                    "check the spelling, or add a `Host {}` entry with a `HostName` to {}",
+                    alias_of(host),
+                    crate::sshconfig::config_file()
+                ),
+            },
         )
     } else if (has("REMOTE HOST IDENTIFICATION HAS CHANGED")
         || has("Host key for") && has("has changed"))

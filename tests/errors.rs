@@ -52,6 +52,25 @@ fn unknown_host() {
     );
 }
 
+/// A misspelt alias: the fix names the near one of the ssh config edict's ssh reads (the
+/// lab's, by `-F`), and the alias ssh would match (no `user@`).
+#[test]
+fn misspelt_host() {
+    let mut lab = Lab::new();
+    lab.start(HostSpec::new("builder", Flavour::Bookworm));
+    fails(
+        &lab,
+        "root@buidler",
+        255,
+        &[
+            "cannot resolve the host name `root@buidler`",
+            "did you mean `builder`",
+            "ssh_config",
+            "`Host buidler`",
+        ],
+    );
+}
+
 #[test]
 fn host_down() {
     for flavour in Flavour::ALL {
