@@ -96,7 +96,7 @@ pub fn copy_closures(conn: &Connection, env: &RemoteEnv, paths: &[&str], step: &
         .succeeds();
     if all_valid || targets.is_empty() {
         exec::debug(format_args!(
-            "{step}: already in the local store, nothing to copy"
+            "{host}: {step}: already in the local store, nothing to copy"
         ));
         return Ok(());
     }

@@ -488,7 +488,7 @@ pub fn upload(
                 let untracked = untracked(&src.root).map_err(|e| place(e, host, step))?;
                 let rules = git_rules(&tracked, &untracked, with_git_dir);
                 exec::debug(format_args!(
-                    "{}: {} tracked files, {} rules ({})",
+                    "{host}: {}: {} tracked files, {} rules ({})",
                     src.root.display(),
                     tracked.files.len(),
                     rules.count(),
@@ -576,7 +576,7 @@ pub fn upload(
         }
         drop(index);
         exec::debug(format_args!(
-            "{step}: {}",
+            "{host}: {step}: {}",
             stats_summary(&String::from_utf8_lossy(&out.stdout))
         ));
         // A lock that HOST's older nix cannot read goes there without its new-style nodes.
