@@ -334,6 +334,19 @@ const LEGACY_REFUSED: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// Whether `word`, in HOST's place, means HOST was left out: it is the program (`nix`, …)
+/// or the shorthand's installable (`.#app`), and the pool chooses the host.
+pub fn host_left_out(word: &str) -> bool {
+    matches!(word, "nix" | "nix-build" | "nix-shell")
+        || refused_legacy(word)
+        || looks_installable(word)
+}
+
+/// `.#app`, `./sub#x`, `/abs/flake`, `nixpkgs#hello`: an installable, not a host.
+pub fn looks_installable(word: &str) -> bool {
+    word.starts_with('.') || word.starts_with('/') || word.contains('#')
+}
+
 /// Whether edict refuses to run `program` on a host (`nix-env`, `nix-store`, …).
 pub fn refused_legacy(program: &str) -> bool {
     LEGACY_REFUSED.iter().any(|(n, _, _)| *n == program)
@@ -359,15 +372,8 @@ impl Cli {
         }
     }
 
-    /// Whether HOST was left out: what stands in its place is the program (`nix`, …) or
-    /// the shorthand's installable (`.#app`).
     fn host_left_out(&self) -> bool {
-        let h = self.host.as_str();
-        matches!(h, "nix" | "nix-build" | "nix-shell")
-            || refused_legacy(h)
-            || h.starts_with('.')
-            || h.starts_with('/')
-            || h.contains('#')
+        host_left_out(&self.host)
     }
 
     /// HOST as messages name it: `auto` when it was left out (not `nix`).

@@ -9,7 +9,7 @@
 //! (clap's definition), and after `edict HOST nix` the answer is nix's own
 //! (`NIX_GET_COMPLETIONS`): subcommands, flags and `.#attr`, evaluated here as nix would.
 
-use crate::cli::{Cli, Shell};
+use crate::cli::{Cli, Shell, host_left_out, looks_installable};
 use clap::CommandFactory as _;
 
 /// The option the scripts give first, with the index of the word to complete and the words
@@ -76,7 +76,8 @@ struct Located {
     builders: Option<String>,
 }
 
-/// Answers the script: the index, and the words on the line (the first is edict itself). Prints the answer; completion never fails loudly.
+/// Answers the script: the index, and the words on the line (the first is edict itself).
+/// Prints the answer; completion never fails loudly.
 pub fn main(index: &str, words: Vec<String>) -> std::process::ExitCode {
     use std::io::Write as _;
     let mut words = words;
@@ -149,7 +150,7 @@ fn render(kind: Kind, cur: &str, items: Vec<(String, String)>) -> Vec<u8> {
         }
         // One line per candidate: no tab or newline inside; descriptions kept short.
         let word = word.replace(['\t', '\n'], " ");
-        let description = one_line(&description);
+        let description = short_description(&description);
         out.push_str(&format!("{word}\t{description}\n"));
     }
     out.into_bytes()
@@ -162,11 +163,11 @@ fn gist(help: &str) -> String {
         .filter_map(|s| help.find(s))
         .min()
         .unwrap_or(help.len());
-    one_line(&help[..end])
+    short_description(&help[..end])
 }
 
 /// A description's first sentence, on one line, at most 80 characters.
-fn one_line(text: &str) -> String {
+fn short_description(text: &str) -> String {
     let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
     let first = match text.find(". ") {
         Some(i) => &text[..i],
@@ -178,18 +179,6 @@ fn one_line(text: &str) -> String {
     } else {
         first.to_string()
     }
-}
-
-/// Words that, in HOST's place, are not a host: edict runs the pool's best machine.
-fn host_left_out(word: &str) -> bool {
-    matches!(word, "nix" | "nix-build" | "nix-shell")
-        || crate::cli::refused_legacy(word)
-        || looks_installable(word)
-}
-
-/// `.#app`, `./sub#x`, `/abs/flake`, `nixpkgs#hello`: an installable, not a host.
-fn looks_installable(word: &str) -> bool {
-    word.starts_with('.') || word.starts_with('/') || word.contains('#')
 }
 
 /// Reads edict's line up to the cursor (pure: unit-tested).
@@ -311,8 +300,9 @@ fn sub_place(sub: &clap::Command, words: &[String], cur: &str) -> Place {
                 .cloned()
                 .collect(),
         },
+        // Its one argument, SHELL: by its id, as an option is by its name.
         "completions" if before_cursor.is_empty() => Place::Value {
-            option: "completions".to_string(),
+            option: "completions shell".to_string(),
             before: String::new(),
         },
         _ => Place::Nothing,
@@ -371,15 +361,6 @@ fn values(option: &str, value: &str, builders: Option<&str>) -> (Kind, Vec<(Stri
             Some(s) => (s.clone(), name),
             None => return (Kind::Normal, Vec::new()),
         },
-        None if option == "completions" => {
-            let shells = [Shell::Bash, Shell::Zsh, Shell::Fish];
-            let names = shells.iter().filter_map(|s| {
-                use clap::ValueEnum as _;
-                s.to_possible_value()
-                    .map(|v| (v.get_name().to_string(), String::new()))
-            });
-            return (Kind::Normal, names.collect());
-        }
         None => (cmd, option),
     };
     match name {
@@ -414,7 +395,8 @@ fn values(option: &str, value: &str, builders: Option<&str>) -> (Kind, Vec<(Stri
         }
         _ => {}
     }
-    let Some(arg) = find_arg(&cmd, name) else {
+    let positional = || cmd.get_arguments().find(|a| a.get_id() == name);
+    let Some(arg) = find_arg(&cmd, name).or_else(positional) else {
         return (Kind::Normal, Vec::new());
     };
     let items = arg
@@ -641,7 +623,7 @@ mod tests {
             at("edict machines --system _"),
             value("machines --system", "")
         );
-        assert_eq!(at("edict completions _"), value("completions", ""));
+        assert_eq!(at("edict completions _"), value("completions shell", ""));
         assert_eq!(at("edict completions bash _"), Place::Nothing);
         assert_eq!(at("edict machines _"), Place::Nothing);
     }
@@ -704,14 +686,14 @@ mod tests {
     }
 
     #[test]
-    fn one_line_descriptions() {
+    fn descriptions_are_one_short_line() {
         assert_eq!(gist("Show the pool, which machine (x)"), "Show the pool");
         assert_eq!(gist("Print it (roff): `x`"), "Print it");
         assert_eq!(
-            one_line("Print the same\n as JSON."),
+            short_description("Print the same\n as JSON."),
             "Print the same as JSON"
         );
-        assert_eq!(one_line("First. Second."), "First");
-        assert_eq!(one_line(&"x".repeat(100)).chars().count(), 80);
+        assert_eq!(short_description("First. Second."), "First");
+        assert_eq!(short_description(&"x".repeat(100)).chars().count(), 80);
     }
 }

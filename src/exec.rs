@@ -46,9 +46,12 @@ pub fn info(msg: impl std::fmt::Display) {
 
 /// A command edict gives a shell that is already running (the session holding a run's
 /// locks on HOST), from `-v` on, as `+ [WHERE] LINE`: every command edict has run is shown.
-pub fn trace(place: &str, line: &str) {
-    if verbosity() >= 1 {
-        crate::progress::suspend(|| eprintln!("+ [{place}] {line}"));
+/// As for a [`Cmd`], `-v` shows it as `shown` gives it (scripts named), `-vv` whole.
+pub fn trace(place: &str, line: &str, shown: impl FnOnce(&str) -> String) {
+    match verbosity() {
+        0 => {}
+        1 => crate::progress::suspend(|| eprintln!("+ [{place}] {}", shown(line))),
+        _ => crate::progress::suspend(|| eprintln!("+ [{place}] {line}")),
     }
 }
 

@@ -119,17 +119,11 @@ impl Session {
         let lost = || conn.lost(step, "the ssh session holding the run was lost");
         let stdin = self.stdin.as_mut().ok_or_else(lost)?;
         let line = ask_line(script, words);
-        if exec::verbosity() >= 1 {
-            let shown = match exec::verbosity() {
-                1 => scripts::shown(line.trim_end()),
-                _ => line.trim_end().to_string(),
-            };
-            let place = format!(
-                "{}: the session holding the run, in its run dir $r",
-                conn.transport.label
-            );
-            exec::trace(&place, &shown);
-        }
+        let place = format!(
+            "{}: the session holding the run, in its run dir $r",
+            conn.transport.label
+        );
+        exec::trace(&place, line.trim_end(), scripts::shown);
         stdin
             .write_all(line.as_bytes())
             .and_then(|()| stdin.flush())

@@ -19,6 +19,9 @@ struct World {
     log: PathBuf,
 }
 
+/// How README loads fish's completion.
+const FISH_LOAD: &str = "edict completions fish | source";
+
 const BASH_COMPLETION: &str = "/usr/share/bash-completion/bash_completion";
 
 const FLAKE: &str = r#"{
@@ -99,15 +102,17 @@ impl World {
         cmd
     }
 
+    /// fish with edict's completion loaded as README says, running `script`.
+    fn in_fish(&self, script: &str) -> Command {
+        let mut cmd = self.command("fish");
+        cmd.args(["--no-config", "-c", &format!("{FISH_LOAD}; {script}")]);
+        cmd
+    }
+
     /// What fish offers for `line` (the words, without descriptions).
     fn fish(&self, line: &str) -> Vec<String> {
         let out = self
-            .command("fish")
-            .args([
-                "--no-config",
-                "-c",
-                "edict completions fish | source; complete -C $argv[1]",
-            ])
+            .in_fish("complete -C $argv[1]")
             .arg(line)
             .output()
             .unwrap();
@@ -240,16 +245,11 @@ fn host_candidates_come_from_ssh_config_includes_and_the_pool() {
     assert_eq!(w.zsh("edict me@oth", true).0, "edict me@other ");
     // `-F FILE` in the ssh options is the only config, as for ssh.
     let out = w
-        .command("fish")
+        .in_fish("complete -C 'edict '")
         .env(
             "NIX_SSHOPTS",
             format!("-F {}", w.home.join("only_config").display()),
         )
-        .args([
-            "--no-config",
-            "-c",
-            "edict completions fish | source; complete -C 'edict '",
-        ])
         .output()
         .unwrap();
     let out = String::from_utf8(out.stdout).unwrap();
@@ -385,15 +385,7 @@ fn the_scripts_register_for_edict() {
         String::from_utf8_lossy(&out.stdout),
         "complete -F _edict edict\n"
     );
-    let out = w
-        .command("fish")
-        .args([
-            "--no-config",
-            "-c",
-            "edict completions fish | source; complete -c edict",
-        ])
-        .output()
-        .unwrap();
+    let out = w.in_fish("complete -c edict").output().unwrap();
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("__edict_complete"),
         "{out:?}"
@@ -460,12 +452,7 @@ fn awkward_words_the_cursor_and_where_edict_is() {
     assert_eq!(w.bash("~/bin/edict oth", false), "~/bin/edict other ");
     assert_eq!(w.zsh("~/bin/edict oth", true).0, "~/bin/edict other ");
     let out = w
-        .command("fish")
-        .args([
-            "--no-config",
-            "-c",
-            "edict completions fish | source; complete -c '~/bin/edict' -w edict; complete -C '~/bin/edict oth'",
-        ])
+        .in_fish("complete -c '~/bin/edict' -w edict; complete -C '~/bin/edict oth'")
         .output()
         .unwrap();
     assert!(

@@ -42,28 +42,23 @@ fn every_script_parses_in_every_sh() {
 #[test]
 fn shellcheck_finds_nothing() {
     lab::require();
-    let out = Command::new("shellcheck")
-        .args(["--shell=sh", "--severity=style"])
-        .args(scripts())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    // The bash completion script too, as bash (zsh and fish run in tests/completions.rs).
-    let out = Command::new("shellcheck")
-        .args([
-            "--shell=bash",
-            "--severity=style",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/src/completions/edict.bash"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    // The remote scripts as sh; the bash completion script as bash (zsh's and fish's run in
+    // tests/completions.rs).
+    let bash = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/completions/edict.bash"
+    ));
+    for (shell, files) in [("sh", scripts()), ("bash", vec![bash])] {
+        let out = Command::new("shellcheck")
+            .arg(format!("--shell={shell}"))
+            .arg("--severity=style")
+            .args(files)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
 }
